@@ -1,0 +1,239 @@
+"""Traffic weights: integer percentages that always sum to exactly 100.
+
+- Progressive moves toward the evidence. A canary's target is maxCandidateWeight times the
+  posterior probability that it satisfies every objective; A/B and A/B/n follow top-two
+  Thompson sampling (Russo 2016) over P(best feasible version), mixed with 10% uniform
+  exploration (iter8's share) so no version still in the running starves of data.
+  Each candidate may rise by at most maxCandidateWeightIncrement per step, all candidates
+  together hold at most maxCandidateWeight, and the excess returns to the baseline.
+  Decreases are never capped: moving traffic away from a worse version is always safe.
+- FixedSplit never changes; BlueGreen holds the candidate at 0 until it is validated, then
+  flips all traffic to it; Conformance has no weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import numpy.typing as npt
+
+from analytics import bayes
+from analytics.assessment import ObjectiveAssessment, Verdict
+from analytics.evidence import Quantity
+from analytics.model import DeploymentPattern, Direction, ExperimentSpec, TestingPattern
+from analytics.winner import WinnerAssessment
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+
+EXPLORATION = 0.10
+TOP_TWO_BETA = 0.5
+DEFAULT_SAMPLES = 1000
+
+
+def to_percentages(weights: npt.ArrayLike, total: int = 100) -> IntArray:
+    """Round non-negative weights to integers summing to `total` (largest remainder).
+
+    Deterministic, unlike iter8's randomised `gen_round`: ties in the remainder go to the
+    earlier version. Works on the last axis, so a batch of splits rounds in one call.
+
+    >>> to_percentages([1, 1, 1]).tolist()
+    [34, 33, 33]
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    sums = w.sum(axis=-1, keepdims=True)
+    k = w.shape[-1]
+    uniform = np.full_like(w, 1.0 / k)
+    shares = np.where(sums > 0, w / np.where(sums > 0, sums, 1.0), uniform)
+    exact = shares * total
+    floor = np.floor(exact + 1e-9)
+    short = (total - floor.sum(axis=-1)).astype(np.int64)
+    remainder = exact - floor
+    # Stable sort on the negated remainder: largest first, earlier index on ties.
+    order = np.argsort(-remainder, axis=-1, kind="stable")
+    ranks = np.argsort(order, axis=-1, kind="stable")
+    bump = ranks < short[..., None]
+    return np.asarray(floor + bump, dtype=np.int64)
+
+
+def apply_caps(
+    target: npt.ArrayLike, current: npt.ArrayLike, max_weight: float, max_increment: float
+) -> FloatArray:
+    """Cap candidates (index 1..) per step and in total; the baseline (index 0) takes the rest.
+
+    >>> apply_caps([0, 100], [90, 10], 100, 10).tolist()
+    [80.0, 20.0]
+    >>> apply_caps([0, 50, 50], [80, 10, 10], 30, 10).tolist()
+    [70.0, 15.0, 15.0]
+    """
+    t = np.asarray(target, dtype=np.float64)
+    c = np.asarray(current, dtype=np.float64)
+    t = 100.0 * t / np.maximum(t.sum(axis=-1, keepdims=True), 1e-12)
+    candidates = np.minimum(t[..., 1:], c[..., 1:] + max_increment)
+    total = candidates.sum(axis=-1, keepdims=True)
+    scale = np.where(total > max_weight, max_weight / np.maximum(total, 1e-12), 1.0)
+    candidates = candidates * scale
+    baseline = 100.0 - candidates.sum(axis=-1, keepdims=True)
+    return np.asarray(np.concatenate([baseline, candidates], axis=-1), dtype=np.float64)
+
+
+def top_two(p_best: npt.ArrayLike, beta: float = TOP_TWO_BETA) -> FloatArray:
+    """Expected traffic shares of top-two Thompson sampling, from P(best).
+
+    The leader is played with probability beta; otherwise a re-sampled challenger, which is
+    version j with probability P(j best | leader i not best) = p_j / (1 - p_i).
+    """
+    p = np.asarray(p_best, dtype=np.float64)
+    denom = np.where(p < 1.0, 1.0 - p, np.inf)
+    ratio = p / denom
+    challenger = p * (ratio.sum(axis=-1, keepdims=True) - ratio)
+    shares = beta * p + (1.0 - beta) * challenger
+    # A certain leader has no challenger: all of the (1 - beta) share goes back to it.
+    shares = shares + (1.0 - beta) * np.where(p >= 1.0, 1.0, 0.0)
+    return np.asarray(shares, dtype=np.float64)
+
+
+def initial_weights(spec: ExperimentSpec) -> dict[str, int] | None:
+    """The split an experiment starts from (None for Conformance)."""
+    if spec.version_info is None:
+        raise ValueError("spec.versionInfo is not resolved yet")
+    names = spec.version_info.names
+    if spec.strategy.testing_pattern is TestingPattern.CONFORMANCE:
+        return None
+    pattern = spec.strategy.deployment_pattern
+    k = len(names) - 1
+    if pattern is DeploymentPattern.BLUE_GREEN:
+        raw = [100.0] + [0.0] * k
+    elif pattern is DeploymentPattern.FIXED_SPLIT:
+        raw = [1.0] * len(names)
+    else:
+        w = spec.strategy.weights
+        first = min(w.max_candidate_weight_increment, w.max_candidate_weight)
+        raw = [100.0 - first] + [first / k] * k
+    return dict(zip(names, to_percentages(raw).tolist(), strict=True))
+
+
+def _prob_feasible(
+    items: tuple[ObjectiveAssessment, ...], baseline_items: tuple[ObjectiveAssessment, ...]
+) -> float:
+    """Posterior probability that every objective holds (objectives taken as independent)."""
+    p = 1.0
+    for item, base in zip(items, baseline_items, strict=True):
+        if item.verdict is Verdict.SATISFIED:
+            continue
+        if item.verdict is Verdict.VIOLATED and item.conclusive:
+            return 0.0
+        p *= _prob_objective(item, base)
+    return p
+
+
+def _prob_objective(item: ObjectiveAssessment, base: ObjectiveAssessment) -> float:
+    q = item.quantity
+    p = 1.0
+    for cond in item.conditions:
+        if cond.verdict is Verdict.SATISFIED:
+            continue
+        if cond.kind == "upper":
+            p *= bayes.prob_at_most(q, cond.limit)
+        elif cond.kind == "lower":
+            p *= 1.0 - bayes.prob_at_most(q, cond.limit)
+        else:
+            p *= _prob_relative(q, base.quantity, cond.kind, cond.limit)
+    return p
+
+
+def _prob_relative(qc: Quantity, qb: Quantity, kind: str, limit: float) -> float:
+    c = bayes.mean_and_variance(qc)
+    b = bayes.mean_and_variance(qb)
+    if c is None or b is None:
+        return 0.5
+    ratio = limit if kind == "ratio" else 1.0
+    shift = limit if kind == "increase" else 0.0
+    # P(c - ratio * b - shift <= 0) under a normal approximation of both posteriors.
+    return bayes.prob_normal_at_most((c[0] - ratio * b[0] - shift, c[1] + ratio**2 * b[1]), 0.0)
+
+
+def next_weights(
+    spec: ExperimentSpec,
+    current: Mapping[str, int],
+    assessments: Mapping[str, tuple[ObjectiveAssessment, ...]],
+    winner: WinnerAssessment,
+    reward_quantities: Mapping[str, Quantity],
+    rng: np.random.Generator,
+    n_samples: int = DEFAULT_SAMPLES,
+) -> dict[str, int] | None:
+    """The split for the next iteration, keyed by version name."""
+    if spec.version_info is None:
+        raise ValueError("spec.versionInfo is not resolved yet")
+    names = spec.version_info.names
+    if spec.strategy.testing_pattern is TestingPattern.CONFORMANCE:
+        return None
+    start = initial_weights(spec) or {}
+    now = [float(current.get(n, start[n])) if current else float(start[n]) for n in names]
+    pattern = spec.strategy.deployment_pattern
+    if pattern is DeploymentPattern.FIXED_SPLIT:
+        return dict(zip(names, to_percentages(now).tolist(), strict=True))
+    if pattern is DeploymentPattern.BLUE_GREEN:
+        validated = winner.winner_found and winner.winner != names[0] and winner.conclusive
+        flip = [100.0 if n == winner.winner else 0.0 for n in names] if validated else None
+        return dict(
+            zip(
+                names,
+                to_percentages(flip or [100.0] + [0.0] * (len(names) - 1)).tolist(),
+                strict=True,
+            )
+        )
+
+    baseline = names[0]
+    w = spec.strategy.weights
+    if spec.strategy.testing_pattern is TestingPattern.CANARY:
+        feasible = _prob_feasible(assessments[names[1]], assessments[baseline])
+        target = np.array(
+            [
+                1.0 - feasible * w.max_candidate_weight / 100.0,
+                feasible * w.max_candidate_weight / 100.0,
+            ]
+        )
+    else:
+        target = _reward_target(spec, names, assessments, reward_quantities, rng, n_samples)
+    capped = apply_caps(target, now, w.max_candidate_weight, w.max_candidate_weight_increment)
+    return dict(zip(names, to_percentages(capped).tolist(), strict=True))
+
+
+def _reward_target(
+    spec: ExperimentSpec,
+    names: tuple[str, ...],
+    assessments: Mapping[str, tuple[ObjectiveAssessment, ...]],
+    reward_quantities: Mapping[str, Quantity],
+    rng: np.random.Generator,
+    n_samples: int,
+) -> FloatArray:
+    k = len(names)
+    out = np.array(
+        [
+            not any(a.verdict is Verdict.VIOLATED and a.conclusive for a in assessments[n])
+            for n in names
+        ]
+    )
+    baseline_items = assessments[names[0]]
+    p_feasible = np.array([_prob_feasible(assessments[n], baseline_items) for n in names])
+    samples = [
+        bayes.draws(reward_quantities[n], rng, n_samples) if n in reward_quantities else None
+        for n in names
+    ]
+    if any(s is None for s in samples) or not spec.criteria.rewards:
+        p_best = np.where(out, 1.0, 0.0)
+        p_best = p_best / max(p_best.sum(), 1.0)
+    else:
+        joint = np.stack([s for s in samples if s is not None], axis=-1)
+        eligible = rng.random((n_samples, k)) < p_feasible
+        higher = spec.criteria.rewards[0].preferred_direction is Direction.HIGH
+        p_best = bayes.prob_best(joint, eligible & out, higher)
+    shares = top_two(p_best)
+    explore = np.where(out, 1.0, 0.0)
+    explore = explore / max(explore.sum(), 1.0)
+    mixed = (1.0 - EXPLORATION) * shares + EXPLORATION * explore
+    if mixed.sum() <= 0:
+        mixed = np.eye(k)[0]
+    return np.asarray(mixed / mixed.sum(), dtype=np.float64)

@@ -1,0 +1,102 @@
+"""An Analysis as JSON-ready data, in iter8's `status.analysis` shape plus the evidence.
+
+`versionAssessments`, `winnerAssessment` and `weights` keep iter8 v2's keys and layout, so
+its tooling can read them; `recommendation` and `evidence` say why, one entry per version,
+objective and condition, so `describe` can explain a verdict without recomputing it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from analytics.analysis import Analysis
+from analytics.assessment import ObjectiveAssessment
+
+
+def _number(x: float | None) -> float | str | None:
+    if x is None:
+        return None
+    if math.isinf(x):
+        return "+Inf" if x > 0 else "-Inf"
+    return round(x, 10)
+
+
+def _objective(item: ObjectiveAssessment) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "metric": item.metric,
+        "verdict": item.verdict.value,
+        "conclusive": item.conclusive,
+        "estimate": _number(item.estimate),
+        "sampleSize": _number(item.sample_size),
+        "conditions": [
+            {
+                "condition": c.description,
+                "verdict": c.verdict.value,
+                "conclusive": c.conclusive,
+                "reason": c.reason,
+            }
+            for c in item.conditions
+        ],
+    }
+    if item.interval is not None:
+        out["interval"] = [_number(item.interval[0]), _number(item.interval[1])]
+    if item.bucket_bound is not None:
+        out["bucketBound"] = _number(item.bucket_bound)
+    return out
+
+
+def to_dict(analysis: Analysis) -> dict[str, Any]:
+    winner = analysis.winner
+    winner_data: dict[str, Any] = {
+        "winnerFound": winner.winner_found,
+        "bestVersions": list(winner.best_versions),
+    }
+    if winner.winner is not None:
+        winner_data["winner"] = winner.winner
+    rec = analysis.recommendation
+    recommendation: dict[str, Any] = {
+        "action": rec.action.value,
+        "rule": rec.rule,
+        "message": rec.message,
+    }
+    if rec.version is not None:
+        recommendation["version"] = rec.version
+    return {
+        "iteration": analysis.iteration,
+        "versionAssessments": {
+            v: [a.satisfied for a in items] for v, items in analysis.version_assessments.items()
+        },
+        "winnerAssessment": winner_data,
+        "weights": (
+            None
+            if analysis.weights is None
+            else [{"name": n, "value": w} for n, w in analysis.weights.items()]
+        ),
+        "recommendation": recommendation,
+        "versionRecommendedForPromotion": analysis.version_recommended_for_promotion,
+        "evidence": {
+            "versions": {
+                v: [_objective(a) for a in items]
+                for v, items in analysis.version_assessments.items()
+            },
+            "winner": {
+                "conclusive": winner.conclusive,
+                "feasibleVersions": list(winner.feasible),
+                "message": winner.message,
+                "rewards": [
+                    {
+                        "version": r.version,
+                        "estimate": _number(r.estimate),
+                        "sampleSize": _number(r.sample_size),
+                        **(
+                            {"interval": [_number(r.interval[0]), _number(r.interval[1])]}
+                            if r.interval is not None
+                            else {}
+                        ),
+                    }
+                    for r in winner.rewards
+                ],
+            },
+        },
+    }
