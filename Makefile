@@ -19,7 +19,16 @@ $(STAMP): pyproject.toml
 # OS packages the real-server tests need (see README). Installed only where we can
 # (root with apt); elsewhere the README says what to install.
 os-deps:
-	@true
+	@if command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; then \
+		true; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo 'os-deps: installing prometheus (Debian package, without recommends)'; \
+		apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	else \
+		echo 'os-deps: prometheus/promtool missing; the real-Prometheus tests will fail until you run:' >&2; \
+		echo '  sudo apt-get install --no-install-recommends prometheus' >&2; \
+	fi
 
 test: install os-deps lint pytest
 

@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         experiment = parse_experiment(document)
     except SpecError as e:
         raise InputError(f"{name} is not a valid Experiment:\n  " + "\n  ".join(e.problems)) from e
-    seed = args.seed if args.seed is not None else int(np.random.SeedSequence().entropy % 2**32)
+    seed = args.seed if args.seed is not None else int(np.random.SeedSequence().generate_state(1)[0])
     result = analysis.analyze(experiment, np.random.default_rng(seed))
     out = report.to_dict(result)
     out["seed"] = seed
