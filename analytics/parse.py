@@ -213,10 +213,18 @@ def _spec(r: _Reader, raw: Mapping[str, Any], require_versions: bool) -> Experim
             got = len(version_info.candidates)
             if got < low or (high is not None and got > high):
                 need = f"exactly {low}" if low == high else f"at least {low}"
-                noun = "candidate" if low == 1 and high == 1 else "candidates"
+                noun = "candidate" if low == 1 else "candidates"
                 r.fail(
                     "spec.versionInfo.candidates", f"{testing.value} needs {need} {noun}, got {got}"
                 )
+        if testing is TestingPattern.CONFORMANCE:
+            for i, o in enumerate(criteria.objectives):
+                if o.is_relative:
+                    field = "maxRatio" if o.max_ratio is not None else "maxIncrease"
+                    r.fail(
+                        f"spec.criteria.objectives[{i}].{field}",
+                        "compares candidates with the baseline; Conformance has no candidates",
+                    )
         if len(criteria.rewards) != rewards:
             noun = "reward" if rewards == 1 else "rewards"
             r.fail(
@@ -244,7 +252,8 @@ def _criteria(r: _Reader, raw: Mapping[str, Any]) -> Criteria:
         if rollback is not None and not isinstance(rollback, bool):
             r.fail(f"{path}.rollbackOnFailure", f"must be true or false, got {rollback!r}")
             rollback = None
-        if all(x is None for x in (upper, lower, ratio, increase)) and metric is not None:
+        limits = ("upperLimit", "lowerLimit", "maxRatio", "maxIncrease")
+        if metric is not None and all(o.get(k) is None for k in limits):
             r.fail(path, "needs at least one of upperLimit, lowerLimit, maxRatio, maxIncrease")
         if upper is not None and lower is not None and lower > upper:
             r.fail(f"{path}.lowerLimit", f"({lower:g}) is above upperLimit ({upper:g})")
@@ -379,9 +388,13 @@ def _measurement(r: _Reader, raw: object, path: str) -> Measurement | None:
             for i, b in enumerate(buckets):
                 bm = r.mapping(b, f"{path}.buckets[{i}]")
                 le = bm.get("le")
+                for key in ("le", "count"):
+                    if bm.get(key) is None:
+                        r.fail(f"{path}.buckets[{i}].{key}", "is required")
+                # YAML spells the last bound `+Inf` (a string) or `.inf` (a float).
                 bound = (
                     math.inf
-                    if le in ("+Inf", "Inf", "inf")
+                    if le in ("+Inf", "Inf", "inf") or (isinstance(le, float) and le == math.inf)
                     else r.number(le, f"{path}.buckets[{i}].le")
                 )
                 count = r.number(bm.get("count"), f"{path}.buckets[{i}].count")
@@ -416,10 +429,16 @@ def _check_histogram_objectives(
     r: _Reader, spec: ExperimentSpec, measurements: Mapping[str, Mapping[str, Measurement]]
 ) -> None:
     for i, objective in enumerate(spec.criteria.objectives):
-        if not any(
-            isinstance(m, Histogram) for m in measurements.get(objective.metric, {}).values()
-        ):
+        by_version = measurements.get(objective.metric, {})
+        if not any(isinstance(m, Histogram) for m in by_version.values()):
             continue
+        others = sorted(v for v, m in by_version.items() if not isinstance(m, Histogram | NoData))
+        if others:
+            r.fail(
+                f"status.analysis.aggregatedMetrics.data.{objective.metric}",
+                f"mixes histogram buckets with other shapes (for {', '.join(others)}); "
+                "every version of a metric needs the same shape",
+            )
         path = f"spec.criteria.objectives[{i}]"
         if objective.upper_limit is None:
             r.fail(

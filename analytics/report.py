@@ -12,6 +12,7 @@ from typing import Any
 
 from analytics.analysis import Analysis
 from analytics.assessment import ObjectiveAssessment
+from analytics.measurements import Counts, Histogram, Measurement, Moments, NoData, PointValue
 
 
 def _number(x: float | None) -> float | str | None:
@@ -100,3 +101,25 @@ def to_dict(analysis: Analysis) -> dict[str, Any]:
             },
         },
     }
+
+
+def measurement_to_dict(m: Measurement) -> dict[str, Any]:
+    """A measurement in the `aggregatedMetrics` shape that analytics.parse reads back."""
+    if isinstance(m, NoData):
+        return {}
+    if isinstance(m, PointValue):
+        return {"value": m.value}
+    if isinstance(m, Counts):
+        return {"events": m.events, "trials": m.trials}
+    if isinstance(m, Moments):
+        out: dict[str, Any] = {"count": m.count, "sum": m.total}
+        if m.sum_of_squares is not None:
+            out["sumOfSquares"] = m.sum_of_squares
+        return out
+    if isinstance(m, Histogram):
+        return {
+            "buckets": [
+                {"le": _number(b), "count": c} for b, c in zip(m.bounds, m.cumulative, strict=True)
+            ]
+        }
+    raise TypeError(f"not a measurement: {m!r}")

@@ -161,7 +161,10 @@ def _best_by_reward(
     missing = [n for n in running if quantities[n].kind is Kind.NONE]
     with_value = [n for n in feasible if quantities[n].kind is not Kind.NONE]
     notes = [f"reward {reward.metric} for {n} is not available" for n in missing]
-    if not with_value:
+    statistical = all(quantities[n].kind in (Kind.COUNTS, Kind.MEAN) for n in with_value)
+    if not with_value or (statistical and missing):
+        # With evidence, a version still lacking a reward could yet be the best one: report
+        # it, don't guess. (Point values follow iter8: the missing version is skipped.)
         return WinnerAssessment(
             False,
             None,
@@ -177,8 +180,7 @@ def _best_by_reward(
         assert q.estimate is not None
         return q.estimate if higher else -q.estimate
 
-    statistical = all(quantities[n].kind in (Kind.COUNTS, Kind.MEAN) for n in running)
-    if not statistical or missing:
+    if not statistical:
         top = max(value(n) for n in with_value)
         best = tuple(n for n in with_value if value(n) == top)
         found = len(best) == 1

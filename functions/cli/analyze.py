@@ -17,6 +17,7 @@ import yaml
 
 from analytics import analysis, report
 from analytics.parse import SpecError, parse_experiment
+from functions.cli import args as args_types
 
 
 class InputError(Exception):
@@ -32,7 +33,7 @@ def register(commands: Any) -> None:
     p.add_argument("file", help="Experiment YAML/JSON file, or - for standard input")
     p.add_argument(
         "--seed",
-        type=int,
+        type=args_types.seed,
         default=None,
         help="seed for the posterior sampling behind A/B/n weights (printed when omitted)",
     )
@@ -71,7 +72,9 @@ def run(args: argparse.Namespace) -> int:
         experiment = parse_experiment(document)
     except SpecError as e:
         raise InputError(f"{name} is not a valid Experiment:\n  " + "\n  ".join(e.problems)) from e
-    seed = args.seed if args.seed is not None else int(np.random.SeedSequence().generate_state(1)[0])
+    seed = (
+        args.seed if args.seed is not None else int(np.random.SeedSequence().generate_state(1)[0])
+    )
     result = analysis.analyze(experiment, np.random.default_rng(seed))
     out = report.to_dict(result)
     out["seed"] = seed

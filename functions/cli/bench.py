@@ -6,12 +6,20 @@ import argparse
 from typing import Any
 
 from benchmarks import compute
+from functions.cli import args as args_types
 
 
 def register(commands: Any) -> None:
     p = commands.add_parser("bench", help="run the benchmarks", description=__doc__)
-    p.add_argument("--iterations", type=int, default=1000, help="analyses to time (default 1000)")
-    p.add_argument("--seed", type=int, default=20261123, help="seed for the simulated counts")
+    p.add_argument(
+        "--iterations",
+        type=args_types.positive_int,
+        default=1000,
+        help="analyses to time (default 1000)",
+    )
+    p.add_argument(
+        "--seed", type=args_types.seed, default=20261123, help="seed for the simulated counts"
+    )
     p.set_defaults(handler=run)
 
 
