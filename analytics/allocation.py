@@ -189,12 +189,14 @@ def next_weights(
     w = spec.strategy.weights
     if spec.strategy.testing_pattern is TestingPattern.CANARY:
         feasible = _prob_feasible(assessments[names[1]], assessments[baseline])
-        target = np.array(
-            [
-                1.0 - feasible * w.max_candidate_weight / 100.0,
-                feasible * w.max_candidate_weight / 100.0,
-            ]
-        )
+        share = feasible * w.max_candidate_weight / 100.0
+        if not any(a.conclusive and not a.satisfied for a in assessments[names[1]]):
+            # A doubtful canary keeps the first step's share until it is decided: starving
+            # it would stop the evidence that can roll it back (the test stays valid under
+            # any allocation, so the floor costs no error rate, only bounded exposure).
+            floor = min(w.max_candidate_weight_increment, w.max_candidate_weight) / 100.0
+            share = max(share, floor)
+        target = np.array([1.0 - share, share])
     else:
         target = _reward_target(spec, names, assessments, reward_quantities, rng, n_samples)
     capped = apply_caps(target, now, w.max_candidate_weight, w.max_candidate_weight_increment)
