@@ -4,9 +4,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-SAMPLE ?= samples/analysis/canary.yaml
+SAMPLE ?= samples/local/canary-good.yaml
 
-.PHONY: install os-deps test pytest lint fmt typecheck run bench clean
+.PHONY: install os-deps node-deps test pytest lint fmt typecheck run bench clean
 
 install: $(STAMP)
 
@@ -30,7 +30,16 @@ os-deps:
 		echo '  sudo apt-get install --no-install-recommends prometheus' >&2; \
 	fi
 
-test: install os-deps lint pytest
+# The Knative manifest validator (tools/knative-validate), pinned by its package-lock.
+KNATIVE_VALIDATE := tools/knative-validate
+NODE_STAMP := $(KNATIVE_VALIDATE)/node_modules/.package-lock.json
+
+node-deps: $(NODE_STAMP)
+
+$(NODE_STAMP): $(KNATIVE_VALIDATE)/package.json $(KNATIVE_VALIDATE)/package-lock.json
+	npm ci --prefix $(KNATIVE_VALIDATE) --no-audit --no-fund
+
+test: install os-deps node-deps lint pytest
 
 pytest: install
 	$(PY) -m pytest -q
@@ -48,8 +57,8 @@ fmt: install
 typecheck: install
 	$(VENV)/bin/mypy
 
-run: install
-	$(VENV)/bin/arbiter analyze $(SAMPLE) --seed 1
+run: install os-deps
+	$(VENV)/bin/arbiter run $(SAMPLE) --speed 5
 
 bench: install
 	$(VENV)/bin/arbiter bench

@@ -18,6 +18,7 @@ import yaml
 from analytics import analysis, report
 from analytics.parse import SpecError, parse_experiment
 from functions.cli import args as args_types
+from functions.core.status import resolved_document
 
 
 class InputError(Exception):
@@ -68,6 +69,9 @@ def load_document(source: str) -> object:
 def run(args: argparse.Namespace) -> int:
     document = load_document(args.file)
     name = "standard input" if args.file == "-" else args.file
+    if isinstance(document, dict):
+        # versions start resolved on a cluster live in status.versions (kubectl get -o yaml)
+        document = resolved_document(document)
     try:
         experiment = parse_experiment(document)
     except SpecError as e:

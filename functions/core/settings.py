@@ -1,0 +1,72 @@
+"""The functions' configuration: read once, at the edge, from the environment.
+
+On a cluster the values come from the `arbiter-settings` ConfigMap (config/settings.yaml);
+locally `arbiter run` sets them. Nothing else in the code reads the environment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from functions.core.errors import PermanentError
+
+_PREFIX = "ARBITER_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    prometheus_url: str = "http://prometheus-operated.monitoring:9090"
+    query_timeout_seconds: float = 10.0
+    query_retries: int = 2
+    # How long start waits for the candidate to become Ready before failing the experiment.
+    ready_timeout_seconds: float = 600.0
+    # Transient failures in a row (Prometheus or traffic unreachable) before the experiment
+    # is ended the safe way: traffic back to the baseline.
+    max_transient_failures: int = 5
+    # How long finish and assess wait for an applied split to show in the object's status.
+    readback_timeout_seconds: float = 30.0
+    log_level: str = "INFO"
+    # K_SINK: where the functions post the next event (the broker); set by a SinkBinding.
+    sink: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        """Build settings from environment variables, naming the variable in any error."""
+        problems: list[str] = []
+
+        def number(key: str, default: float, integer: bool = False) -> float:
+            raw = env.get(_PREFIX + key)
+            if raw is None or raw.strip() == "":
+                return default
+            try:
+                value = int(raw) if integer else float(raw)
+            except ValueError:
+                kind = "an integer" if integer else "a number"
+                problems.append(f"{_PREFIX}{key}: must be {kind}, got {raw!r}")
+                return default
+            if value < 0:
+                problems.append(f"{_PREFIX}{key}: must not be negative, got {raw!r}")
+                return default
+            return value
+
+        level = env.get(_PREFIX + "LOG_LEVEL", cls.log_level).upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            problems.append(f"{_PREFIX}LOG_LEVEL: must be DEBUG, INFO, WARNING or ERROR")
+        settings = cls(
+            prometheus_url=env.get(_PREFIX + "PROMETHEUS_URL") or cls.prometheus_url,
+            query_timeout_seconds=number("QUERY_TIMEOUT_SECONDS", cls.query_timeout_seconds),
+            query_retries=int(number("QUERY_RETRIES", cls.query_retries, integer=True)),
+            ready_timeout_seconds=number("READY_TIMEOUT_SECONDS", cls.ready_timeout_seconds),
+            max_transient_failures=int(
+                number("MAX_TRANSIENT_FAILURES", cls.max_transient_failures, integer=True)
+            ),
+            readback_timeout_seconds=number(
+                "READBACK_TIMEOUT_SECONDS", cls.readback_timeout_seconds
+            ),
+            log_level=level,
+            sink=env.get("K_SINK") or None,
+        )
+        if problems:
+            raise PermanentError("; ".join(problems))
+        return settings

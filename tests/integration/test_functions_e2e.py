@@ -1,0 +1,309 @@
+"""start → iterate → assess → finish, end to end, through the broker contract.
+
+Real pieces: the four functions served by functions-framework (test client, binary and
+structured CloudEvents), the official kubernetes client against the emulated API server
+(with the KServe controller stand-in reporting traffic in status), and the real Prometheus
+loaded with fixed queue-proxy histories and queried at the functions' clock, so every
+measurement is exact. Events are routed by `functions.core.events.TRIGGERS`, the same
+contract the Trigger manifests encode.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+
+from functions.adapters.kubernetes import KubeExperimentStore, KubeObjects
+from functions.adapters.prometheus import PrometheusSource
+from functions.core import events
+from functions.core.context import Context
+from functions.core.settings import Settings
+from functions.local.controllers import TrafficControllers
+from functions.local.kubeapi import KubeApiServer
+from tests.support.prometheus import OpenMetrics, PrometheusTSDB, missing_binaries
+from tests.support.stages import ManualClock, Pipeline, QueueSink, apiserver_event
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+T0 = 1_767_225_600  # 2026-01-01T00:00:00Z: the histories start here, counters at 0
+STEP = 10
+MINUTES = 15
+BUCKETS = (10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, math.inf)
+INTERVAL = 60
+ISVC = ("serving.kserve.io", "v1beta1", "inferenceservices")
+EXPERIMENTS = ("arbiter.dev", "v1alpha1", "experiments")
+
+# (namespace, revision, requests per 10 s step at 40 ms, 5xx per step at 300 ms)
+REVISIONS = (
+    ("good", "iris-predictor-00001", 200, 1),
+    ("good", "iris-predictor-00002", 200, 1),
+    ("bad", "iris-predictor-00001", 200, 1),
+    ("bad", "iris-predictor-00002", 180, 20),
+)
+
+
+def history() -> str:
+    om = OpenMetrics()
+    for namespace, revision, ok, errors in REVISIONS:
+        for code, n, ms in ((200, ok, 40.0), (500, errors, 300.0)):
+            labels = {
+                "namespace_name": namespace,
+                "configuration_name": "iris-predictor",
+                "revision_name": revision,
+                "response_code": str(code),
+                "response_code_class": f"{code // 100}xx",
+            }
+            steps = MINUTES * 60 // STEP
+            om.histogram(
+                "revision_app_request_latencies",
+                labels,
+                (
+                    (T0 + i * STEP, {b: (i * n if ms <= b else 0) for b in BUCKETS}, i * n * ms)
+                    for i in range(steps + 1)
+                ),
+            )
+    return om.text()
+
+
+@pytest.fixture(scope="module")
+def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    missing = missing_binaries()
+    assert not missing, f"{missing} not installed: run `make os-deps`"
+    db = PrometheusTSDB(tmp_path_factory.mktemp("e2e-prometheus"))
+    db.backfill(history())
+    with db:
+        yield db.url
+
+
+@pytest.fixture
+def cluster() -> Iterator[tuple[KubeApiServer, client.ApiClient]]:
+    with KubeApiServer() as server:
+        api = server.api_client()
+        with TrafficControllers(api, period_s=0.05):
+            yield server, api
+        api.close()
+
+
+def inference_service(namespace: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "serving.kserve.io/v1beta1",
+        "kind": "InferenceService",
+        "metadata": {"name": "iris", "namespace": namespace},
+        "spec": {
+            "predictor": {
+                "canaryTrafficPercent": 0,
+                "sklearn": {"storageUri": "gs://kfserving-examples/models/sklearn/1.0/model-2"},
+            }
+        },
+        "status": {
+            "components": {
+                "predictor": {
+                    "latestRolledoutRevision": "iris-predictor-00001",
+                    "latestCreatedRevision": "iris-predictor-00002",
+                    "latestReadyRevision": "iris-predictor-00002",
+                }
+            }
+        },
+    }
+
+
+def experiment(namespace: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "arbiter.dev/v1alpha1",
+        "kind": "Experiment",
+        "metadata": {"name": "iris-canary", "namespace": namespace},
+        "spec": {
+            "target": f"{namespace}/iris",
+            "strategy": {
+                "testingPattern": "Canary",
+                "deploymentPattern": "Progressive",
+                "weights": {"maxCandidateWeight": 100, "maxCandidateWeightIncrement": 20},
+            },
+            "criteria": {
+                "requestCount": "request-count",
+                "objectives": [
+                    {"metric": "error-rate", "upperLimit": "0.01"},
+                    {"metric": "latency", "upperLimit": 250, "quantile": 0.95},
+                ],
+            },
+            "duration": {"intervalSeconds": INTERVAL, "iterationsPerLoop": 8},
+        },
+    }
+
+
+def seed(server: KubeApiServer, namespace: str) -> dict[str, Any]:
+    for path in sorted((ROOT / "config" / "metrics").glob("*.yaml")):
+        doc = yaml.safe_load(path.read_text())
+        if doc.get("kind") == "Metric":
+            doc["metadata"]["namespace"] = namespace
+            server.seed("arbiter.dev", "v1alpha1", "metrics", namespace, doc)
+    server.seed(*ISVC, namespace, inference_service(namespace))
+    return server.seed(*EXPERIMENTS, namespace, experiment(namespace))
+
+
+def pipeline(api: client.ApiClient, url: str, structured: bool = False) -> Pipeline:
+    clock = ManualClock(datetime.fromtimestamp(T0 + 60, UTC))
+    sink = QueueSink()
+    ctx = Context(
+        store=KubeExperimentStore(api),
+        objects=KubeObjects(api),
+        metrics=PrometheusSource(url, timeout_s=5, retries=0),
+        sink=sink,
+        clock=clock,
+        settings=Settings(readback_timeout_seconds=5),
+    )
+    return Pipeline(ctx, sink, structured=structured)
+
+
+def run_to_end(p: Pipeline, server: KubeApiServer, namespace: str) -> dict[str, Any]:
+    obj = server.get(*EXPERIMENTS, namespace, "iris-canary")
+    assert obj is not None
+    p.publish(apiserver_event("add", obj))
+    clock = p.ctx.clock
+    assert isinstance(clock, ManualClock)
+    for _ in range(12):
+        current = server.get(*EXPERIMENTS, namespace, "iris-canary") or {}
+        if (current.get("status") or {}).get("stage") in ("Completed", "Failed"):
+            return current
+        clock.advance(INTERVAL)
+        p.ping()
+    raise AssertionError(f"not finished after 12 intervals: {current.get('status')}")
+
+
+def canary_history(server: KubeApiServer, namespace: str) -> list[int | None]:
+    """Every distinct canaryTrafficPercent the InferenceService's spec went through."""
+    seen: list[int | None] = []
+    for version in server.history(*ISVC, namespace, "iris"):
+        value = ((version or {}).get("spec") or {}).get("predictor", {}).get("canaryTrafficPercent")
+        if not seen or seen[-1] != value:
+            seen.append(value)
+    return seen
+
+
+@pytest.mark.parametrize("structured", [False, True], ids=["binary", "structured"])
+def test_a_good_candidate_is_ramped_up_then_promoted(
+    cluster: tuple[KubeApiServer, client.ApiClient], prometheus: str, structured: bool
+) -> None:
+    server, api = cluster
+    seed(server, "good")
+    p = pipeline(api, prometheus, structured)
+    try:
+        final = run_to_end(p, server, "good")
+    finally:
+        p.close()
+    status = final["status"]
+    assert status["stage"] == "Completed", status
+    assert status["outcome"] == "Promoted"
+    assert status["versionRecommendedForPromotion"] == "iris-predictor-00002"
+    assert status["currentWeightDistribution"] == [
+        {"name": "iris-predictor-00001", "value": 0},
+        {"name": "iris-predictor-00002", "value": 100},
+    ]
+    ramp = canary_history(server, "good")
+    assert ramp[0] == 0 and ramp[1] == 20 and ramp[-1] == 100, ramp
+    assert ramp == sorted(ramp), f"a good canary's weight never goes down: {ramp}"
+    # the ramp moves by at most the increment; only the promotion itself jumps to 100
+    assert len(ramp) > 3, f"evidence this close to the limit takes several looks: {ramp}"
+    assert all(b - a <= 20 for a, b in itertools.pairwise(ramp[:-1])), ramp
+    conditions = {c["type"]: c["status"] for c in status["conditions"]}
+    assert conditions["Completed"] == "True" and conditions["VersionsReady"] == "True"
+    assert "Failed" not in conditions
+    assert set(p.answers()) == {200}, [d for d in p.deliveries if d.status != 200]
+    types = [d.type for d in p.deliveries]
+    assert types.count(events.CONCLUDED) == 1 and types.count(events.FINISHED) == 1
+
+
+def test_a_candidate_with_ten_percent_errors_is_rolled_back_at_the_first_look(
+    cluster: tuple[KubeApiServer, client.ApiClient], prometheus: str
+) -> None:
+    server, api = cluster
+    seed(server, "bad")
+    p = pipeline(api, prometheus)
+    try:
+        final = run_to_end(p, server, "bad")
+    finally:
+        p.close()
+    status = final["status"]
+    assert status["stage"] == "Completed", status
+    assert status["outcome"] == "RolledBack"
+    assert status["completedIterations"] == 1
+    assert status["recommendation"]["rule"] == "objective-violated"
+    assert "error-rate" in status["recommendation"]["message"]
+    assert canary_history(server, "bad") == [0, 20, 0]
+    assert status["currentWeightDistribution"][0] == {"name": "iris-predictor-00001", "value": 100}
+    evidence = status["analysis"]["evidence"]["versions"]["iris-predictor-00002"]
+    error_rate = next(e for e in evidence if e["metric"] == "error-rate")
+    assert error_rate["verdict"] == "violated"
+    # exact: 60 s of 180 ok + 20 failed per 10 s step, read at the functions' clock
+    assert error_rate["sampleSize"] == pytest.approx(1200.0)
+    assert error_rate["estimate"] == pytest.approx(0.1)
+
+
+def test_repeated_and_stale_events_are_acknowledged_and_change_nothing(
+    cluster: tuple[KubeApiServer, client.ApiClient], prometheus: str
+) -> None:
+    server, api = cluster
+    seed(server, "good")
+    p = pipeline(api, prometheus)
+    try:
+        obj = server.get(*EXPERIMENTS, "good", "iris-canary")
+        assert obj is not None
+        p.publish(apiserver_event("add", obj))
+        clock = p.ctx.clock
+        assert isinstance(clock, ManualClock)
+        clock.advance(INTERVAL)
+        p.ping()
+        measured = next(e for e in p.sink.emitted if e["type"] == events.MEASURED)
+        before = server.get(*EXPERIMENTS, "good", "iris-canary")
+        assert before is not None and before["status"]["completedIterations"] == 1
+        emitted = len(p.sink.emitted)
+        # the same measurement again, the add again, and an event about an older namesake
+        assert p.deliver("assess", copy.deepcopy(measured)) == 200
+        assert p.deliver("start", apiserver_event("add", obj)) == 200
+        stale = copy.deepcopy(measured)
+        stale[events.EXT_UID] = "some-earlier-uid"
+        assert p.deliver("assess", stale) == 200
+        after = server.get(*EXPERIMENTS, "good", "iris-canary")
+        assert after is not None
+        assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+        # the repeat re-announces the step it already recorded (same ids), nothing new
+        again = [e["id"] for e in p.sink.emitted[emitted:]]
+        assert set(again) <= {e["id"] for e in p.sink.emitted[:emitted]}
+    finally:
+        p.close()
+
+
+def test_a_bad_spec_fails_with_a_condition_naming_the_field(
+    cluster: tuple[KubeApiServer, client.ApiClient], prometheus: str
+) -> None:
+    server, api = cluster
+    bad = experiment("good")
+    bad["spec"]["strategy"]["testingPattern"] = "Canary"
+    bad["spec"]["versionInfo"] = {
+        "baseline": {"name": "a"},
+        "candidates": [{"name": "b"}, {"name": "c"}],
+    }
+    obj = server.seed(*EXPERIMENTS, "good", bad)
+    p = pipeline(api, prometheus)
+    try:
+        assert p.deliver("start", apiserver_event("add", obj)) == 422
+    finally:
+        p.close()
+    status = (server.get(*EXPERIMENTS, "good", "iris-canary") or {})["status"]
+    assert status["stage"] == "Failed"
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "InvalidSpec"
+    assert (
+        "spec.versionInfo.candidates: Canary needs exactly 1 candidate, got 2"
+        in (failed["message"])
+    )
