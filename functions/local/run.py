@@ -1,0 +1,455 @@
+"""`arbiter run`: a whole experiment on one machine, every piece real and on 127.0.0.1.
+
+`LocalRun` starts, in order: the Kubernetes API emulator (loaded with the Metric library
+and the sample's objects) and the controller stand-ins that report traffic in status; the
+simulated model versions; Prometheus scraping them; the four functions, each its own
+functions-framework process started as Knative starts it (FUNCTION_TARGET, K_SINK); the
+local broker routing by eventing/'s Trigger manifests, with the PingSource and the
+ApiServerSource played against it; the traffic generator. Then it creates the Experiment
+and watches its status until it ends. Everything is stopped on exit, error or Ctrl-C.
+
+Against a real cluster (`kubeconfig`), the emulator, the stand-ins, the simulated versions
+and the local Prometheus are skipped: the cluster's objects and Prometheus are used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, TextIO
+
+import numpy as np
+import requests
+import yaml
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from eventing.broker import LocalBroker, load_manifests
+from eventing.sources import ApiServerSourcePlayer, PingSourcePlayer
+from functions.adapters.kubernetes import api_client
+from functions.core.events import TRIGGERS
+from functions.local.sample import Sample
+from functions.local.view import LiveView, verdict
+
+ROOT: Final = Path(__file__).resolve().parents[2]
+EVENTING: Final = ROOT / "eventing"
+METRICS: Final = ROOT / "config" / "metrics"
+TERMINAL: Final = ("Completed", "Failed")
+_EXPERIMENTS: Final = ("arbiter.dev", "v1alpha1", "experiments")
+
+
+class RunError(RuntimeError):
+    """The run could not be set up (a component did not start); exit code 1."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_http(url: str, timeout: float, what: str, ok: tuple[int, ...] = (200,)) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(requests.RequestException):
+            if requests.get(url, timeout=1).status_code in ok:
+                return
+        time.sleep(0.1)
+    raise RunError(f"{what} did not answer at {url} within {timeout:g} s")
+
+
+@dataclass(frozen=True)
+class Options:
+    speed: float = 1.0
+    output: Path | None = None
+    kubeconfig: str | None = None
+    prometheus_url: str | None = None
+    seed: int = 1
+    timeout_s: float | None = None
+
+
+class LocalRun:
+    def __init__(self, sample: Sample, options: Options, out: TextIO = sys.stdout) -> None:
+        self.sample = sample
+        self.options = options
+        self.out = out
+        self.interval = max(1, round(sample.interval_seconds / options.speed))
+        self.history: list[dict[str, Any]] = []
+        self.final: dict[str, Any] | None = None
+
+    def say(self, text: str) -> None:
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    # The experiment, time-compressed -------------------------------------------------------
+
+    def experiment(self) -> dict[str, Any]:
+        exp: dict[str, Any] = json.loads(json.dumps(self.sample.experiment))
+        exp.setdefault("spec", {}).setdefault("duration", {})["intervalSeconds"] = self.interval
+        exp.pop("status", None)
+        return exp
+
+    # Components -----------------------------------------------------------------------------
+
+    def _emulator(self, stack: contextlib.ExitStack, workdir: Path) -> tuple[client.ApiClient, str]:
+        from functions.local.controllers import TrafficControllers  # noqa: PLC0415
+        from functions.local.kubeapi import KubeApiServer  # noqa: PLC0415
+
+        server = stack.enter_context(KubeApiServer())
+        kubeconfig = str(server.write_kubeconfig(workdir / "kubeconfig"))
+        namespaces = {
+            "arbiter-system",
+            *(str(o["metadata"]["namespace"]) for o in self.sample.objects),
+        }
+        namespaces.add(str(self.sample.experiment["metadata"]["namespace"]))
+        for path in sorted(METRICS.glob("*.yaml")):
+            doc = yaml.safe_load(path.read_text())
+            if doc.get("kind") != "Metric":
+                continue
+            for ns in namespaces:
+                server.seed(
+                    "arbiter.dev",
+                    "v1alpha1",
+                    "metrics",
+                    ns,
+                    {**doc, "metadata": {**doc["metadata"], "namespace": ns}},
+                )
+        for obj in self.sample.objects:
+            group, _, version = str(obj["apiVersion"]).rpartition("/")
+            plural = {
+                "InferenceService": "inferenceservices",
+                "Service": "services",
+                "VirtualService": "virtualservices",
+                "Metric": "metrics",
+            }.get(str(obj["kind"]), str(obj["kind"]).lower() + "s")
+            server.seed(group, version, plural, obj["metadata"]["namespace"], obj)
+        api = server.api_client()
+        stack.callback(api.close)
+        controllers = TrafficControllers(api, ready_delay_s=self.sample.ready_delay_s)
+        stack.enter_context(controllers)
+        self.say(f"kubernetes  API emulator at {server.url} (kubeconfig {kubeconfig})")
+        return api, kubeconfig
+
+    def _versions(self, stack: contextlib.ExitStack) -> dict[str, Any]:
+        from functions.local.models import ModelVersion  # noqa: PLC0415
+
+        rng = np.random.default_rng(self.options.seed)
+        servers = {}
+        for v in self.sample.versions:
+            server = ModelVersion(
+                v.model,
+                v.key,
+                v.profile,
+                np.random.default_rng(rng.integers(2**32)),
+                namespace=v.namespace,
+            )
+            stack.enter_context(server)
+            servers[v.key] = server
+            p = v.profile
+            self.say(
+                f"version     {v.key} at {server.url}: {p.error_rate:.1%} errors, latency "
+                f"median {p.latency_median_ms:g} ms, {p.model} model"
+            )
+        return servers
+
+    def _prometheus(self, stack: contextlib.ExitStack, workdir: Path, targets: list[str]) -> str:
+        binary = shutil.which("prometheus")
+        if binary is None:
+            raise RunError(
+                "prometheus is not installed: `sudo apt-get install --no-install-recommends "
+                "prometheus` (or `make os-deps`), or pass --prometheus-url"
+            )
+        port = free_port()
+        config = {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "scrape_configs": [{"job_name": "versions", "static_configs": [{"targets": targets}]}],
+        }
+        (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
+        log = (workdir / "prometheus.log").open("w")
+        stack.callback(log.close)
+        process = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={workdir / 'prometheus.yml'}",
+                f"--storage.tsdb.path={workdir / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        stack.callback(_terminate, process)
+        url = f"http://127.0.0.1:{port}"
+        _wait_http(f"{url}/-/ready", 30, "Prometheus")
+        self.say(f"metrics     Prometheus at {url}, scraping every 1 s (first rates after ~7 s)")
+        return url
+
+    def _functions(
+        self, stack: contextlib.ExitStack, workdir: Path, env: dict[str, str]
+    ) -> dict[str, str]:
+        ports = {stage: free_port() for stage in TRIGGERS}
+        urls = {}
+        executable = Path(sys.executable).with_name("functions-framework")
+        for stage, port in ports.items():
+            log = (workdir / f"function-{stage}.log").open("w")
+            stack.callback(log.close)
+            process_env = {
+                **os.environ,
+                **env,
+                "FUNCTION_TARGET": stage,
+                "FUNCTION_SOURCE": str(ROOT / "functions" / stage / "main.py"),
+                "FUNCTION_SIGNATURE_TYPE": "cloudevent",
+                "PORT": str(port),
+            }
+            process = subprocess.Popen(
+                [str(executable), "--host", "127.0.0.1", "--port", str(port)],
+                env=process_env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+            )
+            stack.callback(_terminate, process)
+            urls[f"arbiter-{stage}"] = f"http://127.0.0.1:{port}/"
+        for name, url in urls.items():
+            _wait_http(url, 30, f"function {name}", ok=(400, 405))
+        self.say("functions   " + ", ".join(f"{n} {u}" for n, u in urls.items()))
+        return urls
+
+    # The run ----------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        with contextlib.ExitStack() as stack:
+            workdir = self._workdir(stack)
+            self.say(
+                f"sample      {self.sample.path}: {self.sample.interval_seconds} s intervals"
+                f" run as {self.interval} s (--speed {self.options.speed:g})"
+            )
+            local = self.options.kubeconfig is None
+            if local:
+                api, kubeconfig = self._emulator(stack, workdir)
+                servers = self._versions(stack)
+                prometheus = self.options.prometheus_url or self._prometheus(
+                    stack, workdir, [s.url.removeprefix("http://") for s in servers.values()]
+                )
+            else:
+                kubeconfig = str(self.options.kubeconfig)
+                api = api_client(kubeconfig)
+                stack.callback(api.close)
+                servers = {}
+                prometheus = self.options.prometheus_url or ""
+                self.say(f"kubernetes  the cluster of {kubeconfig}; Prometheus {prometheus}")
+            broker_port = free_port()
+            sink = f"http://127.0.0.1:{broker_port}/"
+            functions = self._functions(
+                stack,
+                workdir,
+                {
+                    "KUBECONFIG": kubeconfig,
+                    "K_SINK": sink,
+                    "ARBITER_PROMETHEUS_URL": prometheus,
+                    "ARBITER_READY_TIMEOUT_SECONDS": str(max(60, 30 * self.interval)),
+                    "ARBITER_READBACK_TIMEOUT_SECONDS": "10",
+                    "ARBITER_LOG_LEVEL": "INFO",
+                },
+            )
+            manifests = load_manifests(EVENTING / "broker.yaml", EVENTING / "triggers.yaml")
+            broker = LocalBroker.from_manifests(
+                manifests,
+                functions,
+                time_scale=self.options.speed,
+                dead_letter_path=workdir / "dead-letters.jsonl",
+                event_log_path=workdir / "events.jsonl",
+                port=broker_port,
+            )
+            stack.enter_context(broker)
+            self.say(f"broker      {broker.url}, routing by eventing/triggers.yaml")
+            sources = [
+                d
+                for d in load_manifests(EVENTING / "apiserversource.yaml")
+                if d.get("kind") == "ApiServerSource"
+            ]
+            ping_docs = [
+                d
+                for d in load_manifests(EVENTING / "pingsource.yaml")
+                if d.get("kind") == "PingSource"
+            ]
+            apiserver = ApiServerSourcePlayer(api, sources[0], broker.url, watch_timeout=2)
+            stack.enter_context(apiserver)
+            # The cluster pings every minute; locally a tick every half interval keeps the
+            # iterations on time however much time is compressed.
+            ping_period = max(0.5, self.interval / 2)
+            ping = PingSourcePlayer(ping_docs[0], broker.url, time_scale=60.0 / ping_period)
+            stack.enter_context(ping)
+            self.say(
+                f"sources     ApiServerSource (Experiments) and PingSource every {ping_period:g} s"
+            )
+            if servers:
+                self._traffic(stack, api, servers)
+            return self._watch(api, stack)
+        raise AssertionError("unreachable")
+
+    def _traffic(
+        self, stack: contextlib.ExitStack, api: client.ApiClient, servers: dict[str, Any]
+    ) -> None:
+        from functions.local.traffic import TrafficGenerator  # noqa: PLC0415
+
+        routes = {key: server.model_url for key, server in servers.items()}
+        generator = TrafficGenerator(
+            api,
+            self.sample.router,
+            routes,
+            self.sample.rate_rps,
+            np.random.default_rng(self.options.seed + 1),
+            workers=32,
+        )
+        stack.enter_context(generator)
+        self.traffic = generator
+        if self.sample.preview and self.sample.preview_rps > 0:
+            server = servers[self.sample.preview]
+            preview = Preview(
+                f"{server.model_url}:predict",
+                self.sample.preview_rps,
+                np.random.default_rng(self.options.seed + 2),
+            )
+            stack.enter_context(preview)
+            self.say(
+                f"preview     {self.sample.preview_rps:g} req/s straight to {self.sample.preview}"
+            )
+        per_interval = self.sample.rate_rps * self.interval
+        self.say(
+            f"traffic     {generator.rate} to {self.sample.router}, kept at this rate under "
+            f"--speed, so each {self.interval} s interval carries ~{per_interval:g} requests"
+        )
+
+    def _watch(self, api: client.ApiClient, stack: contextlib.ExitStack) -> int:
+        objects = client.CustomObjectsApi(api)
+        exp = self.experiment()
+        ns, name = exp["metadata"]["namespace"], exp["metadata"]["name"]
+        objects.create_namespaced_custom_object(*_EXPERIMENTS[:2], ns, _EXPERIMENTS[2], exp)
+        self.say(f"experiment  {ns}/{name} created\n")
+        view = LiveView(self.out)
+        total = int((exp["spec"].get("duration") or {}).get("iterationsPerLoop") or 15) * int(
+            (exp["spec"].get("duration") or {}).get("maxLoops") or 1
+        )
+        timeout = self.options.timeout_s or (total * self.interval * 3 + 120)
+        deadline = time.monotonic() + timeout
+        last_version = None
+        obj: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            try:
+                got = objects.get_namespaced_custom_object(
+                    *_EXPERIMENTS[:2], ns, _EXPERIMENTS[2], name
+                )
+                obj = got if isinstance(got, dict) else {}
+            except ApiException as e:
+                raise RunError(f"experiment {ns}/{name} disappeared: {e.status}") from None
+            version = (obj.get("metadata") or {}).get("resourceVersion")
+            if version != last_version:
+                self.history.append({"at": time.time(), "status": obj.get("status") or {}})
+                last_version = version
+            status = obj.get("status") or {}
+            view.update(obj, self._fraction(status))
+            if status.get("stage") in TERMINAL:
+                break
+            time.sleep(0.25)
+        else:
+            self.say(f"\ntimed out after {timeout:g} s")
+        self.final = obj
+        self._save()
+        self.say("\n" + verdict(obj))
+        self.say(promise(obj, self.sample.expect))
+        return 0 if (obj.get("status") or {}).get("stage") == "Completed" else 1
+
+    def _fraction(self, status: dict[str, Any]) -> float | None:
+        from functions.core.status import parse_time  # noqa: PLC0415
+
+        last = parse_time(status.get("lastIterationTime"))
+        if last is None:
+            return None
+        return min(1.0, (time.time() - last.timestamp()) / self.interval)
+
+    def _workdir(self, stack: contextlib.ExitStack) -> Path:
+        if self.options.output is not None:
+            self.options.output.mkdir(parents=True, exist_ok=True)
+            return self.options.output
+        return Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="arbiter-run-")))
+
+    def _save(self) -> None:
+        if self.options.output is None:
+            return
+        (self.options.output / "status-history.json").write_text(
+            json.dumps(self.history, indent=2) + "\n"
+        )
+        (self.options.output / "experiment.json").write_text(
+            json.dumps(self.final, indent=2) + "\n"
+        )
+
+
+class Preview:
+    """Requests straight to one version at a steady rate, whatever the split: the traffic a
+    tag URL (KServe's `latest-` route) gets, so a BlueGreen candidate at 0% can be judged."""
+
+    def __init__(self, url: str, rate_rps: float, rng: np.random.Generator) -> None:
+        self._url = url
+        self._rate = rate_rps
+        self._rng = rng
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="preview", daemon=True)
+        self._session = requests.Session()
+        self._body = json.dumps({"instances": [[6.8, 2.8, 4.8, 1.4]]})
+
+    def __enter__(self) -> Preview:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._session.close()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(float(self._rng.exponential(1 / self._rate))):
+            with contextlib.suppress(requests.RequestException):
+                self._session.post(self._url, data=self._body, timeout=5)
+
+
+def broken_promises(obj: dict[str, Any], expect: Mapping[str, Any]) -> list[str]:
+    """Where the final status differs from what the sample promised."""
+    status = obj.get("status") or {}
+    actual = {
+        "outcome": status.get("outcome"),
+        "version": status.get("versionRecommendedForPromotion"),
+        "rule": (status.get("recommendation") or {}).get("rule"),
+    }
+    return [
+        f"{k}: promised {v!r}, got {actual.get(k)!r}"
+        for k, v in expect.items()
+        if actual.get(k) != v
+    ]
+
+
+def promise(obj: dict[str, Any], expect: Mapping[str, Any]) -> str:
+    if not expect:
+        return "promise:    (the sample promises no outcome)"
+    broken = broken_promises(obj, expect)
+    return "promise:    kept" if not broken else "promise:    BROKEN: " + "; ".join(broken)
+
+
+def _terminate(process: subprocess.Popen[Any]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -1,0 +1,215 @@
+"""`arbiter run`: every local sample, end to end and time-compressed, keeps its promise.
+
+Each run is the real thing as a subprocess: the API emulator, simulated versions,
+Prometheus, four functions-framework processes, the broker and its sources, traffic.
+Samples run two at a time to keep the suite short on two cores.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from functions.local.controllers import TrafficControllers
+from functions.local.kubeapi import KubeApiServer
+from functions.local.sample import load
+from tests.support.prometheus import OpenMetrics, PrometheusTSDB, missing_binaries
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLES = sorted((ROOT / "samples" / "local").glob("*.yaml"))
+ARBITER = Path(sys.executable).with_name("arbiter")
+SPEED = "10"
+
+
+def start(sample: Path, out: Path, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [str(ARBITER), "run", str(sample), "--speed", SPEED, "--output", str(out), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+    )
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[int, str, Path, float]]:
+    """Every sample's exit code, output, output folder and wall time."""
+    assert not missing_binaries(), "prometheus is not installed: run `make os-deps`"
+    results: dict[str, tuple[int, str, Path, float]] = {}
+    for pair in (SAMPLES[i : i + 2] for i in range(0, len(SAMPLES), 2)):
+        started = time.monotonic()
+        procs = {}
+        for sample in pair:
+            out = tmp_path_factory.mktemp(sample.stem)
+            procs[sample.stem] = (start(sample, out), out)
+        for name, (proc, out) in procs.items():
+            text, _ = proc.communicate(timeout=240)
+            results[name] = (proc.returncode, text, out, time.monotonic() - started)
+    return results
+
+
+def test_there_are_the_samples_the_issue_names() -> None:
+    assert {p.stem for p in SAMPLES} >= {
+        "canary-good",
+        "canary-bad-errors",
+        "canary-bad-latency",
+        "ab-reward",
+        "abn-4-versions",
+        "bluegreen",
+        "fixed-split",
+        "conformance",
+    }
+
+
+@pytest.mark.parametrize("sample", SAMPLES, ids=lambda p: p.stem)
+def test_each_sample_keeps_its_promise(
+    runs: dict[str, tuple[int, str, Path, float]], sample: Path
+) -> None:
+    code, text, out, seconds = runs[sample.stem]
+    assert code == 0, text
+    assert "promise:    kept" in text, text
+    assert seconds < 240, f"{sample.stem} took {seconds:.0f} s at --speed {SPEED}"
+    final = json.loads((out / "experiment.json").read_text())
+    expect = load(sample).expect
+    assert final["status"]["outcome"] == expect["outcome"]
+    # what it shows: a table row per iteration and the verdict
+    assert "versions: v1=" in text and "\noutcome:" in text
+    # --output keeps the event log and the status history
+    history = json.loads((out / "status-history.json").read_text())
+    stages = [h["status"].get("stage") for h in history]
+    assert stages[-1] == "Completed" and "Running" in stages
+    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    types = {e["event"]["type"] for e in events if e.get("record") == "accepted"}
+    assert {"dev.arbiter.experiment.started", "dev.arbiter.experiment.finished"} <= types
+
+
+def test_traffic_moves_the_way_each_pattern_says(
+    runs: dict[str, tuple[int, str, Path, float]],
+) -> None:
+    def splits(name: str) -> list[list[int]]:
+        history = json.loads((runs[name][2] / "status-history.json").read_text())
+        seen: list[list[int]] = []
+        for h in history:
+            split = [w["value"] for w in h["status"].get("currentWeightDistribution") or []]
+            if split and (not seen or seen[-1] != split):
+                seen.append(split)
+        return seen
+
+    fixed = splits("fixed-split")
+    assert fixed[0] == [70, 30] and all(s == [70, 30] for s in fixed[:-1]), fixed
+    blue_green = splits("bluegreen")
+    assert blue_green == [[100, 0], [0, 100]], blue_green
+    ramp = splits("canary-good")
+    assert ramp[0] == [90, 10] and ramp[-1] == [0, 100], ramp
+    assert all(b[1] - a[1] <= 10 for a, b in zip(ramp, ramp[1:-1], strict=False)), ramp
+    assert splits("canary-bad-errors")[-1] == [100, 0]
+
+
+def test_a_bad_sample_is_exit_code_2_naming_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    sample = yaml.safe_load_all((ROOT / "samples/local/canary-good.yaml").read_text())
+    docs = list(sample)
+    docs[1]["spec"]["strategy"]["testingPattern"] = "Canary-ish"
+    bad.write_text(yaml.safe_dump_all(docs))
+    done = subprocess.run(
+        [str(ARBITER), "run", str(bad)], capture_output=True, text=True, cwd=ROOT, check=False
+    )
+    assert done.returncode == 2
+    assert str(bad) in done.stderr and "spec.strategy.testingPattern" in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    missing = subprocess.run(
+        [str(ARBITER), "run", str(tmp_path / "nope.yaml")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
+    assert missing.returncode == 2 and "nope.yaml" in missing.stderr
+
+
+@pytest.fixture
+def cluster_and_prometheus(tmp_path: Path) -> Iterator[tuple[KubeApiServer, Path, str]]:
+    """A stand-in 'cluster' (emulator + controller stand-ins) and a Prometheus with data."""
+    om = OpenMetrics()
+    t0 = int(time.time()) - 3600
+    for revision in ("sklearn-iris-predictor-00001", "sklearn-iris-predictor-00002"):
+        labels = {
+            "namespace_name": "arbiter-demo",
+            "revision_name": revision,
+            "response_code_class": "2xx",
+        }
+        om.histogram(
+            "revision_app_request_latencies",
+            labels,
+            ((t0 + 10 * i, {50.0: 10 * i, float("inf"): 10 * i}, 300.0 * i) for i in range(400)),
+        )
+    db = PrometheusTSDB(tmp_path / "prom")
+    db.backfill(om.text())
+    with KubeApiServer() as server, db:
+        api = server.api_client()
+        with TrafficControllers(api, period_s=0.05):
+            docs = list(yaml.safe_load_all((ROOT / "samples/local/canary-good.yaml").read_text()))
+            isvc = docs[0]
+            isvc["status"]["components"]["predictor"]["latestReadyRevision"] = (
+                "sklearn-iris-predictor-00002"
+            )
+            server.seed("serving.kserve.io", "v1beta1", "inferenceservices", "arbiter-demo", isvc)
+            for path in sorted((ROOT / "config" / "metrics").glob("*.yaml")):
+                doc = yaml.safe_load(path.read_text())
+                if doc.get("kind") == "Metric":
+                    doc["metadata"]["namespace"] = "arbiter-system"
+                    server.seed("arbiter.dev", "v1alpha1", "metrics", "arbiter-system", doc)
+            yield server, server.write_kubeconfig(tmp_path / "kubeconfig"), db.url
+        api.close()
+
+
+def test_against_a_cluster_it_uses_the_cluster_and_starts_no_simulation(
+    cluster_and_prometheus: tuple[KubeApiServer, Path, str], tmp_path: Path
+) -> None:
+    server, kubeconfig, prometheus = cluster_and_prometheus
+    done = subprocess.run(
+        [
+            str(ARBITER),
+            "run",
+            "samples/local/canary-good.yaml",
+            "--kubeconfig",
+            str(kubeconfig),
+            "--prometheus-url",
+            prometheus,
+            "--speed",
+            "10",
+            "--timeout",
+            "8",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        check=False,
+    )
+    text = done.stdout
+    assert "API emulator" not in text and "version     " not in text, text
+    assert f"the cluster of {kubeconfig}" in text
+    exp: dict[str, Any] | None = server.get(
+        "arbiter.dev", "v1alpha1", "experiments", "arbiter-demo", "sklearn-iris-canary"
+    )
+    assert exp is not None, "the experiment was created in the cluster"
+    assert exp["status"]["stage"] in ("Running", "Finishing", "Completed"), exp["status"]
+    isvc = server.get(
+        "serving.kserve.io", "v1beta1", "inferenceservices", "arbiter-demo", "sklearn-iris"
+    )
+    assert isvc is not None
+    assert isvc["spec"]["predictor"]["canaryTrafficPercent"] > 0, "start set the first split"
+    started = datetime.fromisoformat(exp["status"]["startTime"].replace("Z", "+00:00"))
+    assert started <= datetime.now(UTC)

@@ -1,0 +1,305 @@
+"""The traffic generator: each backend's split rule, and real traffic routed by a real API.
+
+The split is read from `functions.local.kubeapi.KubeApiServer` through the official client,
+and the requests go over HTTP to simulated model versions.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import kubernetes.client
+import numpy as np
+import pytest
+import urllib3
+from prometheus_client.parser import text_string_to_metric_families
+from scipy import stats
+
+from functions.core.traffic import KFSERVING, KNATIVE, KSERVE, ObjectRef
+from functions.local.kubeapi import KubeApiServer
+from functions.local.models import ModelVersion, Profile
+from functions.local.traffic import (
+    NO_RESPONSE,
+    Share,
+    TrafficGenerator,
+    TrafficStats,
+    read_split,
+    route_split,
+)
+
+ALPHA = 1e-4  # two-sided tail below which a count is inconsistent with the split
+ISTIO = "networking.istio.io/v1beta1"
+NS = "default"
+
+
+@pytest.fixture(scope="module")
+def kube() -> Iterator[KubeApiServer]:
+    with KubeApiServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def api(kube: KubeApiServer) -> Iterator[kubernetes.client.ApiClient]:
+    client = kube.api_client()
+    yield client
+    client.close()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def sent(generator: TrafficGenerator) -> int:
+    return sum(generator.stats().sent.values())
+
+
+def isvc(name: str, percent: int | None, *, ready: str = "rev-2") -> dict[str, Any]:
+    predictor: dict[str, Any] = {"model": {"modelFormat": {"name": "sklearn"}}}
+    if percent is not None:
+        predictor["canaryTrafficPercent"] = percent
+    return {
+        "apiVersion": KSERVE,
+        "kind": "InferenceService",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {"predictor": predictor},
+        "status": {
+            "components": {
+                "predictor": {
+                    "latestRolledoutRevision": "rev-1",
+                    "latestCreatedRevision": "rev-2",
+                    "latestReadyRevision": ready,
+                }
+            }
+        },
+    }
+
+
+KSERVE_REF = ObjectRef(KSERVE, "InferenceService", NS, "isvc")
+
+
+@pytest.mark.parametrize(
+    ("obj", "expected"),
+    [
+        (isvc("isvc", 30), {"rev-1": 70.0, "rev-2": 30.0}),
+        (isvc("isvc", 0), {"rev-1": 100.0, "rev-2": 0.0}),
+        # No canaryTrafficPercent, or 100: KServe promotes the latest ready revision.
+        (isvc("isvc", None), {"rev-2": 100.0}),
+        (isvc("isvc", 100), {"rev-2": 100.0}),
+        # A latest revision that is not ready gets nothing, whatever the percent says.
+        (isvc("isvc", 30, ready="rev-1"), {"rev-1": 100.0}),
+    ],
+)
+def test_kserve_split_follows_canary_traffic_percent(
+    obj: dict[str, Any], expected: dict[str, float]
+) -> None:
+    shares = read_split(KSERVE_REF, obj)
+    assert {share.keys[0]: share.percent for share in shares} == expected
+
+
+def test_kserve_first_revision_takes_everything_once_ready() -> None:
+    status = {"components": {"predictor": {"latestCreatedRevision": "rev-1"}}}
+    assert read_split(KSERVE_REF, {"status": status}) == ()
+    status["components"]["predictor"]["latestReadyRevision"] = "rev-1"
+    assert read_split(KSERVE_REF, {"status": status}) == (Share(("rev-1",), 100.0),)
+
+
+def test_kfserving_split_by_default_and_canary() -> None:
+    ref = ObjectRef(KFSERVING, "InferenceService", NS, "isvc")
+    status = {
+        "default": {"predictor": {"name": "isvc-default-00001"}},
+        "canary": {"predictor": {"name": "isvc-canary-00001"}},
+    }
+    spec: dict[str, Any] = {"default": {}, "canary": {}, "canaryTrafficPercent": 25}
+    assert read_split(ref, {"spec": spec, "status": status}) == (
+        Share(("isvc-default-00001", "default"), 75.0),
+        Share(("isvc-canary-00001", "canary"), 25.0),
+    )
+    # Promoted or rolled back: no canary, everything to the default.
+    assert read_split(ref, {"spec": {"default": {}}}) == (Share(("default",), 100.0),)
+
+
+def test_knative_split_by_revision_tag_and_latest() -> None:
+    ref = ObjectRef(KNATIVE, "Service", NS, "svc")
+    obj = {
+        "spec": {
+            "traffic": [
+                {"revisionName": "svc-00001", "percent": 50},
+                {"tag": "candidate", "revisionName": "svc-00002", "percent": 30},
+                {"latestRevision": True, "percent": 20},
+            ]
+        },
+        "status": {"latestReadyRevisionName": "svc-00003"},
+    }
+    assert read_split(ref, obj) == (
+        Share(("svc-00001",), 50.0),
+        Share(("svc-00002", "candidate"), 30.0),
+        Share(("svc-00003",), 20.0),
+    )
+    assert read_split(ref, {"status": obj["status"]}) == (Share(("svc-00003",), 100.0),)
+
+
+def test_istio_split_by_route_weight() -> None:
+    ref = ObjectRef(ISTIO, "VirtualService", NS, "vs")
+    routes = [
+        {"destination": {"host": "v1.default.svc.cluster.local"}, "weight": 60},
+        {"destination": {"host": "models", "subset": "v2"}, "weight": 40},
+    ]
+    assert read_split(ref, {"spec": {"http": [{"route": routes}]}}) == (
+        Share(("v1.default.svc.cluster.local", "v1"), 60.0),
+        Share(("v2", "models"), 40.0),
+    )
+    lone = {"destination": {"host": "v1.default.svc.cluster.local"}}  # no weight: all of it
+    assert read_split(ref, {"spec": {"http": [{"route": [lone]}]}})[0].percent == 100.0
+
+
+def test_unknown_kinds_and_destinations() -> None:
+    with pytest.raises(ValueError, match="no known traffic router"):
+        read_split(ObjectRef("apps/v1", "Deployment", NS, "d"), {})
+    shares = (Share(("rev-1",), 60.0), Share(("rev-9", "other"), 40.0))
+    assert route_split(shares, {"rev-1": "http://x"}) == {"rev-1": 60.0, None: 40.0}
+
+
+def test_rate_is_kept_in_simulated_time_up_to_the_wall_clock_cap(
+    api: kubernetes.client.ApiClient,
+) -> None:
+    def rate(rps: float, scale: float) -> tuple[float, float]:
+        generator = TrafficGenerator(
+            api, KSERVE_REF, {}, rps, np.random.default_rng(0), scale, instances=[[0.0] * 4]
+        )
+        return generator.rate.simulated_rps, generator.rate.wall_rps
+
+    assert rate(2.0, 10.0) == (2.0, 20.0)
+    assert rate(20.0, 100.0) == (3.0, 300.0)  # capped at 300 req/s of wall clock
+
+
+def binomial_ok(
+    stats_before: TrafficStats, stats_after: TrafficStats, version: str, p: float
+) -> bool:
+    def count(s: TrafficStats, v: str) -> int:
+        return s.sent.get(v, 0)
+
+    hits = count(stats_after, version) - count(stats_before, version)
+    n = sum(stats_after.sent.values()) - sum(stats_before.sent.values())
+    return bool(stats.binomtest(hits, n, p).pvalue > ALPHA)
+
+
+@pytest.mark.slow
+def test_routes_a_canary_split_and_follows_its_changes(
+    kube: KubeApiServer, api: kubernetes.client.ApiClient
+) -> None:
+    kube.seed("serving.kserve.io", "v1beta1", "inferenceservices", NS, isvc("canary", 30))
+    objects = kubernetes.client.CustomObjectsApi(api)
+
+    def set_percent(percent: int | None) -> None:
+        body = {"spec": {"predictor": {"canaryTrafficPercent": percent}}}
+        objects.patch_namespaced_custom_object(
+            "serving.kserve.io", "v1beta1", NS, "inferenceservices", "canary", body
+        )
+
+    rng = np.random.default_rng(7)
+    fast = Profile(latency_median_ms=1.0, latency_sigma=0.0)
+    with (
+        ModelVersion("canary", "rev-1", fast, rng.spawn(1)[0], time_scale=np.inf) as v1,
+        ModelVersion("canary", "rev-2", fast, rng.spawn(1)[0], time_scale=np.inf) as v2,
+    ):
+        ref = ObjectRef(KSERVE, "InferenceService", NS, "canary")
+        generator = TrafficGenerator(
+            api, ref, {"rev-1": v1.url, "rev-2": v2.model_url}, 3.0, rng, time_scale=100.0
+        )
+        with generator:
+            start = generator.stats()
+            assert start.split == {"rev-1": 70.0, "rev-2": 30.0}  # read before the first send
+            wait_until(lambda: sent(generator) >= 600)
+            first = generator.stats()
+
+            set_percent(80)
+            assert generator.wait_for_split({"rev-1": 20, "rev-2": 80})
+            switched = generator.stats()
+            wait_until(lambda: sent(generator) >= sum(switched.sent.values()) + 600)
+            second = generator.stats()
+
+            set_percent(None)  # promotion: the latest ready revision takes everything
+            assert generator.wait_for_split({"rev-2": 100})
+            promoted = generator.stats()
+            wait_until(lambda: sent(generator) >= sum(promoted.sent.values()) + 50)
+        final = generator.stats()
+
+        served = {v.revision: _served(v) for v in (v1, v2)}
+
+    assert binomial_ok(start, first, "rev-2", 0.3)
+    assert binomial_ok(switched, second, "rev-2", 0.8)
+    assert final.sent["rev-1"] == promoted.sent["rev-1"]  # nothing to rev-1 after promotion
+    assert final.sent["rev-2"] >= promoted.sent["rev-2"] + 50
+    # Every request sent was answered, and each version counted what it answered.
+    assert final.responses == {v: {200: n} for v, n in final.sent.items()}
+    assert served == final.sent
+    assert final.unrouted == 0 and final.split_errors == 0 and final.split_reads > 3
+
+
+def _served(version: ModelVersion) -> int:
+    """Requests the version counted, from its /metrics as Prometheus would scrape it."""
+    text = urllib3.request("GET", version.url + "/metrics").data.decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    return int(sum(s.value for s in families["revision_app_request_count"].samples))
+
+
+def test_reads_a_virtual_service_through_the_api(
+    kube: KubeApiServer, api: kubernetes.client.ApiClient
+) -> None:
+    routes = [
+        {"destination": {"host": "iris-a.default.svc.cluster.local"}, "weight": 25},
+        {"destination": {"host": "iris-b.default.svc.cluster.local"}, "weight": 75},
+    ]
+    body = {
+        "apiVersion": ISTIO,
+        "kind": "VirtualService",
+        "metadata": {"name": "iris", "namespace": NS},
+        "spec": {"hosts": ["iris.example.com"], "http": [{"route": routes}]},
+    }
+    kube.seed("networking.istio.io", "v1beta1", "virtualservices", NS, body)
+    ref = ObjectRef(ISTIO, "VirtualService", NS, "iris")
+    urls = {"iris-a": "http://127.0.0.1:1", "iris-b": "http://127.0.0.1:2"}
+    generator = TrafficGenerator(
+        api, ref, urls, 1.0, np.random.default_rng(0), instances=[[0.0] * 4]
+    )
+    assert generator.refresh() == {"iris-a": 25.0, "iris-b": 75.0}
+
+
+def test_a_missing_target_routes_nothing(api: kubernetes.client.ApiClient) -> None:
+    ref = ObjectRef(KSERVE, "InferenceService", NS, "absent")
+    generator = TrafficGenerator(
+        api, ref, {"rev-1": "http://127.0.0.1:1"}, 200.0, np.random.default_rng(0)
+    )
+    with generator:
+        wait_until(lambda: generator.stats().unrouted >= 20)
+    final = generator.stats()
+    assert final.sent == {} and final.split is None and final.split_errors >= 1
+
+
+@pytest.mark.slow
+def test_a_slow_version_does_not_hold_back_the_schedule(
+    kube: KubeApiServer, api: kubernetes.client.ApiClient
+) -> None:
+    kube.seed("serving.kserve.io", "v1beta1", "inferenceservices", NS, isvc("slow", 0))
+    slow = Profile(latency_median_ms=500.0, latency_sigma=0.0)
+    ref = ObjectRef(KSERVE, "InferenceService", NS, "slow")
+    with ModelVersion("slow", "rev-1", slow, np.random.default_rng(1)) as version:
+        generator = TrafficGenerator(
+            api, ref, {"rev-1": version.url}, 50.0, np.random.default_rng(2), workers=2
+        )
+        started = time.monotonic()
+        with generator:
+            # 40 arrivals at 50/s take ~0.8 s; two workers on 500 ms requests send ~4 of them.
+            wait_until(lambda: sum(generator.stats().sent.values()) + generator.stats().shed >= 40)
+            elapsed = time.monotonic() - started
+        final = generator.stats()
+    assert elapsed < 3.0
+    assert final.shed > final.sent["rev-1"]
+    assert final.sent["rev-1"] <= 2 * (elapsed / 0.5 + 1)
+    assert sum(final.responses["rev-1"].values()) == final.sent["rev-1"]
+    assert NO_RESPONSE not in final.responses["rev-1"]
