@@ -7,6 +7,7 @@ Samples run two at a time to keep the suite short on two cores.
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -112,7 +113,7 @@ def test_traffic_moves_the_way_each_pattern_says(
     assert blue_green == [[100, 0], [0, 100]], blue_green
     ramp = splits("canary-good")
     assert ramp[0] == [90, 10] and ramp[-1] == [0, 100], ramp
-    assert all(b[1] - a[1] <= 10 for a, b in zip(ramp, ramp[1:-1], strict=False)), ramp
+    assert all(b[1] - a[1] <= 10 for a, b in itertools.pairwise(ramp[:-1])), ramp
     assert splits("canary-bad-errors")[-1] == [100, 0]
 
 
