@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
+from cloudevents.http import CloudEvent
 from kubernetes import client
 
 from functions.adapters.kubernetes import KubeExperimentStore, KubeObjects
@@ -307,3 +308,51 @@ def test_a_bad_spec_fails_with_a_condition_naming_the_field(
         "spec.versionInfo.candidates: Canary needs exactly 1 candidate, got 2"
         in (failed["message"])
     )
+
+
+def test_a_ping_fans_out_one_due_event_per_running_experiment(
+    cluster: tuple[KubeApiServer, client.ApiClient], prometheus: str
+) -> None:
+    server, api = cluster
+    objs = [seed(server, ns) for ns in ("good", "bad")]
+    p = pipeline(api, prometheus)
+    try:
+        for obj in objs:
+            p.publish(apiserver_event("add", obj))
+        clock = p.ctx.clock
+        assert isinstance(clock, ManualClock)
+        clock.advance(INTERVAL)
+        before = len(p.sink.emitted)
+        ping = CloudEvent({"type": events.PING, "source": "/apis/v1/pingsources/arbiter"}, {})
+        assert p.deliver("iterate", ping) == 200
+        emitted = p.sink.emitted[before:]
+    finally:
+        p.close()
+    # the tick only hands out work: one due event per experiment, nothing measured in it
+    assert [e["type"] for e in emitted] == [events.DUE, events.DUE]
+    assert {e[events.EXT_NAMESPACE] for e in emitted} == {"good", "bad"}
+    assert {e[events.EXT_ITERATION] for e in emitted} == {"1"}
+
+
+def test_a_second_experiment_on_a_target_waits_then_starts_when_the_first_ends(
+    cluster: tuple[KubeApiServer, client.ApiClient], prometheus: str
+) -> None:
+    server, api = cluster
+    first = seed(server, "bad")
+    second_doc = experiment("bad")
+    second_doc["metadata"]["name"] = "iris-canary-2"
+    second = server.seed(*EXPERIMENTS, "bad", second_doc)
+    p = pipeline(api, prometheus)
+    try:
+        p.publish(apiserver_event("add", first))
+        p.publish(apiserver_event("add", second))
+        waiting = (server.get(*EXPERIMENTS, "bad", "iris-canary-2") or {})["status"]
+        assert waiting["stage"] == "Waiting"
+        assert "bad/iris-canary" in waiting["message"] and "bad/iris" in waiting["message"]
+        acquired = next(c for c in waiting["conditions"] if c["type"] == "TargetAcquired")
+        assert (acquired["status"], acquired["reason"]) == ("False", "TargetBusy")
+        run_to_end(p, server, "bad")  # the first is rolled back; finished frees the target
+        after = (server.get(*EXPERIMENTS, "bad", "iris-canary-2") or {})["status"]
+    finally:
+        p.close()
+    assert after["stage"] in ("Running", "Finishing", "Completed"), after
