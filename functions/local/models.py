@@ -334,8 +334,9 @@ class ModelVersion:
                 f"{code // 100}xx",
             )
             self.metrics.latencies.labels(*labels)
-            self.metrics.correct.labels(*labels)
-            self.metrics.scored.labels(*labels)
+            if code == 200:  # only answered predictions are scored
+                self.metrics.correct.labels(*labels)
+                self.metrics.scored.labels(*labels)
         server = _Server((self._host, self._port), _Handler)
         server.version = self
         self._server = server
