@@ -23,7 +23,7 @@ from analytics.report import to_dict
 from functions.core import events, rollout
 from functions.core import status as st
 from functions.core.context import Context
-from functions.core.errors import NotFoundError, PermanentError
+from functions.core.errors import PermanentError
 from functions.core.events import ExperimentRef
 from functions.core.traffic import model_for
 
@@ -54,11 +54,8 @@ def _follow_up(status: Mapping[str, Any], ref: ExperimentRef, iteration: int) ->
 
 
 def assess(ctx: Context, ref: ExperimentRef, iteration: int, data: Mapping[str, Any]) -> None:
-    try:
-        obj = ctx.store.get(ref)
-    except NotFoundError:
-        return
-    if not st.same_experiment(obj, ref):
+    obj = st.current(ctx.store, ref)
+    if obj is None:
         return
     status = st.status_of(obj)
     completed = int(status.get("completedIterations") or 0)

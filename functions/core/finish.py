@@ -18,7 +18,7 @@ from analytics.model import TestingPattern
 from functions.core import events, rollout
 from functions.core import status as st
 from functions.core.context import Context
-from functions.core.errors import NotFoundError, PermanentError
+from functions.core.errors import PermanentError
 from functions.core.events import ExperimentRef
 from functions.core.traffic import model_for
 
@@ -69,11 +69,8 @@ def deleted(ctx: Context, obj: dict[str, Any]) -> None:
 
 
 def finish(ctx: Context, ref: ExperimentRef, iteration: int, data: Mapping[str, Any]) -> None:
-    try:
-        obj = ctx.store.get(ref)
-    except NotFoundError:
-        return
-    if not st.same_experiment(obj, ref):
+    obj = st.current(ctx.store, ref)
+    if obj is None:
         return
     status = st.status_of(obj)
     if st.stage_of(obj) in st.TERMINAL:

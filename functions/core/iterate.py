@@ -85,14 +85,11 @@ def _metric(ctx: Context, experiment: Experiment, name: str) -> MetricSpec:
 
 
 def measure(ctx: Context, ref: ExperimentRef, iteration: int) -> None:
-    try:
-        obj = ctx.store.get(ref)
-    except NotFoundError:
+    obj = st.current(ctx.store, ref)
+    if obj is None or st.stage_of(obj) != st.RUNNING:
         return
     status = st.status_of(obj)
     completed = int(status.get("completedIterations") or 0)
-    if not st.same_experiment(obj, ref) or st.stage_of(obj) != st.RUNNING:
-        return
     if iteration != completed + 1:
         log.info("iterate: %s iteration %d is stale (done: %d)", ref, iteration, completed)
         return

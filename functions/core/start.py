@@ -85,12 +85,8 @@ def _fail(ctx: Context, obj: dict[str, Any], reason: str, message: str) -> None:
 
 
 def start_one(ctx: Context, ref: ExperimentRef) -> None:
-    try:
-        obj = ctx.store.get(ref)
-    except NotFoundError:
-        log.info("start: %s is gone; nothing to do", ref)
-        return
-    if not st.same_experiment(obj, ref):
+    obj = st.current(ctx.store, ref)
+    if obj is None:
         return
     stage = st.stage_of(obj)
     if stage in st.TERMINAL:

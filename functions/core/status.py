@@ -15,8 +15,9 @@ from typing import Any, Final, TypeVar
 
 from analytics.model import Experiment
 from analytics.parse import SpecError, parse_experiment
-from functions.core.errors import ConflictError, PermanentError
+from functions.core.errors import ConflictError, NotFoundError, PermanentError
 from functions.core.events import ExperimentRef
+from functions.core.ports import ExperimentStore
 
 T = TypeVar("T")
 Obj = dict[str, Any]
@@ -72,6 +73,16 @@ def ref_of(obj: Mapping[str, Any]) -> ExperimentRef:
 def same_experiment(obj: Mapping[str, Any], ref: ExperimentRef) -> bool:
     """False when the event is about an earlier experiment of the same name."""
     return ref.uid is None or ref_of(obj).uid in (None, ref.uid)
+
+
+def current(store: ExperimentStore, ref: ExperimentRef) -> Obj | None:
+    """The experiment an event is about as stored now; None when it is gone or the event
+    is about an earlier experiment of the same name (both: acknowledge, change nothing)."""
+    try:
+        obj = store.get(ref)
+    except NotFoundError:
+        return None
+    return obj if same_experiment(obj, ref) else None
 
 
 def with_condition(
