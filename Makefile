@@ -61,7 +61,7 @@ run: install os-deps
 	$(VENV)/bin/arbiter run $(SAMPLE) --speed 5
 
 bench: install
-	$(VENV)/bin/arbiter bench
+	$(VENV)/bin/arbiter bench --quick
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

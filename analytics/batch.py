@@ -1,0 +1,585 @@
+"""`analytics.analysis.analyze` for R replicates of one experiment at once (leading axis R).
+
+The benchmarks run thousands of simulated experiments; building R `Experiment` values and
+analysing them one by one would cost seconds per iteration. This module runs the same
+analysis with arrays: the confidence sequences of `analytics.sequential`, the conditions
+and prior scales of `analytics.assessment`, the caps, top-two shares and rounding of
+`analytics.allocation`, and `analytics.bayes.prob_best`. Where those modules only take one
+`Quantity` at a time (`bayes.prob_at_most`, `bayes.mean_and_variance`, `bayes.draws`), their
+formulas are repeated here term for term, and tests/unit/benchmarks/test_batch.py checks
+that every verdict, winner, weight and recommendation equals `analyze`'s on random inputs.
+
+Measurements are arrays per metric: `Counts` (events, trials), `Moments` (count, sum, sum
+of squares) or `Histogram` (cumulative bucket counts), each (R, K) or (R, K, B) with K the
+versions in `spec.version_info.names` order. A version with no trials or observations is
+"no data yet". Bare point values have no batched form: they carry no evidence to simulate.
+
+Randomness: given one Generator, the posterior draws for A/B/n weights are made for all
+replicates at once, so they differ draw for draw (not in distribution) from R separate
+`analyze` calls. Given one Generator per replicate, each replicate consumes its own exactly
+as `analyze` would, and the weights are identical.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+from scipy import special
+
+from analytics import allocation, assessment, bayes, sequential
+from analytics.measurements import Histogram as _ScalarHistogram
+from analytics.model import (
+    DeploymentPattern,
+    Direction,
+    ExperimentSpec,
+    Objective,
+    TestingPattern,
+)
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
+
+UNDECIDED: Final = 0
+SATISFIED: Final = 1
+VIOLATED: Final = 2
+VERDICTS: Final = (
+    assessment.Verdict.UNDECIDED,
+    assessment.Verdict.SATISFIED,
+    assessment.Verdict.VIOLATED,
+)
+
+CONTINUE: Final = 0
+PROMOTE: Final = 1
+ROLLBACK: Final = 2
+
+RULES: Final = (
+    "collecting-evidence",
+    "objective-violated",
+    "winner-conclusive",
+    "iterations-exhausted",
+)
+_COLLECTING, _VIOLATED_RULE, _CONCLUSIVE_RULE, _EXHAUSTED_RULE = range(4)
+
+
+@dataclass(frozen=True, eq=False)
+class Counts:
+    """`events` out of `trials` per replicate and version, shape (R, K)."""
+
+    events: FloatArray
+    trials: FloatArray
+
+
+@dataclass(frozen=True, eq=False)
+class Moments:
+    """Count, sum and sum of squares per replicate and version, shape (R, K)."""
+
+    count: FloatArray
+    total: FloatArray
+    sum_of_squares: FloatArray
+
+
+@dataclass(frozen=True, eq=False)
+class Histogram:
+    """Cumulative bucket counts (R, K, B) on `bounds` (ascending, ending with +inf)."""
+
+    bounds: tuple[float, ...]
+    cumulative: FloatArray
+
+
+Measurement = Counts | Moments | Histogram
+
+
+@dataclass(frozen=True, eq=False)
+class BatchAnalysis:
+    """What `analyze` returns, as arrays over replicates.
+
+    verdict/conclusive: (R, K, O), codes UNDECIDED/SATISFIED/VIOLATED, objectives in spec
+        order. winner: (R,) version index or -1. weights: (R, K) integer percentages, or
+        None for Conformance. action: (R,) CONTINUE/PROMOTE/ROLLBACK; version: (R,) the
+        version acted on (-1 to continue); rule: (R,) index into RULES. recommended: (R,)
+        the version recommended for promotion.
+    """
+
+    verdict: IntArray
+    conclusive: BoolArray
+    winner: IntArray
+    winner_conclusive: BoolArray
+    weights: IntArray | None
+    action: IntArray
+    version: IntArray
+    rule: IntArray
+    recommended: IntArray
+
+
+@dataclass(frozen=True, eq=False)
+class _Quantity:
+    """Batched `evidence.Quantity`: counts (a=events, b=trials) or a mean (a=count, b=sum)."""
+
+    is_counts: bool
+    a: FloatArray
+    b: FloatArray
+    sum_of_squares: FloatArray
+    scale: float
+    present: BoolArray
+    estimate: FloatArray
+
+    def bounds(self, alpha: npt.ArrayLike) -> tuple[FloatArray, FloatArray]:
+        """Confidence-sequence bounds, broadcasting `alpha` against (R, K)."""
+        if self.is_counts:
+            lo, hi = sequential.binomial_cs(self.a, self.b, alpha, self.scale)
+        else:
+            lo, hi = sequential.mean_cs(self.a, self.b, self.sum_of_squares, alpha)
+        return np.where(self.present, lo, -np.inf), np.where(self.present, hi, np.inf)
+
+    def mean_and_variance(self) -> tuple[FloatArray, FloatArray]:
+        """`bayes.mean_and_variance`, elementwise (meaningless where not `present`)."""
+        if self.is_counts:
+            a = self.a + bayes.JEFFREYS
+            b = self.b - self.a + bayes.JEFFREYS
+            return a / (a + b), a * b / ((a + b) ** 2 * (a + b + 1))
+        n = np.maximum(self.a, 2.0)
+        variance = np.maximum(self.sum_of_squares - self.a * self.estimate**2, 0.0) / (n - 1)
+        return self.estimate, variance / n
+
+    def prob_at_most(self, limit: float) -> FloatArray:
+        """`bayes.prob_at_most`, elementwise: 1/2 without data."""
+        if self.is_counts:
+            a = self.a + bayes.JEFFREYS
+            b = self.b - self.a + bayes.JEFFREYS
+            p = special.betainc(a, b, min(max(limit, 0.0), 1.0))
+        else:
+            p = _prob_normal_at_most(*self.mean_and_variance(), limit)
+        return np.asarray(np.where(self.present, p, 0.5), dtype=np.float64)
+
+
+def _prob_normal_at_most(mean: FloatArray, variance: FloatArray, limit: float) -> FloatArray:
+    """`bayes.prob_normal_at_most`, elementwise."""
+    safe = np.where(variance > 0, variance, 1.0)
+    p = special.ndtr((limit - mean) / np.sqrt(safe))
+    return np.asarray(np.where(variance > 0, p, np.where(mean <= limit, 1.0, 0.0)))
+
+
+def _quantity(m: Measurement, bucket_limit: float | None, scale: float) -> _Quantity:
+    """Batched `evidence.quantity`."""
+    if isinstance(m, Histogram):
+        if bucket_limit is None:
+            raise ValueError("a histogram objective needs upperLimit to choose its bucket bound")
+        # The scalar Histogram picks the bucket bound; reuse it so the choice is identical.
+        probe = _ScalarHistogram(m.bounds, (0.0,) * len(m.bounds))
+        index = m.bounds.index(probe.exceedance(bucket_limit)[0])
+        cumulative = np.asarray(m.cumulative, dtype=np.float64)
+        trials = cumulative[..., -1]
+        m = Counts(trials - cumulative[..., index], trials)
+    if isinstance(m, Counts):
+        events = np.asarray(m.events, dtype=np.float64)
+        trials = np.asarray(m.trials, dtype=np.float64)
+        present = trials > 0
+        estimate = np.where(present, events / np.where(present, trials, 1.0), np.nan)
+        return _Quantity(True, events, trials, np.zeros_like(trials), scale, present, estimate)
+    count = np.asarray(m.count, dtype=np.float64)
+    total = np.asarray(m.total, dtype=np.float64)
+    present = count > 0
+    estimate = np.where(present, total / np.where(present, count, 1.0), np.nan)
+    squares = np.asarray(m.sum_of_squares, dtype=np.float64)
+    return _Quantity(False, count, total, squares, scale, present, estimate)
+
+
+@dataclass(frozen=True, eq=False)
+class _Assessed:
+    verdict: IntArray  # (R, K, O)
+    # Per objective, per condition: kind, limit and (R, K) satisfied / probability inputs.
+    conditions: list[list[tuple[str, float, BoolArray]]]
+    quantities: list[_Quantity]
+
+
+def _limit_of(kind: str, limit: float, baseline_value: FloatArray) -> FloatArray:
+    if kind == "ratio":
+        return limit * baseline_value
+    return baseline_value + limit
+
+
+_Plan = tuple[Objective, "_Quantity", list[assessment._Condition], list[assessment._Condition]]
+
+
+def _assess(
+    spec: ExperimentSpec, measurements: dict[str, Measurement], shape: tuple[int, int]
+) -> _Assessed:
+    """Batched `assessment.assess_versions`: verdicts (R, K, O)."""
+    alpha = spec.criteria.alpha
+    r, k = shape
+    plans: list[_Plan] = []
+    for objective in spec.criteria.objectives:
+        m = measurements.get(objective.metric)
+        if m is None:
+            m = Counts(np.zeros(shape), np.zeros(shape))
+        histogram = isinstance(m, Histogram)
+        scale = assessment._scale(objective, histogram, sequential.DEFAULT_SCALE)
+        q = _quantity(m, objective.upper_limit if histogram else None, scale)
+        base_conditions = assessment._conditions(objective, histogram, False)
+        cand_conditions = assessment._conditions(objective, histogram, objective.is_relative)
+        plans.append((objective, q, base_conditions, cand_conditions))
+
+    n_base = max(1, sum(len(p[2]) for p in plans))
+    n_cand = max(1, sum(len(p[3]) for p in plans))
+    av_base, av_cand = alpha / n_base, alpha / n_cand
+    av = np.array([av_base] + [av_cand] * (k - 1))
+
+    verdict = np.zeros((r, k, len(plans)), dtype=np.int64)
+    conditions: list[list[tuple[str, float, BoolArray]]] = []
+    for i, (_, q, base_conditions, cand_conditions) in enumerate(plans):
+        # One call per objective: the four levels analyze asks for, every version at once.
+        levels = np.stack([av, np.full(k, alpha), np.full(k, av_cand / 2), np.full(k, alpha / 2)])
+        lo, hi = q.bounds(levels[:, None, :])
+        lo_v, hi_v, lo_s, hi_s = lo[0], hi[0], lo[1], hi[1]
+        lo_vh, hi_vh, lo_sh, hi_sh = lo[2], hi[2], lo[3], hi[3]
+        objective_conditions: list[tuple[str, float, BoolArray]] = []
+        sat_all = np.ones((r, k), dtype=np.bool_)
+        viol_any = np.zeros((r, k), dtype=np.bool_)
+        has_conditions = np.array([bool(base_conditions)] + [bool(cand_conditions)] * (k - 1))
+        for cond in cand_conditions:
+            applies = np.ones(k, dtype=np.bool_)
+            if cond.kind in ("upper", "lower"):
+                if cond.kind == "upper":
+                    violated = lo_v > cond.limit
+                    satisfied = ~violated & (hi_s <= cond.limit)
+                else:
+                    violated = hi_v < cond.limit
+                    satisfied = ~violated & (lo_s >= cond.limit)
+                violated &= q.present
+                satisfied &= q.present
+            else:
+                applies[0] = False
+                both = q.present & q.present[:, :1]
+                violated = both & (lo_vh > _limit_of(cond.kind, cond.limit, hi_vh[:, :1]))
+                satisfied = (
+                    both & ~violated & (hi_sh <= _limit_of(cond.kind, cond.limit, lo_sh[:, :1]))
+                )
+            violated &= applies
+            satisfied |= ~applies
+            sat_all &= satisfied
+            viol_any |= violated
+            objective_conditions.append((cond.kind, cond.limit, satisfied))
+        code = np.where(viol_any, VIOLATED, np.where(sat_all, SATISFIED, UNDECIDED))
+        verdict[:, :, i] = np.where(has_conditions, code, SATISFIED)
+        conditions.append(objective_conditions)
+    return _Assessed(verdict, conditions, [p[1] for p in plans])
+
+
+def _winner(
+    spec: ExperimentSpec,
+    verdict: IntArray,
+    reward: _Quantity | None,
+) -> tuple[IntArray, BoolArray]:
+    """Batched `winner.assess_winner`: (winner index or -1, conclusive)."""
+    r, k, _ = verdict.shape
+    satisfied = np.all(verdict == SATISFIED, axis=-1)
+    decided = np.all(verdict != UNDECIDED, axis=-1)
+    violated = np.any(verdict == VIOLATED, axis=-1)
+    none = np.full(r, -1, dtype=np.int64)
+    pattern = spec.strategy.testing_pattern
+    if pattern is TestingPattern.CONFORMANCE:
+        return np.where(satisfied[:, 0], 0, -1), satisfied[:, 0] & decided[:, 0]
+    if pattern is TestingPattern.CANARY:
+        winner = np.where(satisfied[:, 1], 1, np.where(satisfied[:, 0], 0, -1))
+        conclusive = np.where(satisfied[:, 1], decided[:, 1], satisfied[:, 0] & violated[:, 1])
+        return winner, conclusive
+    if reward is None or not spec.criteria.rewards:
+        return none, np.zeros(r, dtype=np.bool_)
+    higher = spec.criteria.rewards[0].preferred_direction is Direction.HIGH
+    lo, hi = reward.bounds(spec.criteria.alpha / k)
+    running = ~violated
+    with_value = satisfied & reward.present
+    # With evidence (always, in a batch) a running version still lacking a reward could
+    # yet be best, so no winner is named; iter8's plain comparison is for point values only.
+    missing = np.any(running & ~reward.present, axis=-1)
+
+    lower = lo if higher else -hi
+    upper = hi if higher else -lo
+    # Each version against every other still in the running (itself excluded).
+    rivals = running[:, None, :] & ~np.eye(k, dtype=np.bool_)[None, :, :]
+    clears = lower[:, :, None] > upper[:, None, :]
+    dominant = with_value & np.all(clears | ~rivals, axis=-1)
+    statistical = np.where(dominant.any(axis=-1), np.argmax(dominant, axis=-1), -1)
+
+    winner = np.where(missing | ~with_value.any(axis=-1), -1, statistical)
+    safe = np.maximum(winner, 0)
+    conclusive = ~missing & (winner >= 0) & decided[np.arange(r), safe]
+    return winner.astype(np.int64), conclusive
+
+
+def _prob_feasible(assessed: _Assessed) -> FloatArray:
+    """Batched `allocation._prob_feasible` for every version: (R, K)."""
+    r, k, _ = assessed.verdict.shape
+    p = np.ones((r, k))
+    out = np.zeros((r, k), dtype=np.bool_)
+    q_all = assessed.quantities
+    for i, conditions in enumerate(assessed.conditions):
+        v = assessed.verdict[:, :, i]
+        out |= v == VIOLATED
+        q = q_all[i]
+        factor = np.ones((r, k))
+        for kind, limit, satisfied in conditions:
+            if kind == "upper":
+                prob = q.prob_at_most(limit)
+            elif kind == "lower":
+                prob = 1.0 - q.prob_at_most(limit)
+            else:
+                prob = _prob_relative(q, kind, limit)
+            factor = factor * np.where(satisfied, 1.0, prob)
+        p = p * np.where(v == SATISFIED, 1.0, factor)
+    return np.asarray(np.where(out, 0.0, p), dtype=np.float64)
+
+
+def _prob_relative(q: _Quantity, kind: str, limit: float) -> FloatArray:
+    mean, variance = q.mean_and_variance()
+    ratio = limit if kind == "ratio" else 1.0
+    shift = limit if kind == "increase" else 0.0
+    p = _prob_normal_at_most(
+        mean - ratio * mean[:, :1] - shift, variance + ratio**2 * variance[:, :1], 0.0
+    )
+    return np.asarray(np.where(q.present & q.present[:, :1], p, 0.5), dtype=np.float64)
+
+
+def _draws(
+    reward: _Quantity, rng: np.random.Generator, n_samples: int, rows: IntArray | slice
+) -> FloatArray:
+    """`bayes.draws` for the chosen replicates: (rows, n_samples, K)."""
+    if reward.is_counts:
+        a = reward.a[rows] + bayes.JEFFREYS
+        b = reward.b[rows] - reward.a[rows] + bayes.JEFFREYS
+        out = rng.beta(a[:, None, :], b[:, None, :], size=(a.shape[0], n_samples, a.shape[1]))
+        return np.asarray(out, dtype=np.float64)
+    mean, variance = reward.mean_and_variance()
+    mean, variance = mean[rows], variance[rows]
+    z = rng.standard_normal((mean.shape[0], n_samples, mean.shape[1]))
+    return np.asarray(mean[:, None, :] + np.sqrt(variance)[:, None, :] * z, dtype=np.float64)
+
+
+def _reward_target(
+    spec: ExperimentSpec,
+    assessed: _Assessed,
+    reward: _Quantity | None,
+    rng: np.random.Generator | Sequence[np.random.Generator],
+    n_samples: int,
+) -> FloatArray:
+    """Batched `allocation._reward_target`: (R, K) target shares."""
+    verdict = assessed.verdict
+    k = verdict.shape[1]
+    out = ~np.any(verdict == VIOLATED, axis=-1)  # verdicts from sequences are conclusive
+    p_feasible = _prob_feasible(assessed)
+    fallback = out / np.maximum(out.sum(axis=-1, keepdims=True), 1.0)
+    p_best = fallback
+    if reward is not None and spec.criteria.rewards:
+        higher = spec.criteria.rewards[0].preferred_direction is Direction.HIGH
+        complete = np.all(reward.present, axis=-1)
+        p_best = fallback.copy()
+        if isinstance(rng, np.random.Generator):
+            rows = np.flatnonzero(complete)
+            if rows.size:
+                joint = _draws(reward, rng, n_samples, rows)
+                eligible = rng.random((rows.size, n_samples, k)) < p_feasible[rows, None, :]
+                p_best[rows] = bayes.prob_best(joint, eligible & out[rows, None, :], higher)
+        else:
+            for i, g in enumerate(rng):
+                p_best[i] = _one_replicate(reward, i, g, n_samples, p_feasible, out, higher)
+    shares = allocation.top_two(p_best)
+    explore = out / np.maximum(out.sum(axis=-1, keepdims=True), 1.0)
+    mixed = (1.0 - allocation.EXPLORATION) * shares + allocation.EXPLORATION * explore
+    total = mixed.sum(axis=-1, keepdims=True)
+    mixed = np.where(total <= 0, np.eye(k)[0], mixed)
+    return np.asarray(mixed / mixed.sum(axis=-1, keepdims=True), dtype=np.float64)
+
+
+def _one_replicate(
+    reward: _Quantity,
+    i: int,
+    rng: np.random.Generator,
+    n_samples: int,
+    p_feasible: FloatArray,
+    out: BoolArray,
+    higher: bool,
+) -> FloatArray:
+    """P(best) for replicate i, consuming `rng` in exactly `analyze`'s order."""
+    k = reward.a.shape[1]
+    mean, variance = reward.mean_and_variance()
+    samples: list[FloatArray | None] = []
+    for v in range(k):
+        if not reward.present[i, v]:
+            samples.append(None)
+        elif reward.is_counts:
+            a = reward.a[i, v] + bayes.JEFFREYS
+            b = reward.b[i, v] - reward.a[i, v] + bayes.JEFFREYS
+            samples.append(np.asarray(rng.beta(a, b, n_samples), dtype=np.float64))
+        else:
+            z = rng.standard_normal(n_samples)
+            samples.append(np.asarray(mean[i, v] + np.sqrt(variance[i, v]) * z))
+    if any(s is None for s in samples):
+        row = out[i].astype(np.float64)
+        return np.asarray(row / max(row.sum(), 1.0), dtype=np.float64)
+    joint = np.stack([s for s in samples if s is not None], axis=-1)
+    eligible = rng.random((n_samples, k)) < p_feasible[i]
+    return bayes.prob_best(joint, eligible & out[i], higher)
+
+
+def _next_weights(
+    spec: ExperimentSpec,
+    current: FloatArray,
+    assessed: _Assessed,
+    winner: IntArray,
+    winner_conclusive: BoolArray,
+    reward: _Quantity | None,
+    rng: np.random.Generator | Sequence[np.random.Generator],
+    n_samples: int,
+) -> IntArray | None:
+    """Batched `allocation.next_weights`."""
+    pattern = spec.strategy.deployment_pattern
+    k = assessed.verdict.shape[1]
+    if spec.strategy.testing_pattern is TestingPattern.CONFORMANCE:
+        return None
+    if pattern is DeploymentPattern.FIXED_SPLIT:
+        return allocation.to_percentages(current)
+    if pattern is DeploymentPattern.BLUE_GREEN:
+        validated = (winner > 0) & winner_conclusive
+        flip = np.where(validated[:, None], np.arange(k) == winner[:, None], np.arange(k) == 0)
+        return allocation.to_percentages(100.0 * flip)
+    w = spec.strategy.weights
+    if spec.strategy.testing_pattern is TestingPattern.CANARY:
+        feasible = _prob_feasible(assessed)[:, 1]
+        share = feasible * w.max_candidate_weight / 100.0
+        # A candidate not yet conclusively failing keeps the first step's share.
+        doubtful = ~np.any(assessed.verdict[:, 1, :] == VIOLATED, axis=-1)
+        floor = min(w.max_candidate_weight_increment, w.max_candidate_weight) / 100.0
+        share = np.where(doubtful, np.maximum(share, floor), share)
+        target = np.stack([1.0 - share, share], axis=-1)
+    else:
+        target = _reward_target(spec, assessed, reward, rng, n_samples)
+    capped = allocation.apply_caps(
+        target, current, w.max_candidate_weight, w.max_candidate_weight_increment
+    )
+    return allocation.to_percentages(capped)
+
+
+def analyze(
+    spec: ExperimentSpec,
+    measurements: dict[str, Measurement],
+    completed_iterations: int,
+    rng: np.random.Generator | Sequence[np.random.Generator],
+    current_weights: npt.ArrayLike | None = None,
+    n_samples: int = allocation.DEFAULT_SAMPLES,
+) -> BatchAnalysis:
+    """Analyse R replicates of `spec` at once, as `analytics.analysis.analyze` does each.
+
+    Args:
+        spec: the experiment, with resolved versionInfo.
+        measurements: metric name -> batched measurement; a metric absent here has no data.
+        completed_iterations: iterations already done (the same for every replicate).
+        rng: one Generator for all replicates, or one per replicate (see the module doc).
+        current_weights: (R, K) percentages now in force; None means none recorded yet.
+        n_samples: posterior draws for P(best).
+
+    Raises:
+        ValueError: versionInfo is not resolved, or shapes disagree.
+    """
+    if spec.version_info is None:
+        raise ValueError("spec.versionInfo is not resolved yet")
+    names = spec.version_info.names
+    k = len(names)
+    shapes = {_shape(m) for m in measurements.values()}
+    if current_weights is not None:
+        shapes.add(np.shape(current_weights))
+    if len(shapes) != 1 or next(iter(shapes))[1:] != (k,):
+        raise ValueError(f"every measurement must have shape (R, {k}); got {sorted(shapes)}")
+    r = int(next(iter(shapes))[0])
+    if not isinstance(rng, np.random.Generator) and len(rng) != r:
+        raise ValueError(f"need one Generator per replicate ({r}), got {len(rng)}")
+
+    assessed = _assess(spec, measurements, (r, k))
+    reward: _Quantity | None = None
+    if spec.criteria.rewards:
+        m = measurements.get(spec.criteria.rewards[0].metric)
+        if m is None:
+            m = Counts(np.zeros((r, k)), np.zeros((r, k)))
+        reward = _quantity(m, None, sequential.DEFAULT_SCALE)
+    winner, winner_conclusive = _winner(spec, assessed.verdict, reward)
+
+    if current_weights is None:
+        start = allocation.initial_weights(spec) or {n: 0 for n in names}
+        current = np.broadcast_to(np.array([float(start[n]) for n in names]), (r, k))
+    else:
+        current = np.asarray(current_weights, dtype=np.float64)
+    weights = _next_weights(
+        spec, current, assessed, winner, winner_conclusive, reward, rng, n_samples
+    )
+
+    last = completed_iterations + 1 >= spec.duration.total_iterations
+    action, version, rule = _recommend(spec, assessed.verdict, winner, winner_conclusive, last)
+    if weights is not None:
+        onehot = (np.arange(k) == np.maximum(version, 0)[:, None]) * 100
+        weights = np.where((action != CONTINUE)[:, None], onehot, weights).astype(np.int64)
+    return BatchAnalysis(
+        verdict=assessed.verdict,
+        conclusive=assessed.verdict != UNDECIDED,
+        winner=winner,
+        winner_conclusive=winner_conclusive,
+        weights=weights,
+        action=action,
+        version=version,
+        rule=rule,
+        recommended=np.maximum(winner, 0),
+    )
+
+
+def _shape(m: Measurement) -> tuple[int, ...]:
+    if isinstance(m, Histogram):
+        return tuple(np.shape(m.cumulative)[:2])
+    return tuple(np.shape(m.events if isinstance(m, Counts) else m.count))
+
+
+def _recommend(
+    spec: ExperimentSpec,
+    verdict: IntArray,
+    winner: IntArray,
+    winner_conclusive: BoolArray,
+    last: bool,
+) -> tuple[IntArray, IntArray, IntArray]:
+    """Batched `analysis.recommend`: (action, version, rule)."""
+    r, k, _ = verdict.shape
+    pattern = spec.strategy.testing_pattern
+    violated = verdict == VIOLATED
+    may = np.zeros_like(violated)
+    for i, objective in enumerate(spec.criteria.objectives):
+        setting = objective.rollback_on_failure
+        # Sequence verdicts are all conclusive, so unset means "may roll back" whatever the
+        # deployment pattern (only point values, never batched, depend on BlueGreen).
+        allowed = True if setting is None else setting
+        may[:, :, i] = violated[:, :, i] & allowed
+    at_stake = [0] if pattern is TestingPattern.CONFORMANCE else list(range(1, k))
+    failing = may.any(axis=-1)[:, at_stake]
+    rollback_now = failing.all(axis=-1) if at_stake else np.zeros(r, dtype=np.bool_)
+
+    found = winner >= 0
+    canary_baseline = (winner == 0) & (pattern is TestingPattern.CANARY)
+    settle_action = np.where(found & ~canary_baseline, PROMOTE, ROLLBACK)
+    settle_version = np.where(found & ~canary_baseline, winner, 0)
+
+    action = np.full(r, CONTINUE, dtype=np.int64)
+    version = np.full(r, -1, dtype=np.int64)
+    rule = np.full(r, _COLLECTING, dtype=np.int64)
+    settle_now = found & winner_conclusive
+    if last:
+        settle_rule = np.where(settle_now, _CONCLUSIVE_RULE, _EXHAUSTED_RULE)
+        settle_now = np.ones(r, dtype=np.bool_)
+    else:
+        settle_rule = np.full(r, _CONCLUSIVE_RULE)
+    action = np.where(settle_now, settle_action, action)
+    version = np.where(settle_now, settle_version, version)
+    rule = np.where(settle_now, settle_rule, rule)
+    action = np.where(rollback_now, ROLLBACK, action)
+    version = np.where(rollback_now, 0, version)
+    rule = np.where(rollback_now, _VIOLATED_RULE, rule)
+    return action.astype(np.int64), version.astype(np.int64), rule.astype(np.int64)

@@ -1,0 +1,37 @@
+"""The methods the benchmark compares, each re-implemented from its published description.
+
+One module per method; `METHODS` lists them in report order. The Garivier-Kaufmann lower
+bound (`lower_bound`) is a number, not a method, and is reported beside them.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from benchmarks.methods import (
+    arbiter,
+    epsilon_greedy,
+    fixed_horizon,
+    flagger,
+    iter8_v1,
+    iter8_v2,
+    kayenta,
+    naive_peeking,
+    sprt_oracle,
+    thompson,
+)
+from benchmarks.methods.base import MethodInfo
+
+METHODS: Final[tuple[MethodInfo, ...]] = (
+    arbiter.INFO,
+    fixed_horizon.INFO,
+    naive_peeking.INFO,
+    flagger.INFO,
+    kayenta.INFO,
+    iter8_v2.INFO,
+    iter8_v1.INFO,
+    epsilon_greedy.INFO,
+    thompson.INFO,
+    sprt_oracle.INFO,
+)
+BY_NAME: Final = {m.name: m for m in METHODS}

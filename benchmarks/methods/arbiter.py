@@ -1,0 +1,76 @@
+"""Arbiter's own method: `analytics.batch`, the batched form of what `assess` runs.
+
+Each iteration the replicates' counts since the start go through the same statistics as
+`analytics.analysis.analyze` (anytime-valid confidence sequences, winner, top-two
+weights within the caps) with the Experiment spec the scenario parses. Arbiter's own
+"iterations-exhausted" fallback (keep the baseline) is reported as inconclusive, since it
+is not a verdict the evidence reached.
+
+The posterior draws behind A/B/n weights are 1,000 per version in full mode, as in
+production, and 256 in quick mode (statistics.md §6.1); verdicts do not depend on them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from analytics import allocation, batch
+from benchmarks.methods.base import CONTINUE, EVERY_PATTERN, FloatArray, MethodInfo, Step
+from benchmarks.scenario import ERROR_METRIC, LATENCY_METRIC, REWARD_METRIC, Scenario
+from benchmarks.scrape import Observation
+
+
+class Arbiter:
+    def __init__(
+        self, scenario: Scenario, replicates: int, rng: np.random.Generator, n_samples: int
+    ) -> None:
+        self.spec = scenario.spec
+        self.rng = rng
+        self.n_samples = n_samples
+        start = allocation.initial_weights(self.spec) or {}
+        row = np.array([float(start[n]) for n in scenario.names])
+        self.current = np.tile(row, (replicates, 1))
+        self.metrics = {o.metric for o in self.spec.criteria.objectives} | {
+            r.metric for r in self.spec.criteria.rewards
+        }
+
+    def initial_weights(self) -> FloatArray:
+        return np.asarray(self.current / 100.0)
+
+    def step(self, obs: Observation) -> Step:
+        # Only replicates still running are analysed; the rest keep their last split.
+        rows = np.flatnonzero(obs.active)
+        action = np.zeros(obs.active.size, dtype=np.int64)
+        version = np.zeros(obs.active.size, dtype=np.int64)
+        if rows.size:
+            action[rows], version[rows], self.current[rows] = self._live(
+                obs.take(rows), self.current[rows]
+            )
+        return Step(np.asarray(self.current / 100.0), action, version)
+
+    def _live(
+        self, obs: Observation, current: FloatArray
+    ) -> tuple[np.ndarray, np.ndarray, FloatArray]:
+        measurements: dict[str, batch.Measurement] = {}
+        if ERROR_METRIC in self.metrics:
+            measurements[ERROR_METRIC] = batch.Counts(obs.errors, obs.requests)
+        if LATENCY_METRIC in self.metrics:
+            measurements[LATENCY_METRIC] = batch.Histogram(obs.bounds, obs.buckets)
+        if REWARD_METRIC in self.metrics:
+            measurements[REWARD_METRIC] = batch.Counts(obs.rewards, obs.requests)
+        result = batch.analyze(
+            self.spec, measurements, obs.iteration - 1, self.rng, current, self.n_samples
+        )
+        assert result.weights is not None  # no Conformance scenarios
+        exhausted = result.rule == batch.RULES.index("iterations-exhausted")
+        action = np.where(exhausted, CONTINUE, result.action)
+        moving = result.action == CONTINUE
+        current = np.where(moving[:, None], result.weights, current)
+        return action, np.maximum(result.version, 0), current
+
+
+def build(scenario: Scenario, replicates: int, rng: np.random.Generator, quick: bool) -> Arbiter:
+    return Arbiter(scenario, replicates, rng, 256 if quick else allocation.DEFAULT_SAMPLES)
+
+
+INFO = MethodInfo("arbiter", "Arbiter (anytime-valid CS)", EVERY_PATTERN, build)

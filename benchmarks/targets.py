@@ -1,0 +1,246 @@
+"""The issue's targets for Arbiter's own method, judged against the benchmark's figures.
+
+Each target is met when its 95% Monte Carlo interval clears the bound, missed when the
+point estimate is on the wrong side, and "within MC error" otherwise (statistics.md §6.1:
+pass/fail compares the interval with the target). Ratios to the oracle, the lower bound
+or Thompson sampling compare means; a replicate that never reached the right decision
+counts as taking the whole horizon, so those ratios can only flatter the slower method's
+rival, never Arbiter.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from benchmarks.scenario import Scenario
+
+ARBITER = "arbiter"
+
+
+@dataclass(frozen=True)
+class Target:
+    target: str
+    scenario: str
+    status: str  # "met" | "missed" | "within MC error" | "not run"
+    figure: str
+
+    def as_dict(self) -> dict[str, str]:
+        return dict(self.__dict__)
+
+
+def _at_most(rate: Mapping[str, float], bound: float) -> str:
+    if rate["hi"] <= bound:
+        return "met"
+    return "missed" if rate["rate"] > bound else "within MC error"
+
+
+def _at_least(rate: Mapping[str, float], bound: float) -> str:
+    if rate["lo"] >= bound:
+        return "met"
+    return "missed" if rate["rate"] < bound else "within MC error"
+
+
+def _ratio_status(ratio: float, bound: float) -> str:
+    return "met" if ratio <= bound else "missed"
+
+
+def _p(rate: Mapping[str, float]) -> str:
+    return f"{100 * rate['rate']:.1f}% (95% CI {100 * rate['lo']:.1f}–{100 * rate['hi']:.1f}%)"
+
+
+def evaluate(
+    scenarios: Sequence[Scenario],
+    cells: Sequence[Mapping[str, Any]],
+    lower_bounds: Mapping[str, float],
+    compute: Mapping[str, float] | None,
+) -> list[Target]:
+    """Every target for which the run has the cells it needs."""
+    by = {(c["scenario"], c["method"]): c for c in cells}
+    out: list[Target] = []
+    for s in scenarios:
+        mine = by.get((s.name, ARBITER))
+        if mine is None:
+            continue
+        alpha = s.alpha
+        if "false-decisions" in s.checks:
+            for kind in ("false_promotion", "false_rollback"):
+                rate = mine[kind]
+                label = kind.replace("_", " ")
+                out.append(
+                    Target(f"{label} <= alpha ({alpha:g})", s.name, _at_most(rate, alpha), _p(rate))
+                )
+        if "bad-canary" in s.checks:
+            out += _bad_canary(s, mine, by.get((s.name, "sprt-oracle")))
+        if "abn" in s.checks:
+            out += _abn(s, mine, by.get((s.name, "thompson")), lower_bounds.get(s.name))
+        if "low-traffic" in s.checks:
+            rate = mine["false_promotion"]
+            out.append(
+                Target(
+                    f"low traffic: P(promote bad) <= alpha ({alpha:g})",
+                    s.name,
+                    _at_most(rate, alpha),
+                    _p(rate),
+                )
+            )
+        if "noisy" in s.checks:
+            out += _noisy(s, mine, by.get((s.clean or "", ARBITER)))
+    if compute is not None:
+        p95 = compute["p95_ms"]
+        status = "met" if p95 <= compute["target_ms"] else "missed"
+        out.append(
+            Target(
+                f"analysis compute p95 <= {compute['target_ms']:g} ms"
+                " (4 versions, 3 metrics, 12 buckets)",
+                "compute",
+                status,
+                f"p95 {p95:.2f} ms, p50 {compute['p50_ms']:.2f} ms"
+                f" over {compute['iterations']} iterations",
+            )
+        )
+    return out
+
+
+def _bad_canary(
+    s: Scenario, mine: Mapping[str, Any], oracle: Mapping[str, Any] | None
+) -> list[Target]:
+    out = []
+    rollback = mine["correct"]
+    out.append(
+        Target(
+            "bad canary rolled back with P >= 0.95", s.name, _at_least(rollback, 0.95), _p(rollback)
+        )
+    )
+    if oracle is None:
+        return out
+    t_mine = mine["time_to_correct_min_censored"]["mean"]
+    t_oracle = oracle["time_to_correct_min_censored"]["mean"]
+    ratio = t_mine / t_oracle
+    out.append(
+        Target(
+            "time to roll back <= 1.5x the oracle's",
+            s.name,
+            _ratio_status(ratio, 1.5),
+            f"{ratio:.2f}x ({t_mine:.1f} vs {t_oracle:.1f} min; no rollback counts as the"
+            f" {s.horizon_s / 60:.0f}-min horizon)",
+        )
+    )
+    # On a latency regression the harm served is slow requests, not errors.
+    harm = (
+        "extra_slow"
+        if s.latency_objective is not None and mine["extra_errors"]["mean"] == 0
+        else "extra_errors"
+    )
+    what = harm.replace("_", " ").replace("slow", "slow requests")
+    e_mine, e_oracle = mine[harm]["mean"], oracle[harm]["mean"]
+    ratio = e_mine / e_oracle if e_oracle > 0 else float("inf")
+    out.append(
+        Target(
+            f"{what} served <= 1.5x the oracle's",
+            s.name,
+            _ratio_status(ratio, 1.5),
+            f"{ratio:.2f}x ({e_mine:.1f} vs {e_oracle:.1f} over the horizon)",
+        )
+    )
+    return out
+
+
+def _abn(
+    s: Scenario, mine: Mapping[str, Any], ts: Mapping[str, Any] | None, bound: float | None
+) -> list[Target]:
+    out = []
+    correct = mine["correct"]
+    out.append(
+        Target(
+            "A/B/n: correct best version with P >= 0.95",
+            s.name,
+            _at_least(correct, 0.95),
+            _p(correct),
+        )
+    )
+    if bound:
+        horizon_requests = s.rate_rps * s.horizon_s
+        used = mine["requests_to_correct_censored"]["mean"]
+        share = correct["rate"]
+        # Replicates without the right answer count as the whole horizon's requests.
+        mean = share * (used if math.isfinite(used) else 0.0) + (1 - share) * horizon_requests
+        ratio = mean / bound
+        out.append(
+            Target(
+                "A/B/n: samples to decision <= 2x the lower bound",
+                s.name,
+                _ratio_status(ratio, 2.0),
+                f"{ratio:.2f}x ({mean:,.0f} vs {bound:,.0f} requests)",
+            )
+        )
+    if ts is not None:
+        r_mine, r_ts = mine["lost_reward"]["mean"], ts["lost_reward"]["mean"]
+        ratio = r_mine / r_ts if r_ts > 0 else float("inf")
+        out.append(
+            Target(
+                "A/B/n: cumulative regret <= 1.25x Thompson sampling's",
+                s.name,
+                _ratio_status(ratio, 1.25),
+                f"{ratio:.2f}x ({r_mine:.0f} vs {r_ts:.0f} lost conversions over the horizon)",
+            )
+        )
+    return out
+
+
+def _noisy(s: Scenario, mine: Mapping[str, Any], clean: Mapping[str, Any] | None) -> list[Target]:
+    out = []
+    crashed = mine["nonfinite_steps"]
+    out.append(
+        Target(
+            "noisy telemetry: no crash, no NaN",
+            s.name,
+            "met" if crashed == 0 else "missed",
+            f"{crashed} replicate-steps with a non-finite split",
+        )
+    )
+    if s.expected.action != "rollback":
+        # Where rolling back is right anyway, a rollback during the burst proves nothing.
+        out.append(
+            Target(
+                "noisy telemetry: the global burst rolls nothing back",
+                s.name,
+                "met" if mine["burst_rollbacks"] == 0 else "missed",
+                f"{mine['burst_rollbacks']} rollbacks during the burst or the 2 intervals after",
+            )
+        )
+    if clean is not None:
+        worse = []
+        status = "met"
+        for kind, higher_is_worse in (
+            ("correct", False),
+            ("false_promotion", True),
+            ("false_rollback", True),
+        ):
+            a, b = mine[kind], clean[kind]
+            sign = 1.0 if higher_is_worse else -1.0
+            if sign * (a["rate"] - b["rate"]) > 0 and (a["lo"] > b["hi"] or a["hi"] < b["lo"]):
+                status = "missed"
+            elif sign * (a["rate"] - b["rate"]) > 0:
+                status = "within MC error" if status == "met" else status
+            worse.append(
+                f"{kind.replace('_', ' ')} {100 * a['rate']:.1f}% vs {100 * b['rate']:.1f}% clean"
+            )
+        t, tc = mine["time_to_decision_min"]["median"], clean["time_to_decision_min"]["median"]
+        out.append(
+            Target(
+                "noisy telemetry: no decision worse than the clean run",
+                s.name,
+                status,
+                "; ".join(worse) + f"; median time {t:.1f} vs {tc:.1f} min",
+            )
+        )
+    return out
+
+
+def table(targets: Sequence[Target]) -> str:
+    rows = ["| target | scenario | status | figure |", "|---|---|---|---|"]
+    rows += [f"| {t.target} | {t.scenario} | {t.status} | {t.figure} |" for t in targets]
+    return "\n".join(rows)
