@@ -19,6 +19,7 @@ from functools import cache
 from cloudevents.http import CloudEvent
 from werkzeug.exceptions import HTTPException, ServiceUnavailable, UnprocessableEntity
 
+from functions.adapters.direct import DirectMetricsSource
 from functions.adapters.kubernetes import KubeExperimentStore, KubeObjects, api_client
 from functions.adapters.prometheus import PrometheusSource
 from functions.adapters.sink import HttpEventSink
@@ -60,7 +61,9 @@ def _default_context() -> Context:
     return Context(
         store=KubeExperimentStore(api),
         objects=KubeObjects(api),
-        metrics=PrometheusSource(
+        metrics=DirectMetricsSource(settings.metrics_targets)
+        if settings.metrics_targets
+        else PrometheusSource(
             settings.prometheus_url,
             timeout_s=settings.query_timeout_seconds,
             retries=settings.query_retries,

@@ -36,6 +36,12 @@ def register(commands: Any) -> None:
     p.add_argument("--output", type=Path, help="keep the event log and status history here")
     p.add_argument("--kubeconfig", help="run against this cluster instead of the emulator")
     p.add_argument("--prometheus-url", help="the Prometheus to query (default: start one)")
+    p.add_argument(
+        "--direct-metrics",
+        action="store_true",
+        help="read the versions' /metrics directly instead of starting Prometheus "
+        "(the default when no prometheus binary is installed)",
+    )
     p.add_argument("--seed", type=args_types.seed, default=1, help="seed of the simulations")
     p.add_argument(
         "--timeout", type=args_types.positive_float, help="give up after this many seconds"
@@ -57,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
         prometheus_url=args.prometheus_url,
         seed=args.seed,
         timeout_s=args.timeout,
+        direct_metrics=args.direct_metrics,
     )
     try:
         return LocalRun(sample, options).run()

@@ -29,6 +29,9 @@ class Settings:
     log_level: str = "INFO"
     # K_SINK: where the functions post the next event (the broker); set by a SinkBinding.
     sink: str | None = None
+    # Read these /metrics endpoints directly instead of Prometheus (a local run without a
+    # prometheus binary); empty on a cluster.
+    metrics_targets: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -66,6 +69,9 @@ class Settings:
             ),
             log_level=level,
             sink=env.get("K_SINK") or None,
+            metrics_targets=tuple(
+                t.strip() for t in env.get(_PREFIX + "METRICS_TARGETS", "").split(",") if t.strip()
+            ),
         )
         if problems:
             raise PermanentError("; ".join(problems))

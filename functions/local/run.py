@@ -77,6 +77,7 @@ class Options:
     prometheus_url: str | None = None
     seed: int = 1
     timeout_s: float | None = None
+    direct_metrics: bool = False
 
 
 class LocalRun:
@@ -235,12 +236,23 @@ class LocalRun:
                 f" run as {self.interval} s (--speed {self.options.speed:g})"
             )
             local = self.options.kubeconfig is None
+            direct = ""
             if local:
                 api, kubeconfig = self._emulator(stack, workdir)
                 servers = self._versions(stack)
-                prometheus = self.options.prometheus_url or self._prometheus(
-                    stack, workdir, [s.url.removeprefix("http://") for s in servers.values()]
-                )
+                targets = [s.url.removeprefix("http://") for s in servers.values()]
+                if self.options.prometheus_url:
+                    prometheus = self.options.prometheus_url
+                elif self.options.direct_metrics or shutil.which("prometheus") is None:
+                    prometheus = ""
+                    direct = ",".join(f"{s.url}/metrics" for s in servers.values())
+                    self.say(
+                        "metrics     no Prometheus: DirectMetricsSource reads the versions' "
+                        "/metrics (totals since they started) — install the Debian package "
+                        "prometheus for the real thing"
+                    )
+                else:
+                    prometheus = self._prometheus(stack, workdir, targets)
             else:
                 kubeconfig = str(self.options.kubeconfig)
                 api = api_client(kubeconfig)
@@ -257,6 +269,7 @@ class LocalRun:
                     "KUBECONFIG": kubeconfig,
                     "K_SINK": sink,
                     "ARBITER_PROMETHEUS_URL": prometheus,
+                    "ARBITER_METRICS_TARGETS": direct,
                     "ARBITER_READY_TIMEOUT_SECONDS": str(max(60, 30 * self.interval)),
                     "ARBITER_READBACK_TIMEOUT_SECONDS": "10",
                     "ARBITER_LOG_LEVEL": "INFO",

@@ -214,3 +214,13 @@ def test_against_a_cluster_it_uses_the_cluster_and_starts_no_simulation(
     assert isvc["spec"]["predictor"]["canaryTrafficPercent"] > 0, "start set the first split"
     started = datetime.fromisoformat(exp["status"]["startTime"].replace("Z", "+00:00"))
     assert started <= datetime.now(UTC)
+
+
+def test_without_prometheus_the_run_reads_the_versions_directly_and_says_so(
+    tmp_path: Path,
+) -> None:
+    proc = start(ROOT / "samples/local/canary-good.yaml", tmp_path, "--direct-metrics")
+    text, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 0, text
+    assert "DirectMetricsSource" in text and "Prometheus at" not in text
+    assert "promise:    kept" in text
