@@ -43,7 +43,26 @@ def handle(ctx: Context, event: CloudEvent) -> None:
     data = event.get_data()
     if not isinstance(data, Mapping) or not isinstance(data.get("aggregatedMetrics"), Mapping):
         raise PermanentError(f"event {event['id']}: data.aggregatedMetrics is missing")
-    st.retry_on_conflict(lambda: assess(ctx, ref, iteration, data))
+    try:
+        st.retry_on_conflict(lambda: assess(ctx, ref, iteration, data))
+    except PermanentError as e:
+        # Measurements the analysis cannot use would leave the experiment running with
+        # nobody to end it: end it the safe way (finish restores the baseline) and say why.
+        ctx.sink.emit(
+            events.make_event(
+                events.CONCLUDED,
+                ref,
+                iteration,
+                {
+                    "action": "rollback",
+                    "failed": True,
+                    "reason": "AnalysisFailed",
+                    "message": str(e),
+                },
+                stage="assess",
+            )
+        )
+        raise
 
 
 def _follow_up(status: Mapping[str, Any], ref: ExperimentRef, iteration: int) -> CloudEvent:

@@ -356,3 +356,37 @@ def test_a_second_experiment_on_a_target_waits_then_starts_when_the_first_ends(
     finally:
         p.close()
     assert after["stage"] in ("Running", "Finishing", "Completed"), after
+
+
+def test_measurements_the_analysis_cannot_use_end_the_experiment_safely(
+    cluster: tuple[KubeApiServer, client.ApiClient], prometheus: str
+) -> None:
+    server, api = cluster
+    obj = seed(server, "good")
+    p = pipeline(api, prometheus)
+    try:
+        p.publish(apiserver_event("add", obj))
+        current = server.get(*EXPERIMENTS, "good", "iris-canary") or {}
+        ref = events.ExperimentRef("good", "iris-canary", current["metadata"]["uid"])
+        broken = {
+            "aggregatedMetrics": {
+                "data": {
+                    "latency": {
+                        "data": {
+                            "iris-predictor-00001": {"buckets": [{"le": "+Inf", "count": 10}]},
+                            "iris-predictor-00002": {"value": 3},
+                        }
+                    }
+                }
+            }
+        }
+        p.publish(events.make_event(events.MEASURED, ref, 1, broken))
+    finally:
+        p.close()
+    assert 422 in p.answers("assess")
+    status = (server.get(*EXPERIMENTS, "good", "iris-canary") or {})["status"]
+    assert status["stage"] == "Failed" and status["outcome"] == "Aborted"
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "AnalysisFailed" and "mixes histogram" in failed["message"]
+    isvc = server.get(*ISVC, "good", "iris") or {}
+    assert isvc["spec"]["predictor"]["canaryTrafficPercent"] == 0, "baseline restored"
