@@ -38,14 +38,15 @@ from kubernetes.client.exceptions import ApiException
 from eventing.broker import LocalBroker, load_manifests
 from eventing.sources import ApiServerSourcePlayer, PingSourcePlayer
 from functions.adapters.kubernetes import api_client
+from functions.core import status as st
 from functions.core.events import TRIGGERS
+from functions.core.traffic import ObjectRef
 from functions.local.sample import Sample
 from functions.local.view import LiveView, verdict
 
 ROOT: Final = Path(__file__).resolve().parents[2]
 EVENTING: Final = ROOT / "eventing"
 METRICS: Final = ROOT / "config" / "metrics"
-TERMINAL: Final = ("Completed", "Failed")
 _EXPERIMENTS: Final = ("arbiter.dev", "v1alpha1", "experiments")
 
 
@@ -85,7 +86,7 @@ class LocalRun:
         self.sample = sample
         self.options = options
         self.out = out
-        self.interval = max(1, round(sample.interval_seconds / options.speed))
+        self.interval = max(1, round(sample.duration.interval_seconds / options.speed))
         self.history: list[dict[str, Any]] = []
         self.final: dict[str, Any] | None = None
 
@@ -109,32 +110,19 @@ class LocalRun:
 
         server = stack.enter_context(KubeApiServer())
         kubeconfig = str(server.write_kubeconfig(workdir / "kubeconfig"))
-        namespaces = {
-            "arbiter-system",
-            *(str(o["metadata"]["namespace"]) for o in self.sample.objects),
-        }
-        namespaces.add(str(self.sample.experiment["metadata"]["namespace"]))
-        for path in sorted(METRICS.glob("*.yaml")):
-            doc = yaml.safe_load(path.read_text())
-            if doc.get("kind") != "Metric":
-                continue
-            for ns in namespaces:
-                server.seed(
-                    "arbiter.dev",
-                    "v1alpha1",
-                    "metrics",
-                    ns,
-                    {**doc, "metadata": {**doc["metadata"], "namespace": ns}},
-                )
+        seed_metric_library(
+            server,
+            {
+                "arbiter-system",
+                str(self.sample.experiment["metadata"]["namespace"]),
+                *(str(o["metadata"]["namespace"]) for o in self.sample.objects),
+            },
+        )
         for obj in self.sample.objects:
-            group, _, version = str(obj["apiVersion"]).rpartition("/")
-            plural = {
-                "InferenceService": "inferenceservices",
-                "Service": "services",
-                "VirtualService": "virtualservices",
-                "Metric": "metrics",
-            }.get(str(obj["kind"]), str(obj["kind"]).lower() + "s")
-            server.seed(group, version, plural, obj["metadata"]["namespace"], obj)
+            ref = ObjectRef(
+                str(obj["apiVersion"]), str(obj["kind"]), obj["metadata"]["namespace"], ""
+            )
+            server.seed(ref.group, ref.version, ref.plural, ref.namespace, obj)
         api = server.api_client()
         stack.callback(api.close)
         controllers = TrafficControllers(api, ready_delay_s=self.sample.ready_delay_s)
@@ -232,8 +220,9 @@ class LocalRun:
         with contextlib.ExitStack() as stack:
             workdir = self._workdir(stack)
             self.say(
-                f"sample      {self.sample.path}: {self.sample.interval_seconds} s intervals"
-                f" run as {self.interval} s (--speed {self.options.speed:g})"
+                f"sample      {self.sample.path}: "
+                f"{self.sample.duration.interval_seconds} s intervals run as {self.interval} s"
+                f" (--speed {self.options.speed:g})"
             )
             local = self.options.kubeconfig is None
             direct = ""
@@ -351,9 +340,7 @@ class LocalRun:
         objects.create_namespaced_custom_object(*_EXPERIMENTS[:2], ns, _EXPERIMENTS[2], exp)
         self.say(f"experiment  {ns}/{name} created\n")
         view = LiveView(self.out)
-        total = int((exp["spec"].get("duration") or {}).get("iterationsPerLoop") or 15) * int(
-            (exp["spec"].get("duration") or {}).get("maxLoops") or 1
-        )
+        total = self.sample.duration.total_iterations
         timeout = self.options.timeout_s or (total * self.interval * 3 + 120)
         deadline = time.monotonic() + timeout
         last_version = None
@@ -372,7 +359,7 @@ class LocalRun:
                 last_version = version
             status = obj.get("status") or {}
             view.update(obj, self._fraction(status))
-            if status.get("stage") in TERMINAL:
+            if status.get("stage") in st.TERMINAL:
                 break
             time.sleep(0.25)
         else:
@@ -381,12 +368,10 @@ class LocalRun:
         self._save()
         self.say("\n" + verdict(obj))
         self.say(promise(obj, self.sample.expect))
-        return 0 if (obj.get("status") or {}).get("stage") == "Completed" else 1
+        return 0 if (obj.get("status") or {}).get("stage") == st.COMPLETED else 1
 
     def _fraction(self, status: dict[str, Any]) -> float | None:
-        from functions.core.status import parse_time  # noqa: PLC0415
-
-        last = parse_time(status.get("lastIterationTime"))
+        last = st.parse_time(status.get("lastIterationTime"))
         if last is None:
             return None
         return min(1.0, (time.time() - last.timestamp()) / self.interval)
@@ -456,6 +441,18 @@ def promise(obj: dict[str, Any], expect: Mapping[str, Any]) -> str:
         return "promise:    (the sample promises no outcome)"
     broken = broken_promises(obj, expect)
     return "promise:    kept" if not broken else "promise:    BROKEN: " + "; ".join(broken)
+
+
+def seed_metric_library(server: Any, namespaces: set[str]) -> None:
+    """Store the Metric library (config/metrics) in each namespace, as `kubectl apply -k
+    config` would for arbiter-system."""
+    for path in sorted(METRICS.glob("*.yaml")):
+        doc = yaml.safe_load(path.read_text())
+        if doc.get("kind") != "Metric":
+            continue
+        for ns in sorted(namespaces):
+            body = {**doc, "metadata": {**doc["metadata"], "namespace": ns}}
+            server.seed("arbiter.dev", "v1alpha1", "metrics", ns, body)
 
 
 def _terminate(process: subprocess.Popen[Any]) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from analytics.model import Duration
 from analytics.parse import SpecError, parse_experiment
 from functions.core.traffic import ObjectRef
 from functions.local.models import Profile
@@ -55,15 +56,10 @@ class Sample:
     rate_rps: float
     ready_delay_s: float
     expect: Mapping[str, Any]
+    duration: Duration  # the Experiment's, as the analytics parsed it (defaults applied)
     # Traffic sent straight to one version whatever the split (a tag URL), for BlueGreen.
     preview: str | None = None
     preview_rps: float = 0.0
-
-    @property
-    def interval_seconds(self) -> int:
-        return int(
-            ((self.experiment.get("spec") or {}).get("duration") or {}).get("intervalSeconds", 20)
-        )
 
 
 def _number(raw: Mapping[str, Any], key: str, where: str, default: float) -> float:
@@ -144,6 +140,7 @@ def load(path: str | Path) -> Sample:
         rate_rps=_number(spec, "rateRps", where, 20.0),
         ready_delay_s=_number(spec, "readyDelaySeconds", where, 0.0),
         expect=expect,
+        duration=parsed.spec.duration,
         preview=None if preview is None else str(preview),
         preview_rps=_number(spec, "previewRps", where, 0.0),
     )

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from cloudevents.http import CloudEvent
 from kubernetes import client
 
@@ -30,6 +29,7 @@ from functions.core.context import Context
 from functions.core.settings import Settings
 from functions.local.controllers import TrafficControllers
 from functions.local.kubeapi import KubeApiServer
+from functions.local.run import seed_metric_library
 from tests.support.prometheus import OpenMetrics, PrometheusTSDB, missing_binaries
 from tests.support.stages import ManualClock, Pipeline, QueueSink, apiserver_event
 
@@ -143,11 +143,7 @@ def experiment(namespace: str) -> dict[str, Any]:
 
 
 def seed(server: KubeApiServer, namespace: str) -> dict[str, Any]:
-    for path in sorted((ROOT / "config" / "metrics").glob("*.yaml")):
-        doc = yaml.safe_load(path.read_text())
-        if doc.get("kind") == "Metric":
-            doc["metadata"]["namespace"] = namespace
-            server.seed("arbiter.dev", "v1alpha1", "metrics", namespace, doc)
+    seed_metric_library(server, {namespace})
     server.seed(*ISVC, namespace, inference_service(namespace))
     return server.seed(*EXPERIMENTS, namespace, experiment(namespace))
 

@@ -22,6 +22,7 @@ import yaml
 
 from functions.local.controllers import TrafficControllers
 from functions.local.kubeapi import KubeApiServer
+from functions.local.run import seed_metric_library
 from functions.local.sample import load
 from tests.support.prometheus import OpenMetrics, PrometheusTSDB, missing_binaries
 
@@ -166,11 +167,7 @@ def cluster_and_prometheus(tmp_path: Path) -> Iterator[tuple[KubeApiServer, Path
                 "sklearn-iris-predictor-00002"
             )
             server.seed("serving.kserve.io", "v1beta1", "inferenceservices", "arbiter-demo", isvc)
-            for path in sorted((ROOT / "config" / "metrics").glob("*.yaml")):
-                doc = yaml.safe_load(path.read_text())
-                if doc.get("kind") == "Metric":
-                    doc["metadata"]["namespace"] = "arbiter-system"
-                    server.seed("arbiter.dev", "v1alpha1", "metrics", "arbiter-system", doc)
+            seed_metric_library(server, {"arbiter-system"})
             yield server, server.write_kubeconfig(tmp_path / "kubeconfig"), db.url
         api.close()
 
