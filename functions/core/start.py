@@ -29,19 +29,23 @@ log = logging.getLogger(__name__)
 
 def handle(ctx: Context, event: CloudEvent) -> None:
     ref = events.experiment_ref(event)
+    listed: list[dict[str, Any]] | None = None
     if event["type"] == events.APISERVER_ADD and ref is not None:
         refs = [ref]
     else:
-        # A ping or a freed target: look again at everything not yet running.
+        # A ping or a freed target: look again at everything not yet running. The one list
+        # also serves every target check in this sweep: a stale entry can only make an
+        # experiment wait one more ping, never take a target someone holds.
+        listed = ctx.store.list()
         refs = [
             st.ref_of(obj)
-            for obj in ctx.store.list()
+            for obj in listed
             if st.stage_of(obj) in (st.PENDING, st.WAITING, st.INITIALIZING)
         ]
     failures: list[str] = []
     for r in refs:
         try:
-            st.retry_on_conflict(functools.partial(start_one, ctx, r))
+            st.retry_on_conflict(functools.partial(start_one, ctx, r, listed))
         except PermanentError as e:
             if ref is not None:
                 raise
@@ -50,7 +54,9 @@ def handle(ctx: Context, event: CloudEvent) -> None:
         log.warning("start: %d experiment(s) could not start: %s", len(failures), failures)
 
 
-def _blocker(ctx: Context, obj: Mapping[str, Any], target: str) -> Mapping[str, Any] | None:
+def _blocker(
+    obj: Mapping[str, Any], target: str, experiments: list[dict[str, Any]]
+) -> Mapping[str, Any] | None:
     """The experiment holding `target`, or queued ahead of `obj` for it (oldest first, so
     two starts racing for a target agree on who goes first)."""
 
@@ -63,7 +69,7 @@ def _blocker(ctx: Context, obj: Mapping[str, Any], target: str) -> Mapping[str, 
         )
 
     me = key(obj)
-    for other in sorted(ctx.store.list(), key=key):
+    for other in sorted(experiments, key=key):
         if key(other) == me or (other.get("spec") or {}).get("target") != target:
             continue
         stage = st.stage_of(other)
@@ -84,7 +90,11 @@ def _fail(ctx: Context, obj: dict[str, Any], reason: str, message: str) -> None:
     ctx.store.write_status(obj, status)
 
 
-def start_one(ctx: Context, ref: ExperimentRef) -> None:
+def start_one(
+    ctx: Context, ref: ExperimentRef, experiments: list[dict[str, Any]] | None = None
+) -> None:
+    """Start one experiment, or record what it waits for. `experiments` is a listing to
+    check the target against (listed afresh when not given)."""
     obj = st.current(ctx.store, ref)
     if obj is None:
         return
@@ -108,7 +118,11 @@ def start_one(ctx: Context, ref: ExperimentRef) -> None:
     status["lastUpdateTime"] = st.iso(now)
     status["observedGeneration"] = (obj.get("metadata") or {}).get("generation")
 
-    blocker = _blocker(ctx, obj, experiment.spec.target)
+    blocker = _blocker(
+        obj,
+        experiment.spec.target,
+        ctx.store.list() if experiments is None else experiments,
+    )
     if blocker is not None:
         other = st.ref_of(blocker)
         message = (
