@@ -18,7 +18,7 @@ from typing import Any
 from cloudevents.http import CloudEvent
 
 from analytics.measurements import Measurement
-from analytics.model import Experiment
+from analytics.model import Duration, Experiment
 from analytics.report import measurement_to_dict
 from functions.core import events
 from functions.core import status as st
@@ -50,11 +50,13 @@ def handle(ctx: Context, event: CloudEvent) -> None:
 
 
 def _interval(obj: Mapping[str, Any]) -> float:
+    # Read raw on every ping rather than parsing each experiment: start validated the spec;
+    # the default is the parser's.
     duration = (obj.get("spec") or {}).get("duration") or {}
     try:
-        return float(duration.get("intervalSeconds") or 20)
+        return float(duration.get("intervalSeconds") or Duration.interval_seconds)
     except (TypeError, ValueError):
-        return 20.0
+        return float(Duration.interval_seconds)
 
 
 def metric_names(experiment: Experiment) -> list[str]:
