@@ -46,18 +46,20 @@ def _wait(
 
 def set_split(ctx: Context, model: TrafficModel, weights: Mapping[str, int]) -> dict[str, int]:
     """Apply `weights` and return the split read back (equal to `weights`)."""
-    objects = fetch(ctx, model)
-    if model.split(objects) != dict(weights):
-        _apply(ctx, model.apply(weights, objects))
     target = dict(weights)
+    objects = fetch(ctx, model)
+    if model.split(objects) == target:
+        return target  # already in effect: nothing to patch or wait for
+    _apply(ctx, model.apply(weights, objects))
     objects = _wait(ctx, model, lambda o: model.split(o) == target, f"split {target}")
     return model.split(objects) or target
 
 
 def promote(ctx: Context, model: TrafficModel, version: str) -> dict[str, int] | None:
     objects = fetch(ctx, model)
-    if not model.settled("promote", version, objects):
-        _apply(ctx, model.promote(version, objects))
+    if model.settled("promote", version, objects):
+        return model.split(objects)
+    _apply(ctx, model.promote(version, objects))
     objects = _wait(
         ctx, model, lambda o: model.settled("promote", version, o), f"promotion of {version}"
     )
@@ -66,7 +68,8 @@ def promote(ctx: Context, model: TrafficModel, version: str) -> dict[str, int] |
 
 def rollback(ctx: Context, model: TrafficModel) -> dict[str, int] | None:
     objects = fetch(ctx, model)
-    if not model.settled("rollback", None, objects):
-        _apply(ctx, model.rollback(objects))
+    if model.settled("rollback", None, objects):
+        return model.split(objects)
+    _apply(ctx, model.rollback(objects))
     objects = _wait(ctx, model, lambda o: model.settled("rollback", None, o), "rollback")
     return model.split(objects)
