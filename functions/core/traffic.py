@@ -105,7 +105,8 @@ class TrafficModel(Protocol):
         ...
 
 
-def _get(obj: Any, *path: str | int) -> Any:
+def get_path(obj: Any, *path: str | int) -> Any:
+    """The value at `path` (keys and list indices) in a Kubernetes object; None if absent."""
     for key in path:
         if isinstance(key, int):
             obj = obj[key] if isinstance(obj, list) and -len(obj) <= key < len(obj) else None
@@ -117,7 +118,7 @@ def _get(obj: Any, *path: str | int) -> Any:
 
 
 def _condition_true(obj: Obj, kind: str = "Ready") -> bool:
-    for c in _get(obj, "status", "conditions") or []:
+    for c in get_path(obj, "status", "conditions") or []:
         if isinstance(c, Mapping) and c.get("type") == kind:
             return str(c.get("status")) == "True"
     return False
@@ -144,7 +145,7 @@ class KServeModel:
         info = self.spec.version_info
         if info is not None:
             return info.baseline.name, info.candidates[0].name if info.candidates else ""
-        predictor = _get(obj, "status", "components", "predictor") or {}
+        predictor = get_path(obj, "status", "components", "predictor") or {}
         return (
             str(predictor.get("latestRolledoutRevision") or "baseline"),
             str(predictor.get("latestCreatedRevision") or "candidate"),
@@ -152,7 +153,7 @@ class KServeModel:
 
     def resolve(self, objects: Mapping[ObjectRef, Obj]) -> Resolution:
         obj = objects[self.isvc]
-        predictor = _get(obj, "status", "components", "predictor") or {}
+        predictor = get_path(obj, "status", "components", "predictor") or {}
         rolled = predictor.get("latestRolledoutRevision")
         created = predictor.get("latestCreatedRevision")
         ready = predictor.get("latestReadyRevision")
@@ -200,7 +201,7 @@ class KServeModel:
     def split(self, objects: Mapping[ObjectRef, Obj]) -> dict[str, int] | None:
         obj = objects[self.isvc]
         baseline, candidate = self._names(obj)
-        predictor = _get(obj, "status", "components", "predictor") or {}
+        predictor = get_path(obj, "status", "components", "predictor") or {}
         traffic = predictor.get("traffic")
         if not isinstance(traffic, list) or not traffic:
             return None
@@ -245,12 +246,12 @@ class KFServingModel:
 
     def resolve(self, objects: Mapping[ObjectRef, Obj]) -> Resolution:
         obj = objects[self.isvc]
-        if _get(obj, "spec", "canary") is None:
+        if get_path(obj, "spec", "canary") is None:
             return Resolution(False, f"{self.isvc}: spec.canary (the candidate) to be set")
         if not _condition_true(obj):
             return Resolution(False, f"{self.isvc}: condition Ready to be True")
-        default = _get(obj, "status", "default", "predictor", "name")
-        canary = _get(obj, "status", "canary", "predictor", "name")
+        default = get_path(obj, "status", "default", "predictor", "name")
+        canary = get_path(obj, "status", "canary", "predictor", "name")
         if not default or not canary:
             return Resolution(False, f"{self.isvc}: status.default and status.canary revisions")
         names = self._names()
@@ -263,7 +264,7 @@ class KFServingModel:
     def promote(self, version: str, objects: Mapping[ObjectRef, Obj]) -> list[Patch]:
         if version != self._names()[1]:
             return self.rollback(objects)
-        canary = _get(objects[self.isvc], "spec", "canary")
+        canary = get_path(objects[self.isvc], "spec", "canary")
         if canary is None:  # already promoted: the canary was copied and dropped
             return []
         body = {"spec": {"default": canary, "canary": None, "canaryTrafficPercent": None}}
@@ -284,7 +285,7 @@ class KFServingModel:
     def settled(self, action: str, version: str | None, objects: Mapping[ObjectRef, Obj]) -> bool:
         obj = objects[self.isvc]
         status = obj.get("status") or {}
-        return _get(obj, "spec", "canary") is None and not status.get("canaryTraffic")
+        return get_path(obj, "spec", "canary") is None and not status.get("canaryTraffic")
 
 
 _FIELD = re.compile(r"\.?([A-Za-z0-9_-]+)|\[(\d+)\]")
@@ -336,7 +337,7 @@ class KnativeModel:
         obj = objects[self.service]
         if not _condition_true(obj):
             return Resolution(False, f"{self.service}: condition Ready to be True")
-        status_traffic = _get(obj, "status", "traffic") or []
+        status_traffic = get_path(obj, "status", "traffic") or []
         by_tag = {t.get("tag"): t.get("revisionName") for t in status_traffic if t.get("tag")}
         revisions = {}
         for v in self._versions():
@@ -364,7 +365,7 @@ class KnativeModel:
         return self.apply({self._versions()[0].name: 100}, objects)
 
     def split(self, objects: Mapping[ObjectRef, Obj]) -> dict[str, int] | None:
-        traffic = _get(objects[self.service], "status", "traffic")
+        traffic = get_path(objects[self.service], "status", "traffic")
         if not isinstance(traffic, list) or not traffic:
             return None
         split = {}
@@ -415,7 +416,7 @@ class FieldPathModel:
     def resolve(self, objects: Mapping[ObjectRef, Obj]) -> Resolution:
         revisions = {}
         for name, ref, path in self._placements():
-            if _get(objects[ref], *path[:-1]) is None:
+            if get_path(objects[ref], *path[:-1]) is None:
                 return Resolution(False, f"{ref}: field {_pointer(path)} to exist")
             revisions[name] = name
         return Resolution(True, revisions=revisions)
@@ -435,7 +436,9 @@ class FieldPathModel:
         return self.apply({self._placements()[0][0]: 100}, objects)
 
     def split(self, objects: Mapping[ObjectRef, Obj]) -> dict[str, int] | None:
-        return {name: int(_get(objects[ref], *path) or 0) for name, ref, path in self._placements()}
+        return {
+            name: int(get_path(objects[ref], *path) or 0) for name, ref, path in self._placements()
+        }
 
     def settled(self, action: str, version: str | None, objects: Mapping[ObjectRef, Obj]) -> bool:
         winner = version if action == "promote" and version else self._placements()[0][0]

@@ -52,7 +52,7 @@ import numpy as np
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
-from functions.core.traffic import KFSERVING, KNATIVE, KSERVE, ObjectRef
+from functions.core.traffic import KFSERVING, KNATIVE, KSERVE, ObjectRef, get_path
 
 log = logging.getLogger(__name__)
 
@@ -110,27 +110,16 @@ class TrafficStats:
     split: Mapping[str, float] | None = field(default=None)
 
 
-def _get(obj: Any, *path: str | int) -> Any:
-    for key in path:
-        if isinstance(key, int):
-            obj = obj[key] if isinstance(obj, list) and 0 <= key < len(obj) else None
-        else:
-            obj = obj.get(key) if isinstance(obj, Mapping) else None
-        if obj is None:
-            return None
-    return obj
-
-
 def _keys(*names: Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(str(n) for n in names if n))
 
 
 def _kserve(obj: Obj) -> tuple[Share, ...]:
-    predictor = _get(obj, "status", "components", "predictor") or {}
+    predictor = get_path(obj, "status", "components", "predictor") or {}
     rolled = predictor.get("latestRolledoutRevision")
     created = predictor.get("latestCreatedRevision")
     ready = predictor.get("latestReadyRevision")
-    percent = _get(obj, "spec", "predictor", "canaryTrafficPercent")
+    percent = get_path(obj, "spec", "predictor", "canaryTrafficPercent")
     if not rolled:
         # The first revision takes all traffic once it is ready.
         return (Share(_keys(ready), 100.0),) if ready else ()
@@ -143,17 +132,17 @@ def _kserve(obj: Obj) -> tuple[Share, ...]:
 
 
 def _kfserving(obj: Obj) -> tuple[Share, ...]:
-    default = _keys(_get(obj, "status", "default", "predictor", "name"), "default")
-    if _get(obj, "spec", "canary") is None:
+    default = _keys(get_path(obj, "status", "default", "predictor", "name"), "default")
+    if get_path(obj, "spec", "canary") is None:
         return (Share(default, 100.0),)
-    canary = _keys(_get(obj, "status", "canary", "predictor", "name"), "canary")
-    p = min(100.0, max(0.0, float(_get(obj, "spec", "canaryTrafficPercent") or 0)))
+    canary = _keys(get_path(obj, "status", "canary", "predictor", "name"), "canary")
+    p = min(100.0, max(0.0, float(get_path(obj, "spec", "canaryTrafficPercent") or 0)))
     return (Share(default, 100.0 - p), Share(canary, p))
 
 
 def _knative(obj: Obj) -> tuple[Share, ...]:
-    latest = _get(obj, "status", "latestReadyRevisionName")
-    traffic = _get(obj, "spec", "traffic")
+    latest = get_path(obj, "status", "latestReadyRevisionName")
+    traffic = get_path(obj, "spec", "traffic")
     if not isinstance(traffic, list) or not traffic:
         return (Share(_keys(latest), 100.0),) if latest else ()
     shares = []
@@ -169,20 +158,20 @@ def _knative(obj: Obj) -> tuple[Share, ...]:
 
 
 def _istio(obj: Obj) -> tuple[Share, ...]:
-    routes = _get(obj, "spec", "http", 0, "route")
+    routes = get_path(obj, "spec", "http", 0, "route")
     if not isinstance(routes, list):
         return ()
     shares = []
     for route in routes:
         if not isinstance(route, Mapping):
             continue
-        host = str(_get(route, "destination", "host") or "")
+        host = str(get_path(route, "destination", "host") or "")
         weight = route.get("weight")
         if weight is None:
             weight = 100 if len(routes) == 1 else 0
         short = host.split(".", 1)[0]
         shares.append(
-            Share(_keys(_get(route, "destination", "subset"), host, short), float(weight))
+            Share(_keys(get_path(route, "destination", "subset"), host, short), float(weight))
         )
     return tuple(shares)
 
