@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -26,6 +25,7 @@ from kubernetes import client, config, watch
 from kubernetes.dynamic import DynamicClient
 
 from functions.local.kubeapi import KubeApiServer
+from functions.local.run import free_port
 
 pytest_plugins = ["tests.support.kube"]
 
@@ -702,13 +702,6 @@ def test_kubectl_uses_the_generated_kubeconfig(kube: KubeApiServer, tmp_path: Pa
     assert "Target:" in described and "X:" in described
     assert "IterationCompleted" in described and "iteration 1 of 10" in described
     assert kube.get(GROUP, VERSION, PLURAL, NS, "exp") is None
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @pytest.mark.slow

@@ -28,6 +28,7 @@ from functions.core.metrics import (
     TransientMetricsError,
     variables_for,
 )
+from functions.local.run import free_port
 from tests.support.prometheus import (
     AT,
     ELAPSED,
@@ -231,17 +232,9 @@ def test_a_histogram_needs_one_series_per_le(source: PrometheusSource) -> None:
 # --- transient failures: bounded retries -------------------------------------------------
 
 
-def _closed_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])  # closed again when the block ends: nothing listens
-
-
 def test_an_unreachable_server_is_transient_after_the_configured_retries() -> None:
     slept: list[float] = []
-    url = f"http://127.0.0.1:{_closed_port()}"
+    url = f"http://127.0.0.1:{free_port()}"  # the port is closed again once chosen
     started = time.monotonic()
     with (
         PrometheusSource(url, timeout_s=1.0, retries=2, backoff=0.05, sleep=slept.append) as s,

@@ -24,7 +24,6 @@ from __future__ import annotations
 import itertools
 import math
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -34,6 +33,8 @@ from types import TracebackType
 from typing import Final
 
 import requests
+
+from functions.local.run import free_port
 
 PROMETHEUS: Final = "prometheus"
 PROMTOOL: Final = "promtool"
@@ -141,12 +142,6 @@ class OpenMetrics:
         return "\n".join(out) + "\n"
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class PrometheusTSDB:
     """Backfill a TSDB from OpenMetrics text and serve it with the real Prometheus.
 
@@ -208,7 +203,7 @@ class PrometheusTSDB:
         self.storage.mkdir(parents=True, exist_ok=True)
         problem = ""
         for _ in range(3):  # another process may take the free port before Prometheus binds
-            self.port = _free_port()
+            self.port = free_port()
             with self._log.open("wb") as log:
                 self._process = subprocess.Popen(
                     [
