@@ -315,7 +315,6 @@ class LocalRun:
             workers=32,
         )
         stack.enter_context(generator)
-        self.traffic = generator
         if self.sample.preview and self.sample.preview_rps > 0:
             server = servers[self.sample.preview]
             preview = Preview(
