@@ -13,8 +13,6 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY analytics ./analytics
 COPY functions ./functions
-COPY eventing ./eventing
-COPY benchmarks ./benchmarks
 RUN pip install . && rm -rf build ./*.egg-info
 
 # A fixed numeric uid, so the pods' runAsNonRoot can check it.

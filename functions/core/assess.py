@@ -18,8 +18,8 @@ import numpy as np
 from cloudevents.http import CloudEvent
 
 from analytics.analysis import Action, analyze
+from analytics.document import to_dict
 from analytics.model import DeploymentPattern, TestingPattern
-from analytics.report import to_dict
 from functions.core import events, rollout
 from functions.core import status as st
 from functions.core.context import Context

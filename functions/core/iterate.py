@@ -17,9 +17,9 @@ from typing import Any
 
 from cloudevents.http import CloudEvent
 
+from analytics.document import measurement_to_dict
 from analytics.measurements import Measurement
 from analytics.model import Duration, Experiment
-from analytics.report import measurement_to_dict
 from functions.core import events
 from functions.core import status as st
 from functions.core.context import Context

@@ -24,7 +24,8 @@ import requests
 from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent
 
-from eventing.broker import (
+from functions.core import events
+from local.broker import (
     DeliverySpec,
     LocalBroker,
     ManifestError,
@@ -32,8 +33,7 @@ from eventing.broker import (
     load_manifests,
     parse_duration,
 )
-from eventing.sources import ApiServerSourcePlayer, PingSourcePlayer, schedule_minutes
-from functions.core import events
+from local.sources import ApiServerSourcePlayer, PingSourcePlayer, schedule_minutes
 
 EVENTING = Path(__file__).resolve().parents[2] / "eventing"
 WAIT = 5.0  # generous upper bound for anything that should happen in milliseconds
@@ -559,7 +559,7 @@ def test_apiserver_source_sends_add_update_delete_as_knative_does(
 ) -> None:
     from kubernetes import client
 
-    from functions.local.kubeapi import KubeApiServer
+    from local.kubeapi import KubeApiServer
 
     sink = subscriber()
     b = broker(
@@ -621,7 +621,7 @@ def test_apiserver_source_can_replay_what_exists_at_start(
 ) -> None:
     from kubernetes import client
 
-    from functions.local.kubeapi import KubeApiServer
+    from local.kubeapi import KubeApiServer
 
     sink = subscriber()
     b = broker([trigger("sink")], {"sink": sink.url})

@@ -14,7 +14,7 @@ import yaml
 from analytics.measurements import Counts, Histogram, Moments, PointValue
 from functions.adapters.direct import DirectMetricsSource
 from functions.core.metrics import MetricQueryError, MetricSpec, variables_for
-from functions.local.models import ModelVersion, Profile
+from local.servers import ModelVersion, Profile
 
 ROOT = Path(__file__).resolve().parents[2]
 LIBRARY = {

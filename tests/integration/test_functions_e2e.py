@@ -27,9 +27,9 @@ from functions.adapters.prometheus import PrometheusSource
 from functions.core import events
 from functions.core.context import Context
 from functions.core.settings import Settings
-from functions.local.controllers import TrafficControllers
-from functions.local.kubeapi import KubeApiServer
-from functions.local.run import seed_metric_library
+from local.controllers import TrafficControllers
+from local.harness import seed_metric_library
+from local.kubeapi import KubeApiServer
 from tests.support.prometheus import OpenMetrics, PrometheusTSDB, missing_binaries
 from tests.support.stages import ManualClock, Pipeline, QueueSink, apiserver_event
 

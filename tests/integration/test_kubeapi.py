@@ -1,4 +1,4 @@
-"""The local Kubernetes API (functions.local.kubeapi) against the official `kubernetes` client.
+"""The local Kubernetes API (local.kubeapi) against the official `kubernetes` client.
 
 Each test drives the synchronous client from the test thread (or threads it starts) against the
 server's own thread, and proves one kmock 0.8 gap closed (reference/platform.md §2), or an
@@ -24,8 +24,8 @@ import pytest
 from kubernetes import client, config, watch
 from kubernetes.dynamic import DynamicClient
 
-from functions.local.kubeapi import KubeApiServer
-from functions.local.run import free_port
+from local.harness import free_port
+from local.kubeapi import KubeApiServer
 
 pytest_plugins = ["tests.support.kube"]
 
@@ -708,7 +708,7 @@ def test_kubectl_uses_the_generated_kubeconfig(kube: KubeApiServer, tmp_path: Pa
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
 def test_standalone_server_serves_until_a_signal(tmp_path: Path, stop: signal.Signals) -> None:
     port, kubeconfig = free_port(), tmp_path / "kubeconfig"
-    command = [sys.executable, "-m", "functions.local.kubeapi", "--port", str(port)]
+    command = [sys.executable, "-m", "local.kubeapi", "--port", str(port)]
     server = subprocess.Popen(
         [*command, "--kubeconfig", str(kubeconfig)],
         stdout=subprocess.PIPE,

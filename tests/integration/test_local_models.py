@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 from scipy import stats
 
-from functions.local.models import LABELS, LATENCY_BUCKETS_MS, ModelVersion, Profile, iris
+from local.servers import LABELS, LATENCY_BUCKETS_MS, ModelVersion, Profile, iris
 
 # Two-sided tail below which a count is called inconsistent with its binomial model.
 ALPHA = 1e-4

@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 import yaml
 
-from functions.local.controllers import TrafficControllers
-from functions.local.kubeapi import KubeApiServer
-from functions.local.run import seed_metric_library
-from functions.local.sample import load
+from local.controllers import TrafficControllers
+from local.harness import seed_metric_library
+from local.kubeapi import KubeApiServer
+from local.sample import load
 from tests.support.prometheus import OpenMetrics, PrometheusTSDB, missing_binaries
 
 pytestmark = pytest.mark.slow

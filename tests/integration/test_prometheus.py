@@ -28,7 +28,7 @@ from functions.core.metrics import (
     TransientMetricsError,
     variables_for,
 )
-from functions.local.run import free_port
+from local.harness import free_port
 from tests.support.prometheus import (
     AT,
     ELAPSED,

@@ -1,6 +1,6 @@
 """The traffic generator: each backend's split rule, and real traffic routed by a real API.
 
-The split is read from `functions.local.kubeapi.KubeApiServer` through the official client,
+The split is read from `local.kubeapi.KubeApiServer` through the official client,
 and the requests go over HTTP to simulated model versions.
 """
 
@@ -18,9 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from scipy import stats
 
 from functions.core.traffic import KFSERVING, KNATIVE, KSERVE, ObjectRef
-from functions.local.kubeapi import KubeApiServer
-from functions.local.models import ModelVersion, Profile
-from functions.local.traffic import (
+from local.kubeapi import KubeApiServer
+from local.loadgen import (
     NO_RESPONSE,
     Share,
     TrafficGenerator,
@@ -28,6 +27,7 @@ from functions.local.traffic import (
     read_split,
     route_split,
 )
+from local.servers import ModelVersion, Profile
 
 ALPHA = 1e-4  # two-sided tail below which a count is inconsistent with the split
 ISTIO = "networking.istio.io/v1beta1"

@@ -1,4 +1,4 @@
-"""Pytest fixtures for the local Kubernetes API (functions.local.kubeapi), one server per session.
+"""Pytest fixtures for the local Kubernetes API (local.kubeapi), one server per session.
 
 Load them with `pytest_plugins = ["tests.support.kube"]` in a test module.
 
@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import pytest
 from kubernetes import client
 
-from functions.local.kubeapi import KubeApiServer
+from local.kubeapi import KubeApiServer
 
 
 @pytest.fixture(scope="session")

@@ -34,7 +34,7 @@ from typing import Final
 
 import requests
 
-from functions.local.run import free_port
+from local.harness import free_port
 
 PROMETHEUS: Final = "prometheus"
 PROMTOOL: Final = "promtool"

@@ -13,8 +13,8 @@ import numpy as np
 
 from analytics import model
 from analytics.analysis import Action, analyze
+from analytics.document import to_dict
 from analytics.parse import ITER8_API_VERSION, parse_experiment
-from analytics.report import to_dict
 
 
 def iter8_experiment(

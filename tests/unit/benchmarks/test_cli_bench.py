@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import reference
-from functions.cli import main
+from cli import main
 
 TINY = """
 name: tiny-canary

@@ -1,6 +1,6 @@
 """`arbiter analyze`: the samples' documented outcomes, the output contract and bad input.
 
-Most tests call `functions.cli.main(argv)` in-process; the `slow` ones run the installed
+Most tests call `cli.main(argv)` in-process; the `slow` ones run the installed
 console script as a real subprocess, as a person at a shell would.
 """
 
@@ -17,7 +17,7 @@ from typing import Any, Final
 import pytest
 import yaml
 
-from functions.cli import main
+from cli import main
 
 ROOT: Final = Path(__file__).resolve().parents[3]
 SAMPLES_DIR: Final = ROOT / "samples" / "analysis"

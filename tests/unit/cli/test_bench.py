@@ -7,7 +7,7 @@ from typing import Final
 
 import pytest
 
-from functions.cli import main
+from cli import main
 
 FIGURES: Final = re.compile(r"p50 (?P<p50>[0-9.]+) ms, p95 (?P<p95>[0-9.]+) ms")
 

@@ -17,7 +17,7 @@ from functions.core.traffic import (
     model_for,
     parse_field_path,
 )
-from functions.local.controllers import kfserving_status, knative_status, kserve_status
+from local.controllers import kfserving_status, knative_status, kserve_status
 
 
 def experiment(version_info: dict[str, Any] | None, target: str = "demo/iris") -> Any:

@@ -35,16 +35,16 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from eventing.broker import LocalBroker, load_manifests
-from eventing.sources import ApiServerSourcePlayer, PingSourcePlayer
 from functions.adapters.kubernetes import api_client
 from functions.core import status as st
 from functions.core.events import TRIGGERS
 from functions.core.traffic import ObjectRef
-from functions.local.sample import Sample
-from functions.local.view import LiveView, verdict
+from local.broker import LocalBroker, load_manifests
+from local.sample import Sample
+from local.sources import ApiServerSourcePlayer, PingSourcePlayer
+from local.view import LiveView, verdict
 
-ROOT: Final = Path(__file__).resolve().parents[2]
+ROOT: Final = Path(__file__).resolve().parents[1]
 EVENTING: Final = ROOT / "eventing"
 METRICS: Final = ROOT / "config" / "metrics"
 _EXPERIMENTS: Final = ("arbiter.dev", "v1alpha1", "experiments")
@@ -105,8 +105,8 @@ class LocalRun:
     # Components -----------------------------------------------------------------------------
 
     def _emulator(self, stack: contextlib.ExitStack, workdir: Path) -> tuple[client.ApiClient, str]:
-        from functions.local.controllers import TrafficControllers  # noqa: PLC0415
-        from functions.local.kubeapi import KubeApiServer  # noqa: PLC0415
+        from local.controllers import TrafficControllers  # noqa: PLC0415
+        from local.kubeapi import KubeApiServer  # noqa: PLC0415
 
         server = stack.enter_context(KubeApiServer())
         kubeconfig = str(server.write_kubeconfig(workdir / "kubeconfig"))
@@ -131,7 +131,7 @@ class LocalRun:
         return api, kubeconfig
 
     def _versions(self, stack: contextlib.ExitStack) -> dict[str, Any]:
-        from functions.local.models import ModelVersion  # noqa: PLC0415
+        from local.servers import ModelVersion  # noqa: PLC0415
 
         rng = np.random.default_rng(self.options.seed)
         servers = {}
@@ -303,7 +303,7 @@ class LocalRun:
     def _traffic(
         self, stack: contextlib.ExitStack, api: client.ApiClient, servers: dict[str, Any]
     ) -> None:
-        from functions.local.traffic import TrafficGenerator  # noqa: PLC0415
+        from local.loadgen import TrafficGenerator  # noqa: PLC0415
 
         routes = {key: server.model_url for key, server in servers.items()}
         generator = TrafficGenerator(

@@ -13,7 +13,7 @@ pure function of the object:
   is not ready gets nothing. The split is derived from spec and status revisions rather
   than read from `status.components.predictor.traffic`, which KServe writes after it
   has programmed the route: the same rule without the controller's lag
-  (functions/local/controllers.py writes that status from the same rule).
+  (local/controllers.py writes that status from the same rule).
 - KFServing v1alpha2 InferenceService: `spec.canaryTrafficPercent` to the canary while
   `spec.canary` is set, the rest (or everything) to the default; destinations are the
   predictors' revision names in status, or "default" / "canary".
@@ -261,9 +261,9 @@ class TrafficGenerator:
         self.rate = Rate(wall / time_scale, wall, time_scale)
         self._rng = rng
         if instances is None:
-            from functions.local import models  # noqa: PLC0415  # sklearn: only when needed
+            from local import servers  # noqa: PLC0415  # sklearn: only when needed
 
-            instances = models.iris().features.tolist()
+            instances = servers.iris().features.tolist()
         self._bodies = [
             json.dumps({"instances": [list(map(float, x))]}).encode() for x in instances
         ]

@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from functions.cli import analyze, bench, run
+from cli import analyze, bench, run
 
 
 class UsageError(Exception):

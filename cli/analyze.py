@@ -15,9 +15,10 @@ from typing import Any
 import numpy as np
 import yaml
 
-from analytics import analysis, report
+from analytics import analysis
+from analytics.document import to_dict
 from analytics.parse import SpecError, parse_experiment
-from functions.cli import args as args_types
+from cli import args as args_types
 from functions.core.status import resolved_document
 
 
@@ -80,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         args.seed if args.seed is not None else int(np.random.SeedSequence().generate_state(1)[0])
     )
     result = analysis.analyze(experiment, np.random.default_rng(seed))
-    out = report.to_dict(result)
+    out = to_dict(result)
     out["seed"] = seed
     text = json.dumps(out, indent=2) + "\n"
     try:

@@ -19,8 +19,8 @@ from typing import Any
 from benchmarks import compute, reference, suite
 from benchmarks.methods import METHODS
 from benchmarks.scenario import ScenarioError, load, shipped
-from functions.cli import args as args_types
-from functions.cli.analyze import InputError
+from cli import args as args_types
+from cli.analyze import InputError
 
 DEFAULT_OUT = "bench-results/results.json"
 

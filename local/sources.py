@@ -30,8 +30,8 @@ from cloudevents.http import CloudEvent
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
-from eventing.broker import ManifestError, to_binary_http
 from functions.core import events
+from local.broker import ManifestError, to_binary_http
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 This module owns the stand-in for a cluster's API server that `arbiter run` and the tests
 use: `KubeApiEmulator` (the HTTP semantics), `register_resources` (the kinds Arbiter touches)
 and `KubeApiServer` (a daemon thread serving it on 127.0.0.1, with a kubeconfig for the
-official client and kubectl). Run it alone with `python -m functions.local.kubeapi --port N`.
+official client and kubectl). Run it alone with `python -m local.kubeapi --port N`.
 
 kmock 0.8 gaps (measured in reference/platform.md §2) that this subclass closes:
 - server-set metadata: `uid`, `creationTimestamp`, `generation` (1 on create, +1 when anything
@@ -894,9 +894,7 @@ class KubeApiServer:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Serve the emulator until SIGTERM or SIGINT; print its URL once it is ready."""
-    parser = argparse.ArgumentParser(
-        prog="python -m functions.local.kubeapi", description=main.__doc__
-    )
+    parser = argparse.ArgumentParser(prog="python -m local.kubeapi", description=main.__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--kubeconfig", type=Path, help="also write a kubeconfig to this path")

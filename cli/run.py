@@ -14,10 +14,10 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from functions.cli import args as args_types
-from functions.cli.analyze import InputError
-from functions.local.run import LocalRun, Options, RunError
-from functions.local.sample import SampleError, load
+from cli import args as args_types
+from cli.analyze import InputError
+from local.harness import LocalRun, Options, RunError
+from local.sample import SampleError, load
 
 DEFAULT_SAMPLE = "samples/local/canary-good.yaml"
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from analytics import report
+from analytics import document
 from analytics.analysis import analyze
 from analytics.measurements import Counts, Histogram, Measurement, Moments, NoData, PointValue
 from analytics.model import Experiment
@@ -22,7 +22,7 @@ UNKNOWN = {"events": 1, "trials": 100}
 
 
 def as_json(experiment: Experiment) -> dict[str, Any]:
-    out = report.to_dict(analyze(experiment, np.random.default_rng(1)))
+    out = document.to_dict(analyze(experiment, np.random.default_rng(1)))
     # Strict JSON: no NaN or Infinity may leak out of the evidence.
     parsed: dict[str, Any] = json.loads(json.dumps(out, allow_nan=False))
     return parsed
@@ -145,6 +145,6 @@ def test_reward_evidence(make_experiment: Factory) -> None:
 def test_measurements_round_trip_through_the_parser(
     measurement: Measurement, make_document: Callable[..., dict[str, Any]]
 ) -> None:
-    fields = json.loads(json.dumps(report.measurement_to_dict(measurement), allow_nan=False))
+    fields = json.loads(json.dumps(document.measurement_to_dict(measurement), allow_nan=False))
     doc = make_document(data={"m": {"baseline": fields}})
     assert parse_experiment(doc).status.measurements["m"]["baseline"] == measurement

@@ -29,7 +29,7 @@ import yaml
 from analytics.model import Duration
 from analytics.parse import SpecError, parse_experiment
 from functions.core.traffic import ObjectRef
-from functions.local.models import Profile
+from local.servers import Profile
 
 _TRAFFIC_KINDS = ("InferenceService", "Service", "VirtualService")
 

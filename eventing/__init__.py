@@ -1,1 +1,0 @@
-"""The CloudEvent contract manifests and the local broker that routes by them."""
