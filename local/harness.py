@@ -442,10 +442,21 @@ def promise(obj: dict[str, Any], expect: Mapping[str, Any]) -> str:
     return "promise:    kept" if not broken else "promise:    BROKEN: " + "; ".join(broken)
 
 
+def kustomization_files(folder: Path) -> list[Path]:
+    """The manifest files `kubectl apply -k folder` applies: the kustomization's resources,
+    following listed sub-folders into their own kustomizations."""
+    listed = yaml.safe_load((folder / "kustomization.yaml").read_text()) or {}
+    files: list[Path] = []
+    for entry in listed.get("resources") or []:
+        path = folder / str(entry)
+        files.extend(kustomization_files(path) if path.is_dir() else [path])
+    return files
+
+
 def seed_metric_library(server: Any, namespaces: set[str]) -> None:
-    """Store the Metric library (config/metrics) in each namespace, as `kubectl apply -k
-    config` would for arbiter-system."""
-    for path in sorted(METRICS.glob("*.yaml")):
+    """Store the Metric library (config/metrics, sub-libraries included) in each namespace,
+    as `kubectl apply -k config` would for arbiter-system."""
+    for path in kustomization_files(METRICS):
         doc = yaml.safe_load(path.read_text())
         if doc.get("kind") != "Metric":
             continue
