@@ -3,7 +3,8 @@
 Where the evidence points is a Bayesian question: Beta(k + 1/2, n - k + 1/2) for counts
 (Jeffreys), a normal for means. These only move weights; promote and rollback decisions come
 from the confidence sequences in `analytics.sequential`, because a posterior threshold
-checked every iteration has no error guarantee (statistics.md §3.1, §3.5).
+checked every iteration has no error guarantee
+(docs/statistics.md#posteriors-steer-they-never-stop).
 """
 
 from __future__ import annotations

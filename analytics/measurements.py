@@ -105,7 +105,8 @@ class Histogram:
         """Requests slower than the finite bucket bound nearest `limit`.
 
         Counting above a real bucket bound is exact; an interpolated quantile is not
-        (statistics.md §5), so latency objectives are judged this way.
+        (docs/statistics.md#latency-from-histogram-buckets), so latency objectives are
+        judged this way.
         """
         finite = [(abs(b - limit), i) for i, b in enumerate(self.bounds) if math.isfinite(b)]
         if not finite:

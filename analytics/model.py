@@ -1,6 +1,7 @@
 """The Experiment as typed, frozen values: spec, status and the measurements it carries.
 
-Field names mirror iter8 v2alpha2 (reference/iter8.md §1.3) so its users feel at home;
+Field names mirror iter8 v2alpha2's Experiment (docs/design.md#resources) so its users feel
+at home;
 Arbiter's additions (relative objectives, histogram quantiles, alpha) sit beside them.
 Versions are always keyed by name, never by list position.
 """

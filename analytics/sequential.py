@@ -1,8 +1,8 @@
 """Anytime-valid confidence sequences: intervals that may be checked after every iteration.
 
 A fixed-horizon interval re-checked every iteration fails ~46% of the time at 360 looks
-(statistics.md §3.1). A confidence sequence covers the truth at *all* times at once with
-probability >= 1 - alpha (Ville's inequality on a mixture martingale), so stopping the first
+(docs/statistics.md#peeking). A confidence sequence covers the truth at *all* times at once
+with probability >= 1 - alpha (Ville's inequality on a mixture martingale), so stopping the first
 time it excludes a limit keeps the error rate at alpha however often it is checked.
 
 - Counts (events out of trials): the exact beta-binomial mixture martingale (Robbins 1970).

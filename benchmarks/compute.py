@@ -1,8 +1,9 @@
-"""Compute cost of one analysis iteration: the DESIGN's 5 ms budget, measured.
+"""Compute cost of one analysis iteration: its 5 ms budget, measured.
 
-The workload is the issue's: 4 versions (A/B/n), 3 metrics — an error-rate count, a
-12-bucket latency histogram and a conversion reward — with counts that grow every
-iteration as they would on a live experiment. Reports p50/p95 wall time and peak RSS.
+The workload (docs/statistics.md#the-harness): 4 versions (A/B/n), 3 metrics — an
+error-rate count, a 12-bucket latency histogram and a conversion reward — with counts that
+grow every iteration as they would on a live experiment. Reports p50/p95 wall time and peak
+RSS.
 """
 
 from __future__ import annotations

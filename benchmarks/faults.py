@@ -1,4 +1,5 @@
-"""Telemetry and traffic faults the benchmark simulator can inject (statistics.md §6.3, S9).
+"""Telemetry and traffic faults the benchmark simulator can inject
+(docs/statistics.md#scenarios-and-faults).
 
 Owns the `Faults` description and the pure, vectorised helpers that turn it into
 per-interval effects: the diurnal traffic multiplier, the share of an interval that a global

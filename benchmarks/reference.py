@@ -1,17 +1,18 @@
-"""The harness checks itself first: it must reproduce statistics.md's reference figures.
+"""The harness checks itself first: it must reproduce the reference figures
+(docs/statistics.md#reference-figures).
 
 If the simulator, the Prometheus view or a baseline drifted, these would drift with
 them, and every comparison after would be worthless; so the suite refuses to run when one
-misses its tolerance (statistics.md §6.4: "if these drift, the simulator is wrong").
+misses its tolerance: if these drift, the simulator is wrong, not the method under test.
 
-- Naive peeking (§3.1): a two-sided 5% z test re-run at 360 equally spaced looks on an
+- Naive peeking: a two-sided 5% z test re-run at 360 equally spaced looks on an
   A/A rejects in 46.4% of runs (Brownian-motion Monte Carlo).
-- Flagger thresholds (§2.2): at 1 rps, 1-minute checks, weight 10 -> 50% by 10, five
+- Flagger thresholds: at 1 rps, 1-minute checks, weight 10 -> 50% by 10, five
   failed checks to roll back, a canary with 2% errors against a 1% SLO is promoted 87.6%.
-- The oracle (§3.2, B8): Wald's SPRT at a 5% canary, 50 rps, 1% vs 2% errors, decides in
+- The oracle (B8): Wald's SPRT at a 5% canary, 50 rps, 1% vs 2% errors, decides in
   about 4.9 minutes (154 errors, Wald's approximation, which ignores overshoot).
-- Fixed horizon (§3.2): 12.8 minutes at 95% power for the same canary.
-- Garivier-Kaufmann (§3.6): the 4-version lower bound is 248,567 requests, 2 versions 3,064.
+- Fixed horizon: 12.8 minutes at 95% power for the same canary.
+- Garivier-Kaufmann: the 4-version lower bound is 248,567 requests, 2 versions 3,064.
 Monte Carlo figures pass within 3 standard errors plus a stated allowance for what the
 reference idealises (Brownian motion, fixed per-check sample sizes, no overshoot).
 """
@@ -96,7 +97,7 @@ def reproduce(seed: int, replicates: int = 4000) -> list[Check]:
     checks.append(
         Check(
             "naive peeking, A/A, 360 looks: P(false rejection)",
-            "statistics.md §3.1",
+            "docs/statistics.md#peeking",
             0.464,
             peeking(replicates, seed),
             3 * se + 0.02,
@@ -110,7 +111,7 @@ def reproduce(seed: int, replicates: int = 4000) -> list[Check]:
     checks.append(
         Check(
             "Flagger thresholds, 1 rps, 2% vs 1% SLO: P(promote)",
-            "statistics.md §2.2",
+            "docs/statistics.md#reference-figures",
             0.876,
             promoted,
             3 * se + 0.01,
@@ -123,7 +124,7 @@ def reproduce(seed: int, replicates: int = 4000) -> list[Check]:
     checks.append(
         Check(
             "SPRT oracle, 5% canary, 1% vs 2% errors: mean minutes to decide",
-            "statistics.md §3.2",
+            "docs/statistics.md#reference-figures",
             4.9,
             float(minutes.mean()),
             # Wald's formula ignores the overshoot past the boundary (+10-15% here) and the
@@ -135,7 +136,7 @@ def reproduce(seed: int, replicates: int = 4000) -> list[Check]:
     checks.append(
         Check(
             "fixed-horizon z test, same canary, 95% power: minutes",
-            "statistics.md §3.2",
+            "docs/statistics.md#reference-figures",
             12.8,
             fixed_horizon.planned_requests(s2) / s2.rate_rps / 60.0,
             0.05,
@@ -146,7 +147,7 @@ def reproduce(seed: int, replicates: int = 4000) -> list[Check]:
     checks.append(
         Check(
             "lower bound, 4 versions 10.9/10.6/10.3/10.0%",
-            "statistics.md §3.6",
+            "docs/statistics.md#reference-figures",
             248567,
             four,
             1.0,
@@ -155,7 +156,14 @@ def reproduce(seed: int, replicates: int = 4000) -> list[Check]:
     )
     two = lower_bound((0.99, 0.98), 0.05).samples
     checks.append(
-        Check("lower bound, 2 versions 1% vs 2% errors", "statistics.md §3.6", 3064, two, 1.0, 0)
+        Check(
+            "lower bound, 2 versions 1% vs 2% errors",
+            "docs/statistics.md#reference-figures",
+            3064,
+            two,
+            1.0,
+            0,
+        )
     )
     return checks
 
@@ -170,7 +178,8 @@ def verify(checks: list[Check]) -> None:
             for c in bad
         ]
         raise ReferenceMismatchError(
-            "the benchmark harness does not reproduce statistics.md, so its simulator or a"
+            "the benchmark harness does not reproduce the reference figures of"
+            " docs/statistics.md, so its simulator or a"
             " baseline is wrong; no comparison was run:\n  " + "\n  ".join(lines)
         )
 

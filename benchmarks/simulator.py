@@ -1,4 +1,5 @@
-"""Seeded, vectorised experiment simulator for the benchmark suite (statistics.md §6.1).
+"""Seeded, vectorised experiment simulator for the benchmark suite
+(docs/statistics.md#the-harness).
 
 Owns the ground truth of a simulated canary / A/B/n experiment and the Prometheus counters it
 produces: per iteration (Δt) and per version, for R replicates at once on a leading batch

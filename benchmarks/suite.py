@@ -1,9 +1,10 @@
 """The whole decision-quality benchmark: reference check, every cell, targets, outputs.
 
-Order of work: reproduce statistics.md's reference figures (and stop if they are not
-reproduced), run every (scenario, method) cell in worker processes (one fresh process
-per cell, so its peak RSS is its own), time Arbiter's production analysis, judge the
-issue's targets, and write results JSON, a markdown report and a PNG plot.
+Order of work: reproduce the reference figures (docs/statistics.md#reference-figures; stop
+if they are not reproduced), run every (scenario, method) cell in worker processes (one
+fresh process per cell, so its peak RSS is its own), time Arbiter's production analysis,
+judge Arbiter's targets (docs/statistics.md#targets), and write results JSON, a markdown
+report and a PNG plot.
 
 Quick mode runs each scenario's `quickReplicates` (default 400); full mode ten times as
 many. `replicates` overrides both.
@@ -90,10 +91,10 @@ def run(plan: Plan, progress: Callable[[str], None] = lambda _: None) -> dict[st
     """Run the plan and return the results document.
 
     Raises:
-        reference.ReferenceMismatchError: the harness does not reproduce statistics.md.
+        reference.ReferenceMismatchError: the harness does not reproduce the reference figures.
     """
     started = time.perf_counter()
-    progress("reproducing the reference figures of statistics.md ...")
+    progress("reproducing the reference figures (docs/statistics.md#reference-figures) ...")
     checks = reference.reproduce(plan.seed, plan.reference_replicates)
     reference.verify(checks)
 
@@ -154,7 +155,7 @@ def markdown(results: dict[str, Any], git_sha: str) -> str:
                 + ", ".join(f"{k} {v}" for k, v in results["replicates"].items())
                 + ".",
                 "## Reference figures reproduced first\n\n" + reference.table(checks),
-                "## Arbiter against the issue's targets\n\n" + targets.table(judged),
+                "## Arbiter against its targets\n\n" + targets.table(judged),
                 "## Every method, every scenario\n\n" + report.table(results["cells"], labels()),
                 "## Lower bounds (Garivier-Kaufmann)\n\n"
                 + (bounds or "- none (no A/B/n scenario)"),

@@ -1,9 +1,9 @@
-"""The issue's targets for Arbiter's own method, judged against the benchmark's figures.
+"""Arbiter's targets (docs/statistics.md#targets), judged against the benchmark's figures.
 
 Each target is met when its 95% Monte Carlo interval clears the bound, missed when the
-point estimate is on the wrong side, and "within MC error" otherwise (statistics.md §6.1:
-pass/fail compares the interval with the target). Ratios to the oracle, the lower bound
-or Thompson sampling compare means; a replicate that never reached the right decision
+point estimate is on the wrong side, and "within MC error" otherwise
+(docs/statistics.md#the-harness). Ratios to the oracle, the lower bound or Thompson
+sampling compare means; a replicate that never reached the right decision
 counts as taking the whole horizon, so those ratios can only flatter the slower method's
 rival, never Arbiter.
 """

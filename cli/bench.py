@@ -2,9 +2,9 @@
 
 Without options it times one analysis iteration (p50/p95 ms, as before). `--quick`,
 `--full` or `--scenario FILE...` also run the decision-quality suite of `benchmarks/`:
-the reference figures of statistics.md first (a mismatch stops the run, exit 1), then every
-method on every scenario, writing results JSON plus a markdown report and a PNG plot
-beside it, and printing the report.
+the reference figures (docs/statistics.md#reference-figures) first (a mismatch stops the
+run, exit 1), then every method on every scenario, writing results JSON plus a markdown
+report and a PNG plot beside it, and printing the report.
 """
 
 from __future__ import annotations

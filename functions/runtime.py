@@ -1,7 +1,8 @@
 """How a stage runs inside functions-framework: wiring once per process, errors as HTTP.
 
 Each function process builds its Context (settings from the environment, the Kubernetes
-client, Prometheus, the broker sink) on its first event and keeps it while warm. A
+client for KUBECONFIG or the in-cluster account, Prometheus, the broker sink) on its first
+event and keeps it while warm; the local run's function processes do the same. A
 PermanentError answers 422 (Knative does not retry it; it goes to the dead-letter sink),
 a TransientError 503 (Knative retries with backoff); anything else is a bug and answers
 500 with the traceback in the log, never in the response.
@@ -42,7 +43,7 @@ _override: Context | None = None
 
 
 def use_context(ctx: Context | None) -> None:
-    """Run every stage in this process with `ctx` (the local run and tests wire their own)."""
+    """Run every stage in this process with `ctx` (tests wire their own this way)."""
     global _override  # noqa: PLW0603 - one context per process, like the cached default
     _override = ctx
 

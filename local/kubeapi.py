@@ -5,7 +5,8 @@ use: `KubeApiEmulator` (the HTTP semantics), `register_resources` (the kinds Arb
 and `KubeApiServer` (a daemon thread serving it on 127.0.0.1, with a kubeconfig for the
 official client and kubectl). Run it alone with `python -m local.kubeapi --port N`.
 
-kmock 0.8 gaps (measured in reference/platform.md §2) that this subclass closes:
+kmock 0.8 gaps (measured against kmock itself; tests/integration/test_kubeapi.py proves
+each one closed) that this subclass closes:
 - server-set metadata: `uid`, `creationTimestamp`, `generation` (1 on create, +1 when anything
   outside metadata changes — and outside status, for kinds with a status subresource) and
   `resourceVersion` (one global counter, like etcd's revision, bumped by every write including
@@ -755,7 +756,7 @@ class KubeApiServer:
     """Serves a `KubeApiEmulator` on 127.0.0.1 from its own event loop in a daemon thread.
 
     A thread of its own, not the caller's event loop: the synchronous `kubernetes` client
-    would block that loop and deadlock (reference/platform.md §2). The methods below are
+    would block that loop and deadlock. The methods below are
     thread-safe; they run on the server's loop.
     """
 

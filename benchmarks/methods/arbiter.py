@@ -7,7 +7,8 @@ weights within the caps) with the Experiment spec the scenario parses. Arbiter's
 is not a verdict the evidence reached.
 
 The posterior draws behind A/B/n weights are 1,000 per version in full mode, as in
-production, and 256 in quick mode (statistics.md §6.1); verdicts do not depend on them.
+production, and 256 in quick mode (docs/statistics.md#the-harness); verdicts do not
+depend on them.
 """
 
 from __future__ import annotations

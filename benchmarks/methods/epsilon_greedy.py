@@ -1,4 +1,4 @@
-"""Epsilon-greedy allocation (statistics.md B6), run to the horizon.
+"""Epsilon-greedy allocation (B6, docs/statistics.md#baselines), run to the horizon.
 
 Each iteration the greedy choice is the version whose point estimates look best: for a
 canary, the candidate if its point values meet Arbiter's objectives (iter8 v0's

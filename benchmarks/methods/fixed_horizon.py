@@ -1,4 +1,4 @@
-"""Fixed-horizon test, one look (statistics.md B1): the classical A/B test done right.
+"""Fixed-horizon test, one look (B1, docs/statistics.md#baselines): the classical A/B test.
 
 The sample size comes from a power calculation at the scenario's design effect (Fleiss'
 two-proportion formula, two-sided alpha, the design power), the split stays fixed, and

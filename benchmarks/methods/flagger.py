@@ -1,4 +1,4 @@
-"""Flagger-style canary analysis (fluxcd/flagger docs, statistics.md §2.2 and B3).
+"""Flagger-style canary analysis (fluxcd/flagger docs; B3, docs/statistics.md#baselines).
 
 Every check interval (Flagger's `interval`, 1 minute, or the scenario's interval if that is
 longer) the canary's point values over that window are compared with fixed thresholds:

@@ -1,9 +1,9 @@
-"""iter8 v1-style Bayesian routing and winner (iter8-analytics v1.0, statistics.md §1.2, B5).
+"""iter8 v1-style Bayesian routing and winner (iter8-analytics v1.0; B5, docs/statistics.md).
 
 Beliefs are Beta(0.1 + k, 0.1 + n - k) for every ratio metric (error rate, share of
 requests above the latency bucket bound, conversion). Each iteration draws posterior
-samples (iter8 used 10,000; here 256 in quick mode and 1,000 in full, as statistics.md
-§6.1 allows), estimates each criterion's probability of holding, re-samples the criterion
+samples (iter8 used 10,000; here 256 in quick mode and 1,000 in full, as the harness
+allows), estimates each criterion's probability of holding, re-samples the criterion
 as Bernoulli(that probability) per draw, and scores each draw: the reward times the
 feasibility mask (1e-10 in the baseline's favour) for A/B/n; for a canary, which has no
 reward, the candidate wins a draw when its criteria hold and the baseline otherwise. A

@@ -1,4 +1,4 @@
-"""iter8 v2-style experiment (iter8-tools/iter8-analytics v2, statistics.md §1.3).
+"""iter8 v2-style experiment (iter8-tools/iter8-analytics v2; docs/statistics.md#baselines).
 
 No statistics: every iteration compares aggregated point values with limits
 (`check_limits`: the error rate with the SLO, and the interpolated latency quantile with

@@ -1,4 +1,5 @@
-"""Kayenta-style canary judgement (spinnaker/kayenta NetflixACAJudge, statistics.md B4).
+"""Kayenta-style canary judgement (spinnaker/kayenta NetflixACAJudge; B4,
+docs/statistics.md#baselines).
 
 The canary runs at a fixed share. Every aggregation period (1 minute, or the scenario's
 interval if longer) gives one point per version and metric: the error rate, and the

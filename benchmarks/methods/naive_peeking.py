@@ -1,5 +1,5 @@
 """The fixed-horizon z test re-run every iteration, stopping at the first "significant"
-result (statistics.md B2): what a dashboard that is watched all day amounts to.
+result (B2, docs/statistics.md#baselines): what a dashboard that is watched all day amounts to.
 
 - Canary: roll back as soon as a metric is significantly worse (pooled z, as in
   `fixed_horizon`); promote as soon as a Wald z test says the canary's error rate is below

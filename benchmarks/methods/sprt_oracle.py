@@ -1,4 +1,4 @@
-"""The oracle: Wald's SPRT that knows the true effect (statistics.md §3.2, B8).
+"""The oracle: Wald's SPRT that knows the true effect (B8, docs/statistics.md#baselines).
 
 It watches the one count stream where the truth differs (errors, or requests above the
 latency bucket bound when only latency differs), conditions on the total, and treats each

@@ -1,4 +1,4 @@
-"""Thompson sampling with a posterior stopping rule (statistics.md B7).
+"""Thompson sampling with a posterior stopping rule (B7, docs/statistics.md#baselines).
 
 Beta(1, 1) priors. Traffic is probability matching: each version's share is its posterior
 probability of being best, estimated from joint draws (256 in quick mode, 1,000 in full).
@@ -7,7 +7,7 @@ bucket bound, when latency is an objective); for A/B/n it is the higher conversi
 versions whose drawn error rate is within the SLO. The experiment stops as soon as one
 version's P(best) exceeds 1 - alpha and promotes it (keeps the baseline if it is the
 baseline): a Bayesian threshold checked every iteration, with no error guarantee under
-peeking (statistics.md §3.1, §3.5).
+peeking (docs/statistics.md#peeking).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The functions' configuration: read once, at the edge, from the environment.
 
 On a cluster the values come from the `arbiter-settings` ConfigMap (config/settings.yaml);
-locally `arbiter run` sets them. Nothing else in the code reads the environment.
+locally `arbiter run` sets them. Besides KUBECONFIG, which functions/runtime.py hands to the
+Kubernetes client, nothing else in the functions reads the environment.
 """
 
 from __future__ import annotations

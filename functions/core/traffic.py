@@ -1,10 +1,11 @@
 """Where each traffic backend keeps its split, as pure functions of the objects involved.
 
-One `TrafficModel` per backend (DESIGN.md §3) says which objects carry an experiment's split,
-whether its versions are deployed and Ready (and which revision each version is), what
-patch sets a split, promotes or rolls back, and what split the objects report back. The
-adapter (functions/adapters/traffic.py) fetches and patches the objects; everything that
-depends on the objects' field layout lives here so it is testable without a server.
+One `TrafficModel` per backend (docs/design.md#traffic-backends) says which objects carry an
+experiment's split, whether its versions are deployed and Ready (and which revision each
+version is), what patch sets a split, promotes or rolls back, and what split the objects
+report back. `functions.core.rollout` fetches and patches the objects through the Objects
+port (functions/adapters/kubernetes.py); everything that depends on the objects' field
+layout lives here so it is testable without a server.
 """
 
 from __future__ import annotations
@@ -446,7 +447,7 @@ class FieldPathModel:
 
 
 def model_for(spec: ExperimentSpec, namespace: str) -> TrafficModel:
-    """The backend an experiment uses, chosen by its versions' weightObjRef (DESIGN.md §3)."""
+    """The backend an experiment uses, chosen by its versions' weightObjRef."""
     ns, name = _split_target(spec.target, namespace)
     versions = spec.version_info.versions if spec.version_info else ()
     # iter8 put the weightObjRef on the candidate only; the first one found decides.

@@ -1,7 +1,7 @@
 """The local Kubernetes API (local.kubeapi) against the official `kubernetes` client.
 
 Each test drives the synchronous client from the test thread (or threads it starts) against the
-server's own thread, and proves one kmock 0.8 gap closed (reference/platform.md §2), or an
+server's own thread, and proves one kmock 0.8 gap closed, or an
 API-server behaviour the functions rely on.
 """
 

@@ -1,4 +1,6 @@
-"""Simulation of issue 2's anytime-valid claim: checking every iteration keeps errors at alpha.
+"""Simulation of the anytime-valid claim: checking every iteration keeps errors at alpha.
+
+The claim: docs/statistics.md#confidence-sequences.
 
 Identical versions (A/A) serve 50 requests per iteration with 1% errors, and the verdict is
 re-checked after every one of 2,000 iterations, as the assess function would. Over R seeded

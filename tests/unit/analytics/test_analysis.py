@@ -63,7 +63,7 @@ def test_rollback_on_failure_false_lets_the_experiment_go_on(make_experiment: Fa
     ("deployment", "setting", "expected"),
     [
         ("Progressive", None, (Action.CONTINUE, None, "collecting-evidence")),
-        # As in iter8, rollbackOnFailure defaults to true for BlueGreen (reference/iter8.md §1.2).
+        # As in iter8, rollbackOnFailure defaults to true for BlueGreen (iter8 v2).
         ("BlueGreen", None, (Action.ROLLBACK, "baseline", "objective-violated")),
         ("Progressive", True, (Action.ROLLBACK, "baseline", "objective-violated")),
         ("BlueGreen", False, (Action.CONTINUE, None, "collecting-evidence")),

@@ -227,7 +227,7 @@ def test_means(
     ("objective", "value", "verdict"),
     [
         ({"upperLimit": 0.01}, 0.009, SATISFIED),
-        ({"upperLimit": 0.01}, 0.01, SATISFIED),  # equality passes (reference/iter8.md §4.3)
+        ({"upperLimit": 0.01}, 0.01, SATISFIED),  # equality passes (as in iter8 v2)
         ({"upperLimit": 0.01}, 0.0100001, VIOLATED),
         ({"lowerLimit": 0.9}, 0.9, SATISFIED),
         ({"lowerLimit": 0.9}, 0.8999, VIOLATED),

@@ -1,8 +1,8 @@
-"""Worked examples from iter8's documented behaviour (/work/shared/reference/iter8.md).
+"""Worked examples from iter8's documented behaviour (its docs and iter8-analytics v2's source).
 
 Each example is an iter8 v2alpha2 experiment brought over unchanged (A/B/N spelling,
 Quantity strings, bare point values under status.analysis.aggregatedMetrics), and each
-cites the section of iter8.md whose behaviour it reproduces, or says where Arbiter differs.
+names the iter8 behaviour it reproduces, or says where Arbiter differs.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def iter8_experiment(
     completed: int = 1,
     iterations: int = 10,
 ) -> dict[str, Any]:
-    """An iter8 v2alpha2 Experiment document (iter8.md §1.3, §1.4) with point values."""
+    """An iter8 v2alpha2 Experiment document (iter8) with point values."""
     status: dict[str, Any] = {
         "completedIterations": completed,
         "analysis": {
@@ -69,7 +69,7 @@ def analysis_json(document: dict[str, Any]) -> dict[str, Any]:
     return to_dict(analyze(parse_experiment(document), np.random.default_rng(17)))
 
 
-# The sklearn-iris example's objectives (iter8.md §1.5): limits as Kubernetes quantities.
+# The sklearn-iris example's objectives (iter8): limits as Kubernetes quantities.
 SKLEARN_OBJECTIVES: list[dict[str, Any]] = [
     {"metric": "mean-latency", "upperLimit": 1000},
     {"metric": "error-rate", "upperLimit": "0.01"},
@@ -77,7 +77,7 @@ SKLEARN_OBJECTIVES: list[dict[str, Any]] = [
 
 
 def test_progressive_canary_ramps_by_the_increment() -> None:
-    # iter8.md §4.5: "A progressive canary with increment 10 from [100, 0] yields candidate
+    # iter8: "A progressive canary with increment 10 from [100, 0] yields candidate
     # weights 10, 20, …, 90, 95". iter8 then stalls at 95 because it keeps 10% uniform
     # exploration (5 points on the baseline); Arbiter's Canary target is
     # maxCandidateWeight x P(candidate satisfies all), so a satisfying candidate reaches 100.
@@ -107,7 +107,7 @@ def test_progressive_canary_ramps_by_the_increment() -> None:
 
 
 def test_point_values_with_equality_passing() -> None:
-    # iter8.md §4.3: ok = not (x > upper) and not (x < lower); "Equality passes". The
+    # iter8: ok = not (x > upper) and not (x < lower); "Equality passes". The
     # candidate's mean latency is exactly the 1000 limit and its error rate exactly
     # "10m" = 0.01; the baseline misses the error-rate limit by a hair.
     values: dict[str, dict[str, Any]] = {
@@ -116,30 +116,30 @@ def test_point_values_with_equality_passing() -> None:
     }
     out = analysis_json(iter8_experiment("Canary", ["canary"], SKLEARN_OBJECTIVES, values))
     assert out["versionAssessments"] == {"default": [True, False], "canary": [True, True]}
-    # iter8.md §4.4 Canary: the candidate satisfies all objectives, so it is the winner.
+    # iter8 Canary: the candidate satisfies all objectives, so it is the winner.
     assert out["winnerAssessment"] == {
         "winnerFound": True,
         "winner": "canary",
         "bestVersions": ["canary"],
     }
-    # iter8.md §3.3: versionRecommendedForPromotion is the winner when one is found.
+    # iter8: versionRecommendedForPromotion is the winner when one is found.
     assert out["versionRecommendedForPromotion"] == "canary"
 
 
 def test_a_missing_value_leaves_the_objective_unsatisfied() -> None:
-    # iter8.md §4.3: "A missing metric or a None value leaves False".
+    # iter8: "A missing metric or a None value leaves False".
     values: dict[str, dict[str, Any]] = {
         "mean-latency": {"default": 500, "canary": None},
         "error-rate": {"default": 0},
     }
     out = analysis_json(iter8_experiment("Canary", ["canary"], SKLEARN_OBJECTIVES, values))
     assert out["versionAssessments"] == {"default": [True, True], "canary": [False, False]}
-    # iter8.md §4.4 Canary: the candidate does not satisfy all, the baseline does.
+    # iter8 Canary: the candidate does not satisfy all, the baseline does.
     assert out["winnerAssessment"]["winner"] == "default"
 
 
 def test_canary_with_no_feasible_version_has_no_winner() -> None:
-    # iter8.md §4.4 Canary: neither satisfies all objectives, so winnerFound = false, and
+    # iter8 Canary: neither satisfies all objectives, so winnerFound = false, and
     # (§3.3) the baseline is the version recommended for promotion.
     values: dict[str, dict[str, Any]] = {
         "mean-latency": {"default": 1500, "canary": 2000},
@@ -151,7 +151,7 @@ def test_canary_with_no_feasible_version_has_no_winner() -> None:
 
 
 def test_conformance_winner_is_the_baseline() -> None:
-    # iter8.md §4.4 Conformance (the fix of iter8-analytics#242): a feasible baseline is the
+    # iter8 Conformance (the fix of iter8-analytics#242): a feasible baseline is the
     # winner and the only best version; §4.5: weights are not applicable.
     values: dict[str, dict[str, Any]] = {
         "mean-latency": {"default": 800},
@@ -172,7 +172,7 @@ BOOKS: list[dict[str, Any]] = [{"metric": "books-purchased", "preferredDirection
 
 
 def test_iter8_ab_n_experiment_is_read_with_its_spelling() -> None:
-    # iter8.md §1.3: v2alpha2 spells A/B/n as "A/B/N"; §4.4 A/B/N: the winner is the best
+    # iter8: v2alpha2 spells A/B/n as "A/B/N"; for A/B/N the winner is the best
     # value of rewards[0] among feasible versions. v4 sells the most books but breaks the
     # error-rate objective, so it cannot win.
     values: dict[str, dict[str, Any]] = {
@@ -194,7 +194,7 @@ def test_iter8_ab_n_experiment_is_read_with_its_spelling() -> None:
 
 
 def test_ties_are_all_best_versions_and_no_winner() -> None:
-    # iter8.md §4.4: "Exact ties are all added to bestVersions. winnerFound =
+    # iter8: "Exact ties are all added to bestVersions. winnerFound =
     # (len(bestVersions) == 1)".
     values: dict[str, dict[str, Any]] = {
         "error-rate": {"default": 0, "v2": 0, "v3": 0},
@@ -209,7 +209,7 @@ def test_ties_are_all_best_versions_and_no_winner() -> None:
 
 
 def test_a_feasible_version_without_a_reward_value_is_skipped_with_a_warning() -> None:
-    # iter8.md §4.4: "A feasible version without a value → warning 'reward value for
+    # iter8: "A feasible version without a value → warning 'reward value for
     # feasible version X is not available' (it is skipped)".
     values: dict[str, dict[str, Any]] = {
         "error-rate": {"default": 0, "v2": 0, "v3": 0},
@@ -222,7 +222,7 @@ def test_a_feasible_version_without_a_reward_value_is_skipped_with_a_warning() -
 
 
 def test_lower_is_better_reward() -> None:
-    # iter8.md §4.4: "take the max (High) or min (Low)".
+    # iter8: "take the max (High) or min (Low)".
     values: dict[str, dict[str, Any]] = {
         "error-rate": {"default": 0, "canary": 0},
         "latency-cost": {"default": "250m", "canary": "300m"},
@@ -233,7 +233,7 @@ def test_lower_is_better_reward() -> None:
 
 
 def test_fixed_split_weights_are_not_moved() -> None:
-    # iter8.md §1.1 step 11: weights are not patched when deploymentPattern is FixedSplit.
+    # iter8: weights are not patched when deploymentPattern is FixedSplit.
     values: dict[str, dict[str, Any]] = {
         "mean-latency": {"default": 500, "canary": 500},
         "error-rate": {"default": 0},
@@ -246,7 +246,7 @@ def test_fixed_split_weights_are_not_moved() -> None:
 
 
 def test_blue_green_rolls_back_on_a_failed_objective_by_default() -> None:
-    # iter8.md §1.2 / §3.3: rollback_on_failure defaults to true for BlueGreen, so a
+    # iter8: rollback_on_failure defaults to true for BlueGreen, so a
     # version failing an objective triggers the rollback (traffic back to the baseline).
     values: dict[str, dict[str, Any]] = {
         "mean-latency": {"default": 500, "canary": 1200},
@@ -263,7 +263,7 @@ def test_blue_green_rolls_back_on_a_failed_objective_by_default() -> None:
 
 
 def test_the_promoted_version_is_decided_by_the_last_analysis() -> None:
-    # iter8.md §3.3: at the end the finish handler promotes versionRecommendedForPromotion,
+    # iter8: at the end the finish handler promotes versionRecommendedForPromotion,
     # the winner of the last analysis. Arbiter does the same when the evidence is only
     # point values: it promotes the winner on the last iteration (rule iterations-exhausted).
     values: dict[str, dict[str, Any]] = {

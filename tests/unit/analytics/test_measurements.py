@@ -113,9 +113,10 @@ def test_exceedance_needs_a_finite_bound() -> None:
 
 
 def test_quantile_interpolates_like_prometheus() -> None:
-    # Prometheus' own docs example (statistics.md §5): every request in the (0.2, 0.3] bucket
-    # reports p95 = 0.295 s whatever the true latency, and after a +100 ms shift into
-    # (0.3, 0.45] it reports 0.4425 s. That bias is why objectives count exceedances instead.
+    # Prometheus' own docs example (docs/statistics.md#latency-from-histogram-buckets): every
+    # request in the (0.2, 0.3] bucket reports p95 = 0.295 s whatever the true latency, and
+    # after a +100 ms shift into (0.3, 0.45] it reports 0.4425 s. That bias is why
+    # objectives count exceedances instead.
     bounds = (0.1, 0.2, 0.3, 0.45, INF)
     assert Histogram(bounds, (0, 0, 100, 100, 100)).quantile(0.95) == pytest.approx(0.295)
     assert Histogram(bounds, (0, 0, 0, 100, 100)).quantile(0.95) == pytest.approx(0.4425)

@@ -11,7 +11,7 @@ from analytics.quantity import parse_quantity
     ("text", "expected"),
     [
         ("0.01", 0.01),
-        ("10m", 0.01),  # how iter8 serialises upperLimit 0.01 (reference/iter8.md §1.2)
+        ("10m", 0.01),  # how iter8 serialises upperLimit 0.01 (iter8 v2)
         ("1k", 1000.0),  # and upperLimit 1000
         ("412500m", 412.5),
         ("250n", 250e-9),

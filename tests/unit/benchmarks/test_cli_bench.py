@@ -45,7 +45,7 @@ def test_bad_input_exits_2_with_a_message(
 def test_a_reference_mismatch_fails_loudly_and_writes_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    wrong = reference.Check("naive peeking", "statistics.md §3.1", 0.464, 0.2, 0.04, 1)
+    wrong = reference.Check("naive peeking", "docs/statistics.md#peeking", 0.464, 0.2, 0.04, 1)
     monkeypatch.setattr(reference, "reproduce", lambda seed, replicates: [wrong])
     out = tmp_path / "r.json"
     assert main(["bench", "--quick", "--out", str(out)]) == 1

@@ -73,7 +73,7 @@ def test_z_statistics_and_the_normal_approximation_guard() -> None:
 def test_fixed_horizon_sample_size_is_the_reference_power_calculation() -> None:
     s = SHIPPED["bad-canary-errors"]
     minutes = fixed_horizon.planned_requests(s) / s.rate_rps / 60
-    assert minutes == pytest.approx(12.8, abs=0.05)  # statistics.md §3.2
+    assert minutes == pytest.approx(12.8, abs=0.05)  # docs/statistics.md#reference-figures
 
 
 def test_flagger_promotes_a_clean_canary_in_five_checks_and_rolls_back_a_broken_one() -> None:

@@ -1,4 +1,4 @@
-"""The harness reproduces statistics.md before it compares anything, and refuses otherwise."""
+"""The harness reproduces its reference figures before it compares anything, or refuses."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ from benchmarks import reference
 
 
 def test_a_single_look_z_test_keeps_its_level() -> None:
-    # The K = 1 column of statistics.md §3.1: the same machinery, no peeking, 5%.
+    # The 1-look column of docs/statistics.md#peeking: the same machinery, no peeking, 5%.
     assert reference.peeking(4000, seed=3, looks=1) == pytest.approx(0.05, abs=0.012)
 
 
 def test_a_missed_figure_stops_the_run_and_names_it() -> None:
     good = reference.Check("fine", "src", 1.0, 1.01, 0.05, 10)
-    bad = reference.Check("peeking at 360 looks", "statistics.md §3.1", 0.464, 0.30, 0.04, 10)
+    bad = reference.Check("peeking at 360 looks", "docs/statistics.md", 0.464, 0.30, 0.04, 10)
     reference.verify([good])
     with pytest.raises(
         reference.ReferenceMismatchError, match=r"peeking at 360 looks: expected 0\.464"

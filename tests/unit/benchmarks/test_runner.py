@@ -68,7 +68,8 @@ def test_undecided_replicates_are_inconclusive_and_run_to_the_horizon() -> None:
 def test_slow_requests_are_the_regret_on_a_latency_regression() -> None:
     s = SHIPPED["bad-canary-latency"]
     shares = slow_shares(s)
-    assert shares == pytest.approx([0.0334, 0.0711], abs=5e-4)  # statistics.md §5
+    # The shares in docs/statistics.md#latency-from-histogram-buckets.
+    assert shares == pytest.approx([0.0334, 0.0711], abs=5e-4)
     promoted = run_cell(
         dataclasses.replace(s, horizon_s=600.0), _info(1, 1), 50, seed=1, quick=True
     )

@@ -90,7 +90,7 @@ def weights_of(result: dict[str, Any]) -> dict[str, int]:
 
 
 def test_the_samples_are_there() -> None:
-    # One per testing pattern, plus an iter8 experiment brought over unchanged (issue 2).
+    # One per testing pattern, plus an iter8 experiment brought over unchanged.
     patterns = {sample_document(p)["spec"]["strategy"]["testingPattern"] for p in SAMPLES}
     assert {"Canary", "Conformance", "A/B", "A/B/n"} <= patterns, patterns
     assert set(EXPECTED) == {p.name for p in SAMPLES}, "every sample needs its documented outcome"
