@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from analytics.analysis import Analysis
+from analytics.analysis import Analysis, Recommendation
 from analytics.assessment import ObjectiveAssessment
 from analytics.measurements import Counts, Histogram, Measurement, Moments, NoData, PointValue
 
@@ -55,14 +55,6 @@ def to_dict(analysis: Analysis) -> dict[str, Any]:
     }
     if winner.winner is not None:
         winner_data["winner"] = winner.winner
-    rec = analysis.recommendation
-    recommendation: dict[str, Any] = {
-        "action": rec.action.value,
-        "rule": rec.rule,
-        "message": rec.message,
-    }
-    if rec.version is not None:
-        recommendation["version"] = rec.version
     return {
         "iteration": analysis.iteration,
         "versionAssessments": {
@@ -74,7 +66,7 @@ def to_dict(analysis: Analysis) -> dict[str, Any]:
             if analysis.weights is None
             else [{"name": n, "value": w} for n, w in analysis.weights.items()]
         ),
-        "recommendation": recommendation,
+        "recommendation": recommendation_to_dict(analysis.recommendation),
         "versionRecommendedForPromotion": analysis.version_recommended_for_promotion,
         "evidence": {
             "versions": {
@@ -101,6 +93,14 @@ def to_dict(analysis: Analysis) -> dict[str, Any]:
             },
         },
     }
+
+
+def recommendation_to_dict(rec: Recommendation) -> dict[str, Any]:
+    """A recommendation as status.recommendation and the `concluded` event carry it."""
+    out: dict[str, Any] = {"action": rec.action.value, "rule": rec.rule, "message": rec.message}
+    if rec.version is not None:
+        out["version"] = rec.version
+    return out
 
 
 def measurement_to_dict(m: Measurement) -> dict[str, Any]:

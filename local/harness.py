@@ -38,6 +38,7 @@ from kubernetes.client.exceptions import ApiException
 from functions.adapters.kubernetes import api_client
 from functions.core import status as st
 from functions.core.events import TRIGGERS
+from functions.core.timestamps import parse_time
 from functions.core.traffic import ObjectRef
 from local.broker import LocalBroker, load_manifests
 from local.sample import Sample
@@ -367,10 +368,10 @@ class LocalRun:
         self._save()
         self.say("\n" + verdict(obj))
         self.say(promise(obj, self.sample.expect))
-        return 0 if (obj.get("status") or {}).get("stage") == st.COMPLETED else 1
+        return 0 if (obj.get("status") or {}).get("stage") == st.Stage.COMPLETED else 1
 
     def _fraction(self, status: dict[str, Any]) -> float | None:
-        last = st.parse_time(status.get("lastIterationTime"))
+        last = parse_time(status.get("lastIterationTime"))
         if last is None:
             return None
         return min(1.0, (time.time() - last.timestamp()) / self.interval)

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Mapping
-from typing import Any
+from dataclasses import replace
 
 import numpy as np
 from cloudevents.http import CloudEvent
@@ -25,6 +24,7 @@ from functions.core import status as st
 from functions.core.context import Context
 from functions.core.errors import PermanentError
 from functions.core.events import ExperimentRef
+from functions.core.status import Stage, Status
 from functions.core.traffic import model_for
 
 log = logging.getLogger(__name__)
@@ -36,63 +36,46 @@ def rng_for(uid: str, iteration: int) -> np.random.Generator:
 
 
 def handle(ctx: Context, event: CloudEvent) -> None:
-    ref = events.experiment_ref(event)
-    if ref is None:
-        raise PermanentError(f"event {event['id']}: {events.MEASURED} without an experiment")
-    iteration = events.iteration_of(event)
-    data = event.get_data()
-    if not isinstance(data, Mapping) or not isinstance(data.get("aggregatedMetrics"), Mapping):
-        raise PermanentError(f"event {event['id']}: data.aggregatedMetrics is missing")
+    measured = events.parse(event, events.Measured)
+    ref, iteration = measured.ref, measured.iteration
     try:
-        st.retry_on_conflict(lambda: assess(ctx, ref, iteration, data))
+        st.retry_on_conflict(lambda: assess(ctx, ref, iteration, measured.payload))
     except PermanentError as e:
         # Measurements the analysis cannot use would leave the experiment running with
         # nobody to end it: end it the safe way (finish restores the baseline) and say why.
-        ctx.sink.emit(
-            events.make_event(
-                events.CONCLUDED,
-                ref,
-                iteration,
-                {
-                    "action": "rollback",
-                    "failed": True,
-                    "reason": "AnalysisFailed",
-                    "message": str(e),
-                },
-                stage="assess",
-            )
-        )
+        conclusion = events.Concluded.abort("AnalysisFailed", str(e))
+        ctx.sink.emit(events.make(conclusion, ref, iteration, stage="assess"))
         raise
 
 
-def _follow_up(status: Mapping[str, Any], ref: ExperimentRef, iteration: int) -> CloudEvent:
-    rec = status.get("recommendation") or {}
-    if rec.get("action") in ("promote", "rollback"):
-        return events.make_event(events.CONCLUDED, ref, iteration, rec, stage="assess")
-    return events.make_event(events.ASSESSED, ref, iteration, {}, stage="assess")
+def _follow_up(status: Status, ref: ExperimentRef, iteration: int) -> CloudEvent:
+    rec = status.concluding
+    if rec is not None:
+        return events.make(events.Concluded.recommended(rec), ref, iteration, stage="assess")
+    return events.make(events.Assessed(), ref, iteration, stage="assess")
 
 
-def assess(ctx: Context, ref: ExperimentRef, iteration: int, data: Mapping[str, Any]) -> None:
+def assess(ctx: Context, ref: ExperimentRef, iteration: int, measured: events.Measured) -> None:
     obj = st.current(ctx.store, ref)
     if obj is None:
         return
-    status = st.status_of(obj)
-    completed = int(status.get("completedIterations") or 0)
-    stage = st.stage_of(obj)
-    if iteration == completed and stage in (st.RUNNING, st.FINISHING):
+    status = Status.read(obj)
+    completed = status.iterations_done
+    stage = status.stage
+    if iteration == completed and stage in (Stage.RUNNING, Stage.FINISHING):
         # Already recorded; the follow-up may have been lost after the write: send it again
         # (same id, so a receiver that saw it already can tell).
         ctx.sink.emit(_follow_up(status, st.ref_of(obj), iteration))
         return
-    if stage != st.RUNNING or iteration != completed + 1:
+    if stage is not Stage.RUNNING or iteration != completed + 1:
         log.info(
             "assess: %s iteration %d ignored (stage %s, done %d)", ref, iteration, stage, completed
         )
         return
 
-    aggregated = dict(data["aggregatedMetrics"])
-    analysis_in = {**(status.get("analysis") or {}), "aggregatedMetrics": aggregated}
-    doc = {**obj, "status": {**status, "analysis": analysis_in}}
+    aggregated = dict(measured.aggregated_metrics)
+    analysis_in = {**(status.analysis or {}), "aggregatedMetrics": aggregated}
+    doc = {**obj, "status": replace(status, analysis=analysis_in).to_dict()}
     experiment = st.resolved_experiment(doc)
     uid = str(st.ref_of(obj).uid or ref)
     analysis = analyze(experiment, rng_for(uid, iteration))
@@ -100,7 +83,7 @@ def assess(ctx: Context, ref: ExperimentRef, iteration: int, data: Mapping[str, 
     action = analysis.recommendation.action
     spec = experiment.spec
 
-    current = {w["name"]: w["value"] for w in status.get("currentWeightDistribution") or []}
+    current = status.split
     weights = dict(analysis.weights) if analysis.weights is not None else None
     moves = (
         action is Action.CONTINUE
@@ -113,11 +96,12 @@ def assess(ctx: Context, ref: ExperimentRef, iteration: int, data: Mapping[str, 
         current = rollout.set_split(ctx, model_for(spec, experiment.namespace), weights)
 
     now = ctx.clock.now()
-    status.update(
-        completedIterations=iteration,
-        lastIterationTime=str(data.get("measuredAt") or st.iso(now)),
-        lastUpdateTime=st.iso(now),
-        transientFailures=0,
+    status = replace(
+        status,
+        completed_iterations=iteration,
+        last_iteration_time=measured.measured_at or now,
+        last_update_time=now,
+        transient_failures=0,
         analysis={
             "aggregatedMetrics": aggregated,
             "versionAssessments": {"data": report["versionAssessments"]},
@@ -128,16 +112,16 @@ def assess(ctx: Context, ref: ExperimentRef, iteration: int, data: Mapping[str, 
             "weights": {"data": report["weights"]},
             "evidence": report["evidence"],
         },
-        recommendation=report["recommendation"],
-        versionRecommendedForPromotion=report["versionRecommendedForPromotion"],
+        recommendation=analysis.recommendation,
+        version_recommended_for_promotion=analysis.version_recommended_for_promotion,
         message=(
             f"iteration {iteration} of {spec.duration.total_iterations}: "
-            f"{report['recommendation']['message']}"
+            f"{analysis.recommendation.message}"
         ),
     )
     if current:
-        status["currentWeightDistribution"] = [{"name": n, "value": w} for n, w in current.items()]
+        status = status.with_split(current)
     if action is not Action.CONTINUE:
-        status["stage"] = st.FINISHING
-    ctx.store.write_status(obj, status)
+        status = replace(status, stage=Stage.FINISHING)
+    ctx.store.write_status(obj, status.to_dict())
     ctx.sink.emit(_follow_up(status, st.ref_of(obj), iteration))

@@ -1,18 +1,26 @@
-"""The CloudEvent contract: every event type and extension attribute Arbiter emits or accepts.
+"""The CloudEvent contract: every event type, extension attribute and payload Arbiter emits
+or accepts.
 
 The Trigger manifests in `eventing/` filter on these very strings; a test cross-checks them.
-`make_event` and `experiment_ref` are the only places that build or read the attributes.
+`make_event` and `experiment_ref` are the only places that build or read the attributes;
+each of Arbiter's own event types has one payload class, and `make` and `parse` are the only
+places that turn payloads into event data and back. Data that does not parse is refused
+with a PermanentError naming the field, so the runtime answers 4xx and nobody retries it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from datetime import datetime
+from enum import Enum
+from typing import Any, ClassVar, Final, Generic, Protocol, Self, TypeVar
 
 from cloudevents.http import CloudEvent
 
+from analytics.analysis import Action, Recommendation
 from functions.core.errors import PermanentError
+from functions.core.timestamps import iso, parse_time
 
 SOURCE: Final = "arbiter.dev/functions"
 
@@ -134,3 +142,238 @@ def iteration_of(event: CloudEvent) -> int:
     if value < 0:
         raise PermanentError(f"event {event['id']}: {EXT_ITERATION} must be >= 0, got {value}")
     return value
+
+
+E = TypeVar("E", bound=Enum)
+
+
+class Data:
+    """An event's data as a payload reads it: every accessor refuses a bad field by name."""
+
+    def __init__(self, event_id: str, raw: Mapping[str, Any]) -> None:
+        self.event_id = event_id
+        self.raw = raw
+
+    @classmethod
+    def of(cls, event: CloudEvent) -> Data:
+        event_id = str(event.get_attributes().get("id"))
+        raw = event.get_data()
+        if raw is None:
+            return cls(event_id, {})
+        if not isinstance(raw, Mapping):
+            raise PermanentError(f"event {event_id}: data must be a JSON object")
+        return cls(event_id, raw)
+
+    def refuse(self, key: str, expected: str) -> PermanentError:
+        got = repr(self.raw[key]) if key in self.raw else "nothing"
+        return PermanentError(f"event {self.event_id}: data.{key} must be {expected}, got {got}")
+
+    def text(self, key: str) -> str | None:
+        value = self.raw.get(key)
+        if value is None or isinstance(value, str):
+            return value
+        raise self.refuse(key, "a string")
+
+    def flag(self, key: str) -> bool:
+        value = self.raw.get(key, False)
+        if isinstance(value, bool):
+            return value
+        raise self.refuse(key, "true or false")
+
+    def mapping(self, key: str) -> Mapping[str, Any]:
+        value = self.raw.get(key)
+        if isinstance(value, Mapping):
+            return value
+        raise self.refuse(key, "an object")
+
+    def time(self, key: str) -> datetime | None:
+        value = self.raw.get(key)
+        if value is None:
+            return None
+        parsed = parse_time(value)
+        if parsed is None:
+            raise self.refuse(key, "an RFC 3339 time with an offset")
+        return parsed
+
+    def choice(self, key: str, allowed: tuple[E, ...]) -> E:
+        value = self.raw.get(key)
+        for option in allowed:
+            if value == option.value:
+                return option
+        raise self.refuse(key, " or ".join(str(o.value) for o in allowed))
+
+
+class Payload(Protocol):
+    """What one event type carries in its data."""
+
+    TYPE: ClassVar[str]
+
+    def to_data(self) -> dict[str, Any]: ...
+
+    @classmethod
+    def from_data(cls, data: Data) -> Self: ...
+
+
+P = TypeVar("P", bound=Payload)
+
+
+@dataclass(frozen=True)
+class _Empty:
+    """A hand-off that says only which experiment and iteration: its attributes are all."""
+
+    def to_data(self) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def from_data(cls, data: Data) -> Self:
+        return cls()
+
+
+@dataclass(frozen=True)
+class Started(_Empty):
+    """start took the target and set the first split (iteration 0)."""
+
+    TYPE: ClassVar[str] = STARTED
+
+
+@dataclass(frozen=True)
+class Due(_Empty):
+    """The iteration's interval has passed: measure it."""
+
+    TYPE: ClassVar[str] = DUE
+
+
+@dataclass(frozen=True)
+class Assessed(_Empty):
+    """The iteration is recorded and traffic moved; the experiment goes on."""
+
+    TYPE: ClassVar[str] = ASSESSED
+
+
+@dataclass(frozen=True)
+class Measured:
+    """Every metric of every version for one iteration, in `aggregatedMetrics` shape (which
+    the analysis validates), and when they were read."""
+
+    TYPE: ClassVar[str] = MEASURED
+    aggregated_metrics: Mapping[str, Any]
+    measured_at: datetime | None = None
+
+    def to_data(self) -> dict[str, Any]:
+        data: dict[str, Any] = {}
+        if self.measured_at is not None:
+            data["measuredAt"] = iso(self.measured_at)
+        data["aggregatedMetrics"] = dict(self.aggregated_metrics)
+        return data
+
+    @classmethod
+    def from_data(cls, data: Data) -> Self:
+        return cls(dict(data.mapping("aggregatedMetrics")), data.time("measuredAt"))
+
+
+_CONCLUSIONS: Final = (Action.PROMOTE, Action.ROLLBACK)
+
+
+@dataclass(frozen=True)
+class Concluded:
+    """End the experiment: promote `version`, or roll back. `failed` marks an experiment that
+    could not go on (finish then only ever rolls back, and says `reason`)."""
+
+    TYPE: ClassVar[str] = CONCLUDED
+    action: Action
+    message: str = ""
+    version: str | None = None
+    rule: str = ""
+    failed: bool = False
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        if self.action not in _CONCLUSIONS:
+            raise ValueError(f"a conclusion is promote or rollback, not {self.action.value}")
+
+    @classmethod
+    def recommended(cls, rec: Recommendation) -> Concluded:
+        """The analysis recommends ending it (its action is promote or rollback)."""
+        return cls(rec.action, rec.message, rec.version, rec.rule)
+
+    @classmethod
+    def abort(cls, reason: str, message: str) -> Concluded:
+        """End it the safe way: finish restores the baseline, never promotes."""
+        return cls(Action.ROLLBACK, message, failed=True, reason=reason)
+
+    def to_data(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"action": self.action.value}
+        if self.failed:
+            data["failed"] = True
+        if self.reason:
+            data["reason"] = self.reason
+        if self.rule:
+            data["rule"] = self.rule
+        data["message"] = self.message
+        if self.version is not None:
+            data["version"] = self.version
+        return data
+
+    @classmethod
+    def from_data(cls, data: Data) -> Self:
+        return cls(
+            action=data.choice("action", _CONCLUSIONS),
+            message=data.text("message") or "",
+            version=data.text("version"),
+            rule=data.text("rule") or "",
+            failed=data.flag("failed"),
+            reason=data.text("reason") or "",
+        )
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The experiment ended and its target is free. `outcome` is the status's outcome, or,
+    for an experiment deleted before it concluded, the stage it was deleted in."""
+
+    TYPE: ClassVar[str] = FINISHED
+    outcome: str | None = None
+    stage: str | None = None
+    version: str | None = None
+    message: str | None = None
+    reason: str | None = None
+
+    def to_data(self) -> dict[str, Any]:
+        fields = {
+            "outcome": self.outcome,
+            "stage": self.stage,
+            "version": self.version,
+            "message": self.message,
+            "reason": self.reason,
+        }
+        return {k: str(v) for k, v in fields.items() if v is not None}
+
+    @classmethod
+    def from_data(cls, data: Data) -> Self:
+        return cls(*(data.text(k) for k in ("outcome", "stage", "version", "message", "reason")))
+
+
+@dataclass(frozen=True)
+class Request(Generic[P]):
+    """An Arbiter event as a stage acts on it."""
+
+    id: str
+    ref: ExperimentRef
+    iteration: int
+    payload: P
+
+
+def make(payload: Payload, ref: ExperimentRef, iteration: int, *, stage: str) -> CloudEvent:
+    """The event carrying `payload` about one experiment at one iteration, from `stage`."""
+    return make_event(payload.TYPE, ref, iteration, payload.to_data(), stage=stage)
+
+
+def parse(event: CloudEvent, kind: type[P]) -> Request[P]:
+    """The event as a `kind` request; a PermanentError for anything that is not one."""
+    event_id = str(event.get_attributes().get("id"))
+    if event["type"] != kind.TYPE:
+        raise PermanentError(f"event {event_id}: type {event['type']}, expected {kind.TYPE}")
+    ref = experiment_ref(event)
+    if ref is None:
+        raise PermanentError(f"event {event_id}: {kind.TYPE} without an experiment")
+    return Request(event_id, ref, iteration_of(event), kind.from_data(Data.of(event)))

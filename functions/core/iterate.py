@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from datetime import timedelta
+from dataclasses import replace
+from datetime import datetime, timedelta
 from typing import Any
 
 from cloudevents.http import CloudEvent
@@ -26,27 +27,26 @@ from functions.core.context import Context
 from functions.core.errors import NotFoundError, PermanentError, TransientError
 from functions.core.events import ExperimentRef
 from functions.core.metrics import MetricError, MetricSpec, variables_for
+from functions.core.status import Stage, Status
 
 log = logging.getLogger(__name__)
 
 
 def handle(ctx: Context, event: CloudEvent) -> None:
     if event["type"] == events.DUE:
-        ref = events.experiment_ref(event)
-        if ref is None:
-            raise PermanentError(f"event {event['id']}: {events.DUE} without an experiment")
-        measure(ctx, ref, events.iteration_of(event))
+        due = events.parse(event, events.Due)
+        measure(ctx, due.ref, due.iteration)
         return
     now = ctx.clock.now()
     for obj in ctx.store.list():
-        if st.stage_of(obj) != st.RUNNING:
+        status = Status.read(obj)
+        if status.stage is not Stage.RUNNING:
             continue
-        status = st.status_of(obj)
-        last = st.parse_time(status.get("lastIterationTime") or status.get("startTime"))
+        last = status.last_iteration_time or status.start_time
         interval = _interval(obj)
         if last is None or now >= last + timedelta(seconds=interval):
-            iteration = int(status.get("completedIterations") or 0) + 1
-            ctx.sink.emit(events.make_event(events.DUE, st.ref_of(obj), iteration, stage="iterate"))
+            iteration = status.iterations_done + 1
+            ctx.sink.emit(events.make(events.Due(), st.ref_of(obj), iteration, stage="iterate"))
 
 
 def _interval(obj: Mapping[str, Any]) -> float:
@@ -88,16 +88,18 @@ def _metric(ctx: Context, experiment: Experiment, name: str) -> MetricSpec:
 
 def measure(ctx: Context, ref: ExperimentRef, iteration: int) -> None:
     obj = st.current(ctx.store, ref)
-    if obj is None or st.stage_of(obj) != st.RUNNING:
+    if obj is None:
         return
-    status = st.status_of(obj)
-    completed = int(status.get("completedIterations") or 0)
+    status = Status.read(obj)
+    if status.stage is not Stage.RUNNING:
+        return
+    completed = status.iterations_done
     if iteration != completed + 1:
         log.info("iterate: %s iteration %d is stale (done: %d)", ref, iteration, completed)
         return
     experiment = st.resolved_experiment(obj)
     now = ctx.clock.now()
-    started = st.parse_time(status.get("startTime")) or now
+    started = status.start_time or now
     try:
         data = _measure_all(ctx, obj, experiment, started, now)
     except PermanentError as e:
@@ -113,19 +115,12 @@ def measure(ctx: Context, ref: ExperimentRef, iteration: int) -> None:
             _abort(ctx, obj, iteration, "TransientFailures", message)
             return
         raise
-    ctx.sink.emit(
-        events.make_event(
-            events.MEASURED,
-            st.ref_of(obj),
-            iteration,
-            {"measuredAt": st.iso(now), "aggregatedMetrics": {"data": data}},
-            stage="iterate",
-        )
-    )
+    measured = events.Measured({"data": data}, measured_at=now)
+    ctx.sink.emit(events.make(measured, st.ref_of(obj), iteration, stage="iterate"))
 
 
 def _measure_all(
-    ctx: Context, obj: Mapping[str, Any], experiment: Experiment, started: Any, now: Any
+    ctx: Context, obj: Mapping[str, Any], experiment: Experiment, started: datetime, now: datetime
 ) -> dict[str, Any]:
     info = experiment.spec.version_info
     if info is None:
@@ -155,20 +150,13 @@ def _measure_all(
 
 def _count_failure(ctx: Context, ref: ExperimentRef) -> int:
     obj = ctx.store.get(ref)
-    status = st.status_of(obj)
-    status["transientFailures"] = int(status.get("transientFailures") or 0) + 1
-    ctx.store.write_status(obj, status)
-    return int(status["transientFailures"])
+    status = Status.read(obj)
+    failures = (status.transient_failures or 0) + 1
+    ctx.store.write_status(obj, replace(status, transient_failures=failures).to_dict())
+    return failures
 
 
 def _abort(ctx: Context, obj: Mapping[str, Any], iteration: int, reason: str, message: str) -> None:
     """End the experiment the safe way: finish restores the baseline, never promotes."""
-    ctx.sink.emit(
-        events.make_event(
-            events.CONCLUDED,
-            st.ref_of(obj),
-            iteration,
-            {"action": "rollback", "failed": True, "reason": reason, "message": message},
-            stage="iterate",
-        )
-    )
+    conclusion = events.Concluded.abort(reason, message)
+    ctx.sink.emit(events.make(conclusion, st.ref_of(obj), iteration, stage="iterate"))

@@ -11,7 +11,8 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import replace
+from typing import Any, Final
 
 from cloudevents.http import CloudEvent
 
@@ -22,9 +23,13 @@ from functions.core import status as st
 from functions.core.context import Context
 from functions.core.errors import NotFoundError, PermanentError
 from functions.core.events import ExperimentRef
+from functions.core.status import ACTIVE, TERMINAL, ConditionType, Stage, Status, Version
 from functions.core.traffic import model_for
 
 log = logging.getLogger(__name__)
+
+# What a sweep looks at again: experiments that have not taken their target yet.
+_NOT_STARTED: Final = frozenset({Stage.PENDING, Stage.WAITING, Stage.INITIALIZING})
 
 
 def handle(ctx: Context, event: CloudEvent) -> None:
@@ -37,11 +42,7 @@ def handle(ctx: Context, event: CloudEvent) -> None:
         # also serves every target check in this sweep: a stale entry can only make an
         # experiment wait one more ping, never take a target someone holds.
         listed = ctx.store.list()
-        refs = [
-            st.ref_of(obj)
-            for obj in listed
-            if st.stage_of(obj) in (st.PENDING, st.WAITING, st.INITIALIZING)
-        ]
+        refs = [st.ref_of(obj) for obj in listed if Status.read(obj).stage in _NOT_STARTED]
     failures: list[str] = []
     for r in refs:
         try:
@@ -72,22 +73,22 @@ def _blocker(
     for other in sorted(experiments, key=key):
         if key(other) == me or (other.get("spec") or {}).get("target") != target:
             continue
-        stage = st.stage_of(other)
-        if stage in st.ACTIVE or (stage not in st.TERMINAL and key(other) < me):
+        stage = Status.read(other).stage
+        if stage in ACTIVE or (stage not in TERMINAL and key(other) < me):
             return other
     return None
 
 
 def _fail(ctx: Context, obj: dict[str, Any], reason: str, message: str) -> None:
     now = ctx.clock.now()
-    status = st.status_of(obj)
-    status.update(
-        stage=st.FAILED,
-        message=message,
-        lastUpdateTime=st.iso(now),
-        conditions=st.with_condition(status, st.FAILED_CONDITION, True, reason, message, now),
-    )
-    ctx.store.write_status(obj, status)
+    status = replace(Status.read(obj), stage=Stage.FAILED, message=message, last_update_time=now)
+    status = status.with_condition(ConditionType.FAILED, True, reason, message, now)
+    ctx.store.write_status(obj, status.to_dict())
+
+
+def _generation(obj: Mapping[str, Any]) -> int | None:
+    generation = (obj.get("metadata") or {}).get("generation")
+    return generation if isinstance(generation, int) else None
 
 
 def start_one(
@@ -98,13 +99,13 @@ def start_one(
     obj = st.current(ctx.store, ref)
     if obj is None:
         return
-    stage = st.stage_of(obj)
-    if stage in st.TERMINAL:
+    status = Status.read(obj)
+    if status.stage in TERMINAL:
         return
-    if stage in st.ACTIVE:
-        if stage == st.RUNNING and not st.status_of(obj).get("completedIterations"):
+    if status.stage in ACTIVE:
+        if status.stage is Stage.RUNNING and not status.iterations_done:
             # Re-announce: the first announcement may have been lost after the write.
-            ctx.sink.emit(events.make_event(events.STARTED, st.ref_of(obj), 0, stage="start"))
+            ctx.sink.emit(events.make(events.Started(), st.ref_of(obj), 0, stage="start"))
         return
     problems = st.spec_problems(obj)
     if problems:
@@ -113,10 +114,12 @@ def start_one(
         raise PermanentError(f"experiment {ref}: {message}")
     experiment = st.resolved_experiment(obj)
     now = ctx.clock.now()
-    status = st.status_of(obj)
-    status.setdefault("initTime", st.iso(now))
-    status["lastUpdateTime"] = st.iso(now)
-    status["observedGeneration"] = (obj.get("metadata") or {}).get("generation")
+    status = replace(
+        status,
+        init_time=status.init_time or now,
+        last_update_time=now,
+        observed_generation=_generation(obj),
+    )
 
     blocker = _blocker(
         obj,
@@ -126,21 +129,15 @@ def start_one(
     if blocker is not None:
         other = st.ref_of(blocker)
         message = (
-            f"waiting for experiment {other} ({st.stage_of(blocker)}) to release target "
+            f"waiting for experiment {other} ({Status.read(blocker).stage}) to release target "
             f"{experiment.spec.target}"
         )
-        status.update(
-            stage=st.WAITING,
-            message=message,
-            conditions=st.with_condition(
-                status, st.TARGET_ACQUIRED, False, "TargetBusy", message, now
-            ),
+        status = replace(status, stage=Stage.WAITING, message=message).with_condition(
+            ConditionType.TARGET_ACQUIRED, False, "TargetBusy", message, now
         )
-        ctx.store.write_status(obj, status)
+        ctx.store.write_status(obj, status.to_dict())
         return
-    status["conditions"] = st.with_condition(
-        status, st.TARGET_ACQUIRED, True, "TargetAcquired", "", now
-    )
+    status = status.with_condition(ConditionType.TARGET_ACQUIRED, True, "TargetAcquired", "", now)
 
     model = model_for(experiment.spec, experiment.namespace)
     try:
@@ -150,8 +147,7 @@ def start_one(
     except NotFoundError as e:
         resolution, waiting_for = None, f"{e} to exist"
     if resolution is None or not resolution.ready:
-        started = st.parse_time(status["initTime"]) or now
-        waited = (now - started).total_seconds()
+        waited = (now - (status.init_time or now)).total_seconds()
         if waited > ctx.settings.ready_timeout_seconds:
             message = (
                 f"gave up after {waited:.0f} s (ARBITER_READY_TIMEOUT_SECONDS="
@@ -160,41 +156,38 @@ def start_one(
             _fail(ctx, obj, "VersionsNotReady", message)
             return
         message = f"waiting for {waiting_for}"
-        status.update(
-            stage=st.INITIALIZING,
-            message=message,
-            conditions=st.with_condition(status, st.VERSIONS_READY, False, "Waiting", message, now),
+        status = replace(status, stage=Stage.INITIALIZING, message=message).with_condition(
+            ConditionType.VERSIONS_READY, False, "Waiting", message, now
         )
-        ctx.store.write_status(obj, status)
+        ctx.store.write_status(obj, status.to_dict())
         return
 
     names = resolution.names or (
         experiment.spec.version_info.names if experiment.spec.version_info else ()
     )
-    status["versions"] = [{"name": n, "revision": resolution.revisions.get(n, n)} for n in names]
-    obj_resolved = {**obj, "status": status}
-    experiment = st.resolved_experiment(obj_resolved)
+    versions = tuple(Version(n, resolution.revisions.get(n, n)) for n in names)
+    status = replace(status, versions=versions)
+    experiment = st.resolved_experiment({**obj, "status": status.to_dict()})
     weights = _first_split(ctx, experiment, model)
-    status.update(
-        stage=st.RUNNING,
-        startTime=st.iso(now),
-        lastIterationTime=st.iso(now),
-        completedIterations=0,
-        transientFailures=0,
+    status = replace(
+        status,
+        stage=Stage.RUNNING,
+        start_time=now,
+        last_iteration_time=now,
+        completed_iterations=0,
+        transient_failures=0,
         message=f"running: 0 of {experiment.spec.duration.total_iterations} iterations done",
-        conditions=st.with_condition(
-            {"conditions": status["conditions"]},
-            st.VERSIONS_READY,
-            True,
-            "VersionsReady",
-            ", ".join(f"{v['name']}={v['revision']}" for v in status["versions"]),
-            now,
-        ),
+    ).with_condition(
+        ConditionType.VERSIONS_READY,
+        True,
+        "VersionsReady",
+        ", ".join(f"{v.name}={v.revision}" for v in versions),
+        now,
     )
     if weights is not None:
-        status["currentWeightDistribution"] = [{"name": n, "value": w} for n, w in weights.items()]
-    ctx.store.write_status(obj, status)
-    ctx.sink.emit(events.make_event(events.STARTED, st.ref_of(obj), 0, stage="start"))
+        status = status.with_split(weights)
+    ctx.store.write_status(obj, status.to_dict())
+    ctx.sink.emit(events.make(events.Started(), st.ref_of(obj), 0, stage="start"))
 
 
 def _first_split(ctx: Context, experiment: Experiment, model: Any) -> dict[str, int] | None:

@@ -1,66 +1,298 @@
-"""The Experiment's status as the stages read and write it: stages, conditions, versions.
+"""The Experiment's status: its schema as the CRD stores it, and how the stages read and write it.
 
-The status is the only state Arbiter keeps. Every write replaces it whole, conditional on
-the resourceVersion it was read at; `retry_on_conflict` re-runs a read-modify-write that
-lost a race. `resolved_experiment` turns a stored object into the analytics' Experiment
-with the versions `start` resolved, so later stages never re-resolve them.
+The status is the only state Arbiter keeps. `Status` is its one typed form: `Status.read`
+takes a stored object and never fails (a malformed value reads as its default, so a bad
+write cannot wedge an experiment), `to_dict` is the exact JSON the status subresource
+stores. Every write replaces it whole, conditional on the resourceVersion it was read at;
+`retry_on_conflict` re-runs a read-modify-write that lost a race. `resolved_experiment`
+turns a stored object into the analytics' Experiment with the versions `start` resolved,
+so later stages never re-resolve them.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from dataclasses import dataclass, replace
+from datetime import datetime
+from enum import Enum, StrEnum
 from typing import Any, Final, TypeVar
 
+from analytics.analysis import Action, Recommendation
+from analytics.document import recommendation_to_dict
 from analytics.model import Experiment
 from analytics.parse import SpecError, parse_experiment
 from functions.core.errors import ConflictError, NotFoundError, PermanentError
 from functions.core.events import ExperimentRef
 from functions.core.ports import ExperimentStore
+from functions.core.timestamps import iso, parse_time
 
 T = TypeVar("T")
+E = TypeVar("E", bound=Enum)
 Obj = dict[str, Any]
-
-PENDING: Final = "Pending"
-WAITING: Final = "Waiting"
-INITIALIZING: Final = "Initializing"
-RUNNING: Final = "Running"
-FINISHING: Final = "Finishing"
-COMPLETED: Final = "Completed"
-FAILED: Final = "Failed"
-TERMINAL: Final = frozenset({COMPLETED, FAILED})
-# Holding the target: traffic may be away from the baseline.
-ACTIVE: Final = frozenset({RUNNING, FINISHING})
-
-TARGET_ACQUIRED: Final = "TargetAcquired"
-VERSIONS_READY: Final = "VersionsReady"
-COMPLETED_CONDITION: Final = "Completed"
-FAILED_CONDITION: Final = "Failed"
 
 CONFLICT_ATTEMPTS: Final = 8
 
 
-def iso(t: datetime) -> str:
-    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+class Stage(StrEnum):
+    PENDING = "Pending"
+    WAITING = "Waiting"
+    INITIALIZING = "Initializing"
+    RUNNING = "Running"
+    FINISHING = "Finishing"
+    COMPLETED = "Completed"
+    FAILED = "Failed"
 
 
-def parse_time(value: object) -> datetime | None:
-    if not isinstance(value, str) or not value:
+TERMINAL: Final = frozenset({Stage.COMPLETED, Stage.FAILED})
+# Holding the target: traffic may be away from the baseline.
+ACTIVE: Final = frozenset({Stage.RUNNING, Stage.FINISHING})
+
+
+class Outcome(StrEnum):
+    PROMOTED = "Promoted"
+    ROLLED_BACK = "RolledBack"
+    ABORTED = "Aborted"
+    VALIDATED = "Validated"
+    NOT_VALIDATED = "NotValidated"
+
+
+class ConditionType(StrEnum):
+    TARGET_ACQUIRED = "TargetAcquired"
+    VERSIONS_READY = "VersionsReady"
+    COMPLETED = "Completed"
+    FAILED = "Failed"
+
+
+_CONDITION_STATUS: Final = {True: "True", False: "False", None: "Unknown"}
+
+
+@dataclass(frozen=True)
+class Condition:
+    type: ConditionType
+    ok: bool | None  # None: Unknown
+    reason: str = ""
+    message: str = ""
+    last_transition_time: datetime | None = None
+
+    @classmethod
+    def read(cls, raw: object) -> Condition | None:
+        if not isinstance(raw, Mapping):
+            return None
+        kind = _enum(ConditionType, raw.get("type"))
+        if kind is None:
+            return None
+        ok = {"True": True, "False": False}.get(str(raw.get("status")))
+        return cls(
+            kind,
+            ok,
+            _text(raw.get("reason")) or "",
+            _text(raw.get("message")) or "",
+            parse_time(raw.get("lastTransitionTime")),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "type": self.type.value,
+            "status": _CONDITION_STATUS[self.ok],
+            "reason": self.reason,
+            "message": self.message,
+        }
+        if self.last_transition_time is not None:
+            out["lastTransitionTime"] = iso(self.last_transition_time)
+        return out
+
+
+@dataclass(frozen=True)
+class Version:
+    """A version as start resolved it, with the revision that serves it."""
+
+    name: str
+    revision: str | None = None
+
+
+@dataclass(frozen=True)
+class VersionWeight:
+    name: str
+    value: int
+
+
+@dataclass(frozen=True)
+class Status:
+    """An Experiment's status. Optional fields are None until a stage first writes them, and
+    are then left out of `to_dict`, as they were never written."""
+
+    stage: Stage = Stage.PENDING
+    message: str = ""
+    outcome: Outcome | None = None
+    init_time: datetime | None = None
+    start_time: datetime | None = None
+    last_iteration_time: datetime | None = None
+    last_update_time: datetime | None = None
+    observed_generation: int | None = None
+    completed_iterations: int | None = None
+    transient_failures: int | None = None
+    versions: tuple[Version, ...] = ()
+    # currentWeightDistribution: the split in effect as read back, empty until one is set.
+    weights: tuple[VersionWeight, ...] = ()
+    # The last iteration's analysis as analytics.document shapes it; read back by the parser.
+    analysis: Mapping[str, Any] | None = None
+    recommendation: Recommendation | None = None
+    version_recommended_for_promotion: str | None = None
+    conditions: tuple[Condition, ...] = ()
+
+    @classmethod
+    def read(cls, obj: Mapping[str, Any]) -> Status:
+        """The status of a stored Experiment; missing or malformed fields read as defaults."""
+        return cls.from_dict(obj.get("status"))
+
+    @classmethod
+    def from_dict(cls, raw: object) -> Status:
+        if not isinstance(raw, Mapping):
+            return cls()
+        analysis = raw.get("analysis")
+        conditions = (Condition.read(c) for c in _items(raw.get("conditions")))
+        return cls(
+            stage=_enum(Stage, raw.get("stage")) or Stage.PENDING,
+            message=_text(raw.get("message")) or "",
+            outcome=_enum(Outcome, raw.get("outcome")),
+            init_time=parse_time(raw.get("initTime")),
+            start_time=parse_time(raw.get("startTime")),
+            last_iteration_time=parse_time(raw.get("lastIterationTime")),
+            last_update_time=parse_time(raw.get("lastUpdateTime")),
+            observed_generation=_count(raw.get("observedGeneration")),
+            completed_iterations=_count(raw.get("completedIterations")),
+            transient_failures=_count(raw.get("transientFailures")),
+            versions=_versions(raw.get("versions")),
+            weights=_weights(raw.get("currentWeightDistribution")),
+            analysis=dict(analysis) if isinstance(analysis, Mapping) else None,
+            recommendation=_recommendation(raw.get("recommendation")),
+            version_recommended_for_promotion=_text(raw.get("versionRecommendedForPromotion")),
+            conditions=tuple(c for c in conditions if c is not None),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The status as the CRD stores it; the one shape every stage writes."""
+        times = {
+            "initTime": self.init_time,
+            "startTime": self.start_time,
+            "lastIterationTime": self.last_iteration_time,
+            "lastUpdateTime": self.last_update_time,
+        }
+        fields: dict[str, Any] = {
+            "stage": self.stage.value,
+            "message": self.message or None,
+            "outcome": None if self.outcome is None else self.outcome.value,
+            **{k: None if t is None else iso(t) for k, t in times.items()},
+            "observedGeneration": self.observed_generation,
+            "completedIterations": self.completed_iterations,
+            "transientFailures": self.transient_failures,
+            "versions": [
+                {"name": v.name, **({} if v.revision is None else {"revision": v.revision})}
+                for v in self.versions
+            ]
+            or None,
+            "currentWeightDistribution": [{"name": w.name, "value": w.value} for w in self.weights]
+            or None,
+            "analysis": None if self.analysis is None else dict(self.analysis),
+            "recommendation": (
+                None if self.recommendation is None else recommendation_to_dict(self.recommendation)
+            ),
+            "versionRecommendedForPromotion": self.version_recommended_for_promotion,
+            "conditions": [c.to_dict() for c in self.conditions] or None,
+        }
+        return {k: v for k, v in fields.items() if v is not None}
+
+    @property
+    def iterations_done(self) -> int:
+        return self.completed_iterations or 0
+
+    @property
+    def split(self) -> dict[str, int]:
+        """The split in effect (empty when none was set)."""
+        return {w.name: w.value for w in self.weights}
+
+    @property
+    def concluding(self) -> Recommendation | None:
+        """The recommendation when it ends the experiment (promote or roll back)."""
+        rec = self.recommendation
+        return rec if rec is not None and rec.action is not Action.CONTINUE else None
+
+    def with_split(self, split: Mapping[str, int]) -> Status:
+        return replace(self, weights=tuple(VersionWeight(n, w) for n, w in split.items()))
+
+    def with_condition(
+        self, kind: ConditionType, ok: bool, reason: str, message: str, now: datetime
+    ) -> Status:
+        """The status with condition `kind` set; its transition time moves only on change."""
+        updated = []
+        found = False
+        for c in self.conditions:
+            if c.type is kind:
+                found = True
+                moved = now if c.ok != ok else c.last_transition_time
+                c = Condition(kind, ok, reason, message, moved)  # noqa: PLW2901 - replaces it
+            updated.append(c)
+        if not found:
+            updated.append(Condition(kind, ok, reason, message, now))
+        return replace(self, conditions=tuple(updated))
+
+
+def _enum(kind: type[E], value: object) -> E | None:
+    for member in kind:
+        if member.value == value:
+            return member
+    return None
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _count(value: object) -> int | None:
+    # bool is an int to Python, never a count to the CRD.
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+    return value
+
+
+def _items(value: object) -> list[object]:
+    return list(value) if isinstance(value, list | tuple) else []
+
+
+def _versions(value: object) -> tuple[Version, ...]:
+    return tuple(
+        Version(v["name"], _text(v.get("revision")) or None)
+        for v in _items(value)
+        if isinstance(v, Mapping) and isinstance(v.get("name"), str) and v["name"]
+    )
+
+
+def _weights(value: object) -> tuple[VersionWeight, ...]:
+    """The split, or none at all if any entry is malformed: a partial split would mislead."""
+    weights = []
+    for w in _items(value):
+        if not isinstance(w, Mapping) or not isinstance(w.get("name"), str):
+            return ()
+        weight = _count(w.get("value"))
+        if weight is None:
+            return ()
+        weights.append(VersionWeight(w["name"], weight))
+    return tuple(weights)
+
+
+def _recommendation(value: object) -> Recommendation | None:
+    if not isinstance(value, Mapping):
         return None
-
-
-def status_of(obj: Mapping[str, Any]) -> dict[str, Any]:
-    status = obj.get("status")
-    return dict(status) if isinstance(status, Mapping) else {}
-
-
-def stage_of(obj: Mapping[str, Any]) -> str:
-    return str(status_of(obj).get("stage") or PENDING)
+    action = _enum(Action, value.get("action"))
+    if action is None:
+        return None
+    return Recommendation(
+        action,
+        _text(value.get("version")),
+        _text(value.get("rule")) or "",
+        _text(value.get("message")) or "",
+    )
 
 
 def ref_of(obj: Mapping[str, Any]) -> ExperimentRef:
@@ -85,38 +317,6 @@ def current(store: ExperimentStore, ref: ExperimentRef) -> Obj | None:
     return obj if same_experiment(obj, ref) else None
 
 
-def with_condition(
-    status: Mapping[str, Any], kind: str, ok: bool, reason: str, message: str, now: datetime
-) -> list[dict[str, Any]]:
-    """The status's conditions with `kind` set; the transition time moves only on change."""
-    value = "True" if ok else "False"
-    result = []
-    found = False
-    for c in status.get("conditions") or []:
-        if isinstance(c, Mapping) and c.get("type") == kind:
-            found = True
-            changed = c.get("status") != value
-            c = {  # noqa: PLW2901 - the updated condition replaces the old one
-                **c,
-                "status": value,
-                "reason": reason,
-                "message": message,
-                "lastTransitionTime": iso(now) if changed else c.get("lastTransitionTime"),
-            }
-        result.append(dict(c))
-    if not found:
-        result.append(
-            {
-                "type": kind,
-                "status": value,
-                "reason": reason,
-                "message": message,
-                "lastTransitionTime": iso(now),
-            }
-        )
-    return result
-
-
 def spec_problems(obj: Mapping[str, Any]) -> list[str]:
     """Problems with the experiment's spec (empty when it parses)."""
     try:
@@ -135,14 +335,10 @@ def resolved_document(obj: Mapping[str, Any]) -> dict[str, Any]:
     and each version's resolved revision as its `revision` variable."""
     doc = copy.deepcopy(dict(obj))
     spec = doc.setdefault("spec", {})
-    resolved = status_of(obj).get("versions") or []
-    revisions = {
-        str(v.get("name")): str(v.get("revision"))
-        for v in resolved
-        if isinstance(v, Mapping) and v.get("revision")
-    }
+    resolved = Status.read(obj).versions
+    revisions = {v.name: v.revision for v in resolved if v.revision}
     if spec.get("versionInfo") is None and resolved:
-        names = [str(v.get("name")) for v in resolved if isinstance(v, Mapping)]
+        names = [v.name for v in resolved]
         spec["versionInfo"] = {
             "baseline": {"name": names[0]},
             "candidates": [{"name": n} for n in names[1:]],

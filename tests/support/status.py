@@ -1,0 +1,46 @@
+"""A Status with every field set, so tests can check every key a stage may write."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime
+
+from analytics.analysis import Action, Recommendation
+from functions.core.status import (
+    Condition,
+    ConditionType,
+    Outcome,
+    Stage,
+    Status,
+    Version,
+    VersionWeight,
+)
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def full_status() -> Status:
+    status = Status(
+        stage=Stage.FINISHING,
+        message="iteration 3 of 10: promote",
+        outcome=Outcome.PROMOTED,
+        init_time=T0,
+        start_time=T0.replace(minute=1),
+        last_iteration_time=T0.replace(minute=3),
+        last_update_time=T0.replace(minute=3, second=5),
+        observed_generation=2,
+        completed_iterations=3,
+        transient_failures=1,
+        versions=(Version("a", "a-00001"), Version("b", "b-00002")),
+        weights=(VersionWeight("a", 70), VersionWeight("b", 30)),
+        analysis={"aggregatedMetrics": {"data": {"x": {"data": {"a": {"value": 1}}}}}},
+        recommendation=Recommendation(Action.PROMOTE, "b", "all-objectives-met", "promote b"),
+        version_recommended_for_promotion="b",
+        conditions=(
+            Condition(ConditionType.TARGET_ACQUIRED, True, "TargetAcquired", "", T0),
+            Condition(ConditionType.VERSIONS_READY, False, "Waiting", "waiting for b", T0),
+        ),
+    )
+    unset = [f.name for f in dataclasses.fields(status) if not getattr(status, f.name)]
+    assert not unset, f"full_status leaves {unset} unset"
+    return status
