@@ -436,6 +436,23 @@ def inference_service(namespace: str = "demo", name: str = "iris", ready: bool =
 LATENCY_BOUNDS: Final = (10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, math.inf)
 
 
+def served(ok: int, errors: int, iteration: int) -> dict[str, Measurement]:
+    """What Prometheus measures for a revision answering `ok` requests at 40 ms and `errors`
+    5xx at 300 ms every 10 s, cumulative over `iteration` intervals of 60 s: request-count,
+    error-rate and latency, as the Metric library defines them."""
+    steps = iteration * INTERVAL // 10
+    good, bad = steps * ok, steps * errors
+    total = float(good + bad)
+    cumulative = tuple(
+        float((good if b >= 40 else 0) + (bad if b >= 300 else 0)) for b in LATENCY_BOUNDS
+    )
+    return {
+        "request-count": PointValue(total),
+        "error-rate": Counts(events=float(bad), trials=total),
+        "latency": Histogram(LATENCY_BOUNDS, cumulative),
+    }
+
+
 def serve(
     metrics: FakeMetrics,
     revision: str,
@@ -443,19 +460,10 @@ def serve(
     errors: int,
     iterations: Iterable[int] = range(1, 21),
 ) -> None:
-    """Script what Prometheus would measure for a revision answering `ok` requests at 40 ms
-    and `errors` 5xx at 300 ms every 10 s: request-count, error-rate and latency, cumulative
-    since the start, for each iteration (one interval of 60 s each)."""
+    """Script `served(ok, errors, k)` as the revision's measurements at each iteration k."""
     for k in iterations:
-        steps = k * INTERVAL // 10
-        good, bad = steps * ok, steps * errors
-        total = float(good + bad)
-        metrics.set("request-count", revision, PointValue(total), k)
-        metrics.set("error-rate", revision, Counts(events=float(bad), trials=total), k)
-        cumulative = tuple(
-            float((good if b >= 40 else 0) + (bad if b >= 300 else 0)) for b in LATENCY_BOUNDS
-        )
-        metrics.set("latency", revision, Histogram(LATENCY_BOUNDS, cumulative), k)
+        for metric, m in served(ok, errors, k).items():
+            metrics.set(metric, revision, m, k)
 
 
 def canary_percent(objects: FakeObjects, namespace: str = "demo", name: str = "iris") -> Any:
