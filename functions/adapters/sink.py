@@ -32,7 +32,11 @@ class HttpEventSink:
             )
         headers, body = to_binary(event)
         try:
-            response = self._session.post(self._url, headers=headers, data=body, timeout=_TIMEOUT)
+            # Never follow a redirect: requests would turn a 301/302/303 into a bodiless GET,
+            # and a 2xx to that would count an event as delivered that no broker received.
+            response = self._session.post(
+                self._url, headers=headers, data=body, timeout=_TIMEOUT, allow_redirects=False
+            )
         except requests.RequestException as e:
             raise TransientError(f"broker {self._url} unreachable: {e}") from None
         if response.status_code >= 300:

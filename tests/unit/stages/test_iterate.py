@@ -1,0 +1,279 @@
+"""The iterate stage over in-memory ports: the ping fan-out and one iteration's measurements."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cloudevents.http import CloudEvent
+
+from analytics.measurements import NoData
+from functions.core.errors import TransientError
+from functions.core.events import (
+    CONCLUDED,
+    DUE,
+    EXT_ITERATION,
+    EXT_NAMESPACE,
+    EXT_UID,
+    MEASURED,
+)
+from functions.core.metrics import MetricError
+from functions.core.settings import Settings
+from functions.core.status import CONFLICT_ATTEMPTS
+from tests.fakes import (
+    BASELINE_REVISION,
+    CANDIDATE_REVISION,
+    INTERVAL,
+    World,
+    added,
+    canary_percent,
+    event,
+    experiment,
+    kserve_world,
+    payload,
+    ping,
+    serve,
+)
+
+NS = "demo"
+NAME = "iris-canary"
+METRICS = ("request-count", "error-rate", "latency")
+
+
+def running(w: World, namespace: str = NS, name: str = NAME, **spec: Any) -> dict[str, Any]:
+    obj = w.store.add(experiment(namespace, name, **spec))
+    assert w.deliver("start", added(obj)) == 200
+    assert w.store.status(namespace, name)["stage"] == "Running"
+    return w.store.stored(namespace, name)
+
+
+def scripted_world(*namespaces: str) -> World:
+    w = kserve_world(*namespaces)
+    serve(w.metrics, BASELINE_REVISION, 200, 1)
+    serve(w.metrics, CANDIDATE_REVISION, 180, 20)
+    return w
+
+
+def set_status(w: World, namespace: str, name: str, **fields: Any) -> None:
+    stored = w.store.stored(namespace, name)
+    w.store.write_status(stored, {**(stored.get("status") or {}), **fields})
+
+
+def test_a_ping_fans_out_one_due_event_per_running_experiment_whose_interval_passed() -> None:
+    w = scripted_world(NS, "other", "late", "queued", "done")
+    running(w)
+    running(w, "other")
+    w.clock.advance(INTERVAL / 2)
+    running(w, "late")  # started half an interval later: not due yet
+    w.store.add(experiment("queued"))  # never started: not running
+    set_status(w, "queued", NAME, stage="Waiting")
+    running(w, "done")
+    set_status(w, "done", NAME, stage="Completed")
+    w.clock.advance(INTERVAL / 2)
+    mark, writes = len(w.sink.events), len(w.store.writes)
+    assert w.deliver("iterate", ping()) == 200
+    emitted = w.sink.since(mark)
+    # the tick only hands out work: one due event per due experiment, nothing measured
+    assert [e["type"] for e in emitted] == [DUE, DUE]
+    assert {e[EXT_NAMESPACE] for e in emitted} == {NS, "other"}
+    assert {e[EXT_ITERATION] for e in emitted} == {"1"}
+    assert w.metrics.calls == []
+    assert len(w.store.writes) == writes
+
+
+def test_a_ping_before_the_interval_passes_hands_out_nothing() -> None:
+    w = scripted_world(NS)
+    running(w)
+    w.clock.advance(INTERVAL - 1)
+    mark = len(w.sink.events)
+    assert w.deliver("iterate", ping()) == 200
+    assert w.sink.since(mark) == []
+
+
+def test_the_due_iteration_follows_the_completed_ones() -> None:
+    w = scripted_world(NS)
+    obj = running(w)
+    w.clock.advance(INTERVAL)
+    set_status(w, NS, NAME, completedIterations=3, lastIterationTime="2026-01-01T00:01:30Z")
+    mark = len(w.sink.events)
+    w.deliver("iterate", ping())
+    assert w.sink.since(mark) == [], "30 s since the last iteration"
+    w.clock.advance(INTERVAL / 2)
+    w.deliver("iterate", ping())
+    [due] = w.sink.since(mark)
+    assert due[EXT_ITERATION] == "4" and due[EXT_UID] == obj["metadata"]["uid"]
+
+
+def test_a_due_experiment_is_measured_per_metric_and_version_and_nothing_is_written() -> None:
+    w = scripted_world(NS)
+    obj = running(w)
+    w.clock.advance(INTERVAL)
+    mark, writes = len(w.sink.events), len(w.store.writes)
+    assert w.deliver("iterate", event(DUE, obj, 1)) == 200
+    [measured] = w.sink.since(mark)
+    assert measured["type"] == MEASURED
+    assert (measured[EXT_ITERATION], measured[EXT_UID]) == ("1", obj["metadata"]["uid"])
+    data = payload(measured)
+    assert data["measuredAt"] == "2026-01-01T00:02:00Z"
+    by_metric = data["aggregatedMetrics"]["data"]
+    assert set(by_metric) == set(METRICS)
+    candidate = by_metric["error-rate"]["data"][CANDIDATE_REVISION]
+    assert candidate == {"events": 120.0, "trials": 1200.0}
+    assert by_metric["request-count"]["data"][BASELINE_REVISION] == {"value": 1206.0}
+    assert by_metric["latency"]["data"][BASELINE_REVISION]["buckets"][-1] == {
+        "le": "+Inf",
+        "count": 1206.0,
+    }
+    assert len(w.store.writes) == writes
+    # every query is rendered for the target and the version's resolved revision
+    assert len(w.metrics.calls) == len(METRICS) * 2
+    variables = {(name, v["revision"]): v for name, v, _ in w.metrics.calls}
+    v = variables[("error-rate", CANDIDATE_REVISION)]
+    assert (v["name"], v["namespace"], v["elapsed"], v["interval"]) == ("iris", NS, "60", "60")
+    assert all(at == w.clock.now() for _, _, at in w.metrics.calls)
+
+
+def test_a_version_without_data_is_measured_as_empty_never_as_zero() -> None:
+    w = scripted_world(NS)
+    obj = running(w)
+    w.metrics.set("error-rate", CANDIDATE_REVISION, NoData("no series yet"), 1)
+    w.clock.advance(INTERVAL)
+    mark = len(w.sink.events)
+    w.deliver("iterate", event(DUE, obj, 1))
+    [measured] = w.sink.since(mark)
+    assert payload(measured)["aggregatedMetrics"]["data"]["error-rate"]["data"] == {
+        BASELINE_REVISION: {"events": 6.0, "trials": 1206.0},
+        CANDIDATE_REVISION: {},
+    }
+
+
+def test_a_repeated_due_event_re_announces_the_same_measurement_and_writes_nothing() -> None:
+    w = scripted_world(NS)
+    obj = running(w)
+    w.clock.advance(INTERVAL)
+    mark, writes = len(w.sink.events), len(w.store.writes)
+    w.deliver("iterate", event(DUE, obj, 1))
+    assert w.deliver("iterate", event(DUE, obj, 1)) == 200
+    first, again = w.sink.since(mark)
+    assert again["id"] == first["id"] and payload(again) == payload(first)
+    assert len(w.store.writes) == writes
+
+
+def test_stale_and_early_due_events_are_acknowledged_and_ignored() -> None:
+    w = scripted_world(NS)
+    obj = running(w)
+    set_status(w, NS, NAME, completedIterations=2)
+    w.clock.advance(INTERVAL)
+    mark, writes = len(w.sink.events), len(w.store.writes)
+    for iteration in (1, 2, 4):
+        assert w.deliver("iterate", event(DUE, obj, iteration)) == 200
+    assert w.sink.since(mark) == [] and w.metrics.calls == []
+    assert len(w.store.writes) == writes
+
+
+def test_a_due_event_for_an_experiment_not_running_is_ignored() -> None:
+    w = scripted_world(NS)
+    obj = running(w)
+    w.clock.advance(INTERVAL)
+    for stage in ("Finishing", "Completed", "Failed"):
+        set_status(w, NS, NAME, stage=stage)
+        mark = len(w.sink.events)
+        assert w.deliver("iterate", event(DUE, obj, 1)) == 200
+        assert w.sink.since(mark) == [], stage
+    assert w.metrics.calls == []
+
+
+def test_a_due_event_about_an_earlier_namesake_changes_nothing() -> None:
+    w = scripted_world(NS)
+    obj = running(w)
+    w.clock.advance(INTERVAL)
+    mark, writes = len(w.sink.events), len(w.store.writes)
+    earlier = {**obj, "metadata": {**obj["metadata"], "uid": "some-earlier-uid"}}
+    assert w.deliver("iterate", event(DUE, earlier, 1)) == 200
+    assert w.sink.since(mark) == [] and w.metrics.calls == []
+    assert len(w.store.writes) == writes
+
+
+def test_a_due_event_without_an_experiment_is_permanent() -> None:
+    w = scripted_world(NS)
+    bare = CloudEvent({"type": DUE, "source": "test", "iteration": "1"}, {})
+    assert w.deliver("iterate", bare) == 422
+
+
+def test_a_transient_failure_is_counted_and_the_event_is_left_to_be_redelivered() -> None:
+    w = scripted_world(NS)
+    obj = running(w)
+    w.clock.advance(INTERVAL)
+    mark = len(w.sink.events)
+    w.metrics.fail(TransientError("prometheus unreachable"))
+    w.store.conflict(1)  # the count itself loses a race once, and is retried
+    assert w.deliver("iterate", event(DUE, obj, 1)) == 503
+    assert w.store.status(NS, NAME)["transientFailures"] == 1
+    assert w.sink.since(mark) == []
+    # the redelivery measures; the count is assess' to reset when it records the iteration
+    assert w.deliver("iterate", event(DUE, obj, 1)) == 200
+    assert [e["type"] for e in w.sink.since(mark)] == [MEASURED]
+
+
+def test_a_count_that_keeps_losing_races_is_still_transient() -> None:
+    w = scripted_world(NS)
+    obj = running(w)
+    w.clock.advance(INTERVAL)
+    w.metrics.fail(TransientError("prometheus unreachable"))
+    w.store.conflict(CONFLICT_ATTEMPTS)
+    assert w.deliver("iterate", event(DUE, obj, 1)) == 503
+    assert w.store.status(NS, NAME)["transientFailures"] == 0
+
+
+def test_past_the_transient_limit_the_experiment_is_concluded_with_a_rollback() -> None:
+    w = scripted_world(NS)
+    w.settings = Settings(max_transient_failures=2, readback_timeout_seconds=1)
+    obj = running(w)
+    w.clock.advance(INTERVAL)
+    mark = len(w.sink.events)
+    w.metrics.fail(TransientError("prometheus unreachable"), times=3)
+    assert [w.deliver("iterate", event(DUE, obj, 1)) for _ in range(3)] == [503, 503, 200]
+    assert w.store.status(NS, NAME)["transientFailures"] == 3
+    [concluded] = w.sink.since(mark)
+    assert concluded["type"] == CONCLUDED and concluded[EXT_ITERATION] == "1"
+    data = payload(concluded)
+    assert (data["action"], data["failed"], data["reason"]) == (
+        "rollback",
+        True,
+        "TransientFailures",
+    )
+    assert "ARBITER_MAX_TRANSIENT_FAILURES=2" in data["message"]
+    assert "prometheus unreachable" in data["message"]
+    # and finish ends it the safe way
+    w.publish(concluded)
+    status = w.store.status(NS, NAME)
+    assert (status["stage"], status["outcome"]) == ("Failed", "Aborted")
+    assert canary_percent(w.objects) == 0
+
+
+def test_a_missing_metric_fails_permanently_and_concludes_with_a_rollback() -> None:
+    w = scripted_world(NS)
+    criteria = {"objectives": [{"metric": "no-such-metric", "upperLimit": 1}]}
+    obj = running(w, criteria=criteria)
+    w.clock.advance(INTERVAL)
+    mark = len(w.sink.events)
+    assert w.deliver("iterate", event(DUE, obj, 1)) == 422
+    [concluded] = w.sink.since(mark)
+    data = payload(concluded)
+    assert (data["action"], data["failed"], data["reason"]) == (
+        "rollback",
+        True,
+        "MetricUnavailable",
+    )
+    assert "no-such-metric" in data["message"] and NS in data["message"]
+
+
+def test_a_template_that_does_not_render_fails_permanently_naming_the_metric() -> None:
+    w = scripted_world(NS)
+    obj = running(w)
+    w.metrics.set("latency", CANDIDATE_REVISION, MetricError(["metrics/latency: $oops unknown"]), 1)
+    w.clock.advance(INTERVAL)
+    mark = len(w.sink.events)
+    assert w.deliver("iterate", event(DUE, obj, 1)) == 422
+    [concluded] = w.sink.since(mark)
+    assert payload(concluded)["reason"] == "MetricUnavailable"
+    assert "'latency'" in payload(concluded)["message"]
