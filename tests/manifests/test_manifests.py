@@ -27,7 +27,7 @@ import jsonschema
 import pytest
 import yaml
 
-from analytics import model
+from analytics import model, parse
 from analytics.parse import SpecError, parse_experiment
 from functions.adapters.kubernetes import KubeExperimentStore
 from functions.core import events, traffic
@@ -285,6 +285,72 @@ def test_crd_schema_is_structural_and_its_cel_rules_compile(plural: str) -> None
             re.compile(node["pattern"])
 
 
+_BOUND_KEYWORDS = {
+    "minimum": "minimum",
+    "maximum": "maximum",
+    "exclusiveMinimum": "exclusive_minimum",
+    "exclusiveMaximum": "exclusive_maximum",
+    "maxLength": "max_length",
+    "maxItems": "max_items",
+    "pattern": "pattern",
+}
+# Bounds the CRD states on fields the parser does not read (core counts them itself).
+_NOT_READ_BY_THE_PARSER = {"status.transientFailures": parse.Bound(minimum=0)}
+
+
+def crd_bounds() -> dict[str, parse.Bound]:
+    """Field path ("[]" for list items) -> the bound the Experiment CRD states for it."""
+    found = {}
+    for path, node in schema_nodes(openapi("experiments")):
+        stated = {attr: node[key] for key, attr in _BOUND_KEYWORDS.items() if key in node}
+        if stated:
+            found[path.lstrip(".")] = parse.Bound(**stated)
+    return found
+
+
+def test_the_crd_states_exactly_the_bounds_the_parser_applies() -> None:
+    stated = crd_bounds()
+    assert stated.keys() - parse.BOUNDS.keys() == set(_NOT_READ_BY_THE_PARSER)
+    assert parse.BOUNDS.keys() - stated.keys() == set()
+    for path, bound in parse.BOUNDS.items():
+        assert stated[path] == bound, path
+    for path, bound in _NOT_READ_BY_THE_PARSER.items():
+        assert stated[path] == bound, path
+
+
+def test_every_number_in_the_spec_has_both_ends() -> None:
+    """A number with no maximum is how intervalSeconds 1e14 reached the iterate function."""
+    for path, node in schema_nodes(openapi("experiments")):
+        if "<" in path:  # an int-or-string's branch: its node states the bounds
+            continue
+        if path.startswith(".spec") and node.get("type") in ("integer", "number"):
+            assert "minimum" in node and "maximum" in node, path
+        if path.startswith(".spec") and node.get("type") == "string" and "enum" not in node:
+            assert "maxLength" in node, path
+        if node.get("type") == "array" and path != ".status.conditions":
+            assert "maxItems" in node, path
+
+
+def test_the_parser_patterns_are_the_crds() -> None:
+    spec = openapi("experiments")["properties"]["spec"]["properties"]
+    objective = spec["criteria"]["properties"]["objectives"]["items"]["properties"]
+    assert objective["metric"]["pattern"] == parse.NAME_PATTERN
+    assert spec["target"]["pattern"] == parse.NAME_PATTERN
+    assert objective["upperLimit"]["pattern"] == parse.QUANTITY_PATTERN
+
+
+def test_the_duration_rule_bounds_the_total_iterations() -> None:
+    doc = canary()
+    doc["spec"]["duration"] = {"iterationsPerLoop": 1000, "maxLoops": 100}
+    assert rejections("experiments", doc) == []
+    parse_experiment(doc, require_versions=False)
+    for duration in ({"iterationsPerLoop": 1000, "maxLoops": 101}, {"maxLoops": 6667}):
+        doc["spec"]["duration"] = duration
+        assert any("at most 100000" in p for p in rejections("experiments", doc)), duration
+        with pytest.raises(SpecError, match="at most 100000"):
+            parse_experiment(doc, require_versions=False)
+
+
 def test_experiment_crd_names_columns_and_status_subresource() -> None:
     spec = crd("experiments")["spec"]
     assert spec["group"] == "arbiter.dev" and spec["scope"] == "Namespaced"
@@ -474,6 +540,12 @@ BAD_SPECS = [
     ("weight -1", "spec.strategy.weights.maxCandidateWeight", -1, "-1"),
     ("increment 0", "spec.strategy.weights.maxCandidateWeightIncrement", 0, "0"),
     ("interval 0", "spec.duration.intervalSeconds", 0, "0"),
+    ("interval over a day", "spec.duration.intervalSeconds", 10**14, "86400"),
+    ("loops 100001", "spec.duration.maxLoops", 100_001, "100000"),
+    ("limit 2e18", "spec.criteria.objectives.0.upperLimit", 2 * 10**18, "1000000000000000000"),
+    ("limit of 41 digits", "spec.criteria.objectives.0.upperLimit", "1" * 41, "long"),
+    ("ratio 1001", "spec.criteria.objectives.1.maxRatio", 1001, "1000"),
+    ("metric with capitals", "spec.criteria.objectives.0.metric", "Error_Rate", "match"),
     ("iterations 0", "spec.duration.iterationsPerLoop", 0, "0"),
     ("missing target", "spec.target", _DELETE, "target"),
     ("limit not a quantity", "spec.criteria.objectives.0.upperLimit", "one percent", "match"),

@@ -10,7 +10,7 @@ import pytest
 
 from analytics import model
 from analytics.measurements import Counts, Histogram, Moments, NoData, PointValue
-from analytics.parse import ITER8_API_VERSION, SpecError, parse_experiment
+from analytics.parse import ITER8_API_VERSION, SpecError, parse_experiment, parse_time
 
 DocumentFactory = Callable[..., dict[str, Any]]
 REWARD = {"metric": "conversion", "preferredDirection": "High"}
@@ -160,7 +160,7 @@ def test_several_problems_are_all_reported_at_once(make_document: DocumentFactor
         "spec.criteria.objectives[2].quantile: must be between 0 and 1 (exclusive), got 1",
         "spec.criteria.rewards[0].preferredDirection: must be one of High, Low, got 'Up'",
         "spec.criteria.alpha: must be in (0, 0.5], got 0.7",
-        "spec.duration.intervalSeconds: must be >= 1, got 0",
+        "spec.duration.intervalSeconds: must be between 1 and 86400, got 0",
         "spec.versionInfo.candidates: Canary needs exactly 1 candidate, got 2",
         "status.currentWeightDistribution: values must sum to 100, got 90",
     }
@@ -418,3 +418,201 @@ def test_a_relative_histogram_objective_needs_no_quantile(make_document: Documen
         },
     )
     assert parse_experiment(doc).spec.criteria.objectives[0].quantile is None
+
+
+# --- bounds: every number, string and list has one, as the CRD states --------------------
+
+
+def _set(doc: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    *parents, last = path.split(".")
+    node: Any = doc
+    for key in parents:
+        node = node[int(key)] if isinstance(node, list) else node.setdefault(key, {})
+    node[int(last) if isinstance(node, list) else last] = value
+    return doc
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "expected"),
+    [
+        (
+            "spec.duration.intervalSeconds",
+            10**14,
+            "spec.duration.intervalSeconds: must be between 1 and 86400, got 100000000000000",
+        ),
+        ("spec.duration.iterationsPerLoop", 100_001, "must be between 1 and 100000"),
+        ("spec.duration.maxLoops", 10**400, "<an integer of about 401 digits>"),
+        ("status.completedIterations", 100_001, "status.completedIterations: must be between 0"),
+        (
+            "spec.criteria.objectives",
+            [{"metric": "e", "upperLimit": 1}] * 33,
+            "spec.criteria.objectives: has 33 items; at most 32 are allowed",
+        ),
+        (
+            "spec.criteria.objectives",
+            [{"metric": "e", "upperLimit": 10**400}],
+            "spec.criteria.objectives[0].upperLimit: must be at most 1e+18 in magnitude",
+        ),
+        (
+            "spec.criteria.objectives",
+            [{"metric": "e", "upperLimit": "2000E"}],
+            "spec.criteria.objectives[0].upperLimit: must be at most 1e+18 in magnitude",
+        ),
+        (
+            "spec.criteria.objectives",
+            [{"metric": "e", "upperLimit": " 1 "}],
+            "spec.criteria.objectives[0].upperLimit: must be a quantity without spaces",
+        ),
+        (
+            "spec.criteria.objectives",
+            [{"metric": "e", "maxRatio": 1001}],
+            "spec.criteria.objectives[0].maxRatio: must be at most 1000, got 1001",
+        ),
+        (
+            "spec.criteria.objectives",
+            [{"metric": "Error_Rate", "upperLimit": 1}],
+            "spec.criteria.objectives[0].metric: must match ^([a-z0-9]",
+        ),
+        ("spec.criteria.indicators", ["cpu", "a/b/c"], "spec.criteria.indicators[1]: must match"),
+        ("spec.criteria.requestCount", "x" * 318, "is 318 characters; at most 317"),
+        ("spec.target", "Test/Model", "spec.target: must match"),
+        (
+            "spec.versionInfo.baseline.variables",
+            [{"name": "9lives", "value": "x"}],
+            "spec.versionInfo.baseline.variables[0].name: must match",
+        ),
+        (
+            "spec.versionInfo.baseline.variables",
+            [{"name": "v", "value": {"nested": 1}}],
+            "spec.versionInfo.baseline.variables[0].value: must be a string, got <a dict",
+        ),
+        (
+            "spec.versionInfo.baseline.weightObjRef",
+            {"apiVersion": "v1", "kind": "K", "name": "n", "fieldPath": "a" * 30 + "!"},
+            "spec.versionInfo.baseline.weightObjRef.fieldPath: must match",
+        ),
+        ("status.lastIterationTime", "9999-12-31T23:59:59Z", "must be in the years 2000 to 2200"),
+        ("status.startTime", "yesterday", "status.startTime: must be a date-time"),
+    ],
+)
+def test_each_bound_is_one_message_naming_the_field(
+    path: str, value: Any, expected: str, make_document: DocumentFactory
+) -> None:
+    doc = _set(make_document(), path, value)
+    (problem,) = problems(doc)
+    assert expected in problem
+    assert problem.startswith(path)
+    assert len(problem) < 300
+
+
+def test_the_candidates_are_bounded_and_the_first_ones_read(
+    make_document: DocumentFactory,
+) -> None:
+    doc = make_document("A/B/n", candidates=[f"c{i}" for i in range(17)], rewards=[REWARD])
+    assert problems(doc) == ("spec.versionInfo.candidates: has 17 items; at most 16 are allowed",)
+
+
+def test_the_total_number_of_iterations_is_bounded(make_document: DocumentFactory) -> None:
+    doc = make_document()
+    doc["spec"]["duration"] = {"iterationsPerLoop": 1000, "maxLoops": 101}
+    assert problems(doc) == (
+        "spec.duration: iterationsPerLoop x maxLoops must be at most 100000, got 101000",
+    )
+
+
+def test_a_hostile_value_is_quoted_by_a_short_prefix(make_document: DocumentFactory) -> None:
+    doc = make_document()
+    doc["kind"] = "K" * 1_000_000
+    doc["spec"]["strategy"]["deploymentPattern"] = ["x"] * 1_000_000
+    found = problems(doc)
+    assert len(found) == 2
+    assert all(len(p) < 200 for p in found), found
+    assert "'KKKK" in found[0] and "…" in found[0]
+    assert "<a list of 1000000 items>" in found[1]
+
+
+def test_measurement_collections_are_bounded(make_document: DocumentFactory) -> None:
+    many = {f"m{i}": {"baseline": {"value": 1}} for i in range(67)}
+    (problem,) = problems(make_document(data=many))
+    assert problem == f"{DATA}: has 67 entries; at most 66 are allowed"
+    buckets = [{"le": i, "count": 1} for i in range(257)]
+    (problem,) = problems(make_document(data={"m": {"baseline": {"buckets": buckets}}}))
+    assert problem == f"{DATA}.m.data.baseline.buckets: has 257; at most 256 are allowed"
+    (problem,) = problems(make_document(data={"Bad Name": {"baseline": {"value": 1}}}))
+    assert problem.startswith(f"{DATA}.Bad Name: a name must match")
+
+
+def test_status_naming_unknown_versions_is_refused(make_document: DocumentFactory) -> None:
+    doc = make_document(
+        current={"baseline": 50, "ghost": 50}, data={"m": {"phantom": {"value": 1}}}
+    )
+    doc["status"]["versions"] = [{"name": "baseline"}, {"name": "spectre"}]
+    assert set(problems(doc)) == {
+        "status.versions[1].name: 'spectre' is not a version of this experiment"
+        " ('baseline', 'candidate')",
+        "status.currentWeightDistribution[1].name: 'ghost' is not a version of this"
+        " experiment ('baseline', 'candidate')",
+        "status.currentWeightDistribution: values must sum to 100, got 50",
+        f"{DATA}.m.data.phantom: 'phantom' is not a version of this experiment"
+        " ('baseline', 'candidate')",
+    }
+
+
+def test_without_version_info_the_resolved_versions_are_the_known_ones(
+    make_document: DocumentFactory,
+) -> None:
+    doc = make_document(data={"m": {"a": {"value": 1}, "b": {"value": 2}}})
+    del doc["spec"]["versionInfo"]
+    doc["status"]["versions"] = [{"name": "a", "revision": "a-1"}]
+    assert problems(doc, require_versions=False) == (
+        f"{DATA}.m.data.b: 'b' is not a version of this experiment ('a')",
+    )
+
+
+@pytest.mark.parametrize(
+    ("limit", "value", "data", "words"),
+    [
+        ("upperLimit", -0.01, {"events": 1, "trials": 100}, "a rate (events out of trials)"),
+        ("upperLimit", 5, {"events": 1, "trials": 100}, "between 0 and 1, got 5"),
+        ("lowerLimit", -1, {"events": 1, "trials": 100}, "a rate"),
+        (
+            "upperLimit",
+            -0.5,
+            {"buckets": [{"le": 0.1, "count": 1}, {"le": "+Inf", "count": 2}]},
+            "a histogram of values >= 0",
+        ),
+    ],
+)
+def test_a_limit_the_metric_can_never_reach_is_refused(
+    limit: str, value: float, data: dict[str, Any], words: str, make_document: DocumentFactory
+) -> None:
+    objective = {"metric": "e", limit: value, "quantile": 0.9}
+    if "buckets" not in data:
+        del objective["quantile"]
+    doc = make_document(objectives=[objective], data={"e": {"baseline": data}})
+    (problem,) = problems(doc)
+    assert problem.startswith(f"spec.criteria.objectives[0].{limit}: 'e' is ")
+    assert words in problem
+
+
+def test_limits_of_metrics_of_unknown_type_may_be_negative(make_document: DocumentFactory) -> None:
+    # A gauge (a point value) may be a score below zero; nothing says otherwise.
+    doc = make_document(
+        objectives=[{"metric": "score", "lowerLimit": -3}],
+        data={"score": {"baseline": {"value": -1}}},
+    )
+    assert parse_experiment(doc).spec.criteria.objectives[0].lower_limit == -3
+    doc["spec"]["criteria"]["requestCount"] = "score"
+    (problem,) = problems(doc)
+    assert "'score' is the request count: the limit must be >= 0, got -3" in problem
+
+
+def test_parse_time_bounds_the_year() -> None:
+    assert parse_time("2026-01-31T12:00:00Z").year == 2026
+    assert parse_time("2026-01-31T12:00:00+02:00").utcoffset() is not None
+    for bad in ("9999-12-31T23:59:59Z", "0001-01-01T00:00:00Z", "2201-01-01T00:00:00Z"):
+        with pytest.raises(ValueError, match="years 2000 to 2200"):
+            parse_time(bad)
+    with pytest.raises(ValueError, match="must be a date-time") as info:
+        parse_time("2026" * 10_000)
+    assert len(str(info.value)) < 120

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from analytics.quantity import parse_quantity
+from analytics.quantity import MAX_LENGTH, QUOTE_LENGTH, parse_quantity, quote
 
 
 @pytest.mark.parametrize(
@@ -60,3 +60,47 @@ def test_non_numbers_are_rejected(bad: object) -> None:
     # A YAML `true` is a bool, and bool is an int in Python: it must not read as 1.
     with pytest.raises(ValueError, match="expected a number"):
         parse_quantity(bad)
+
+
+# --- bounds: refused with a short message, never an OverflowError ------------------------
+
+
+def test_a_huge_integer_is_refused_by_magnitude_without_converting_it() -> None:
+    # float(10**400) raises OverflowError; the bound is compared as an integer first.
+    with pytest.raises(ValueError, match="at most 1e\\+30 in magnitude") as info:
+        parse_quantity(10**400)
+    assert "401 digits" in str(info.value) and len(str(info.value)) < 120
+
+
+@pytest.mark.parametrize("text", ["1" * 400, "9" * 41, "x" * 100_000])
+def test_a_long_string_is_refused_by_length_before_the_pattern(text: str) -> None:
+    with pytest.raises(ValueError, match=f"at most {MAX_LENGTH} characters, got {len(text)}") as e:
+        parse_quantity(text)
+    assert len(str(e.value)) < 200  # quotes a prefix, not the value
+
+
+@pytest.mark.parametrize("value", ["1e400", float("inf"), float("nan"), "-1e400"])
+def test_infinite_values_are_refused(value: object) -> None:
+    with pytest.raises(ValueError, match="must be finite"):
+        parse_quantity(value)
+
+
+@pytest.mark.parametrize("value", ["1e31", -(10**31), 2e30, "2000000000000E"])
+def test_values_beyond_the_magnitude_are_refused(value: object) -> None:
+    with pytest.raises(ValueError, match="in magnitude"):
+        parse_quantity(value)
+
+
+def test_the_magnitude_is_the_callers_to_narrow() -> None:
+    assert parse_quantity("1E", max_magnitude=1e18) == 1e18
+    with pytest.raises(ValueError, match="at most 1e\\+18 in magnitude"):
+        parse_quantity(10**18 + 1, max_magnitude=1e18)
+
+
+def test_quote_keeps_messages_short() -> None:
+    assert quote("abc") == "'abc'"
+    assert quote("y" * 10_000) == repr("y" * QUOTE_LENGTH) + "…"
+    assert quote(list(range(10_000))) == "<a list of 10000 items>"
+    assert quote({"a": 1}) == "<a dict of 1 item>"
+    assert quote(10**5000) == "<an integer of about 5001 digits>"
+    assert quote(None) == "None" and quote(True) == "True"

@@ -17,7 +17,9 @@ from typing import Any, Final
 import pytest
 import yaml
 
+from cli import analyze as analyze_command
 from cli import main
+from cli.analyze import MAX_DEPTH, MAX_FILE_BYTES
 
 ROOT: Final = Path(__file__).resolve().parents[3]
 SAMPLES_DIR: Final = ROOT / "samples" / "analysis"
@@ -408,3 +410,145 @@ def test_the_console_script_reports_bad_input_without_a_traceback(tmp_path: Path
     assert (done.returncode, done.stdout) == (2, "")
     assert done.stderr.startswith(f"arbiter analyze: {path} is not a valid Experiment:\n")
     assert "Traceback" not in done.stderr
+
+
+# --- hostile files: refused by a limit checked before the work, exit 2, short stderr -------
+
+
+def _alias_bomb() -> str:
+    """ "Billion laughs": nine levels of nine aliases each, 9**9 strings once expanded."""
+    lines = ["l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 10)]
+    return "kind: Experiment\n" + "\n".join(lines) + "\n"
+
+
+def _refused(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, text: str | bytes, words: str
+) -> str:
+    path = tmp_path / "hostile.yaml"
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    code, out, err = run_cli(capsys, "analyze", str(path))
+    assert (code, out) == (2, ""), err
+    assert words in err, err
+    assert err.startswith(f"arbiter analyze: {path}")
+    assert len(err.encode()) < 2048 and "Traceback" not in err
+    return err
+
+
+def test_an_alias_bomb_is_refused_at_the_first_alias(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    err = _refused(capsys, tmp_path, _alias_bomb(), "YAML aliases (*name) are not accepted")
+    # Line 3 holds the first alias: nothing after it was composed, let alone expanded.
+    assert "at line 3, column 10" in err
+
+
+def test_a_single_alias_is_refused_too(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _refused(capsys, tmp_path, "kind: Experiment\na: &x 1\nb: *x\n", "aliases")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[" * 500 + "]" * 500,
+        '{"a": ' * 500 + "1" + "}" * 500,
+        "".join(f"{' ' * i}a:\n" for i in range(500)),
+    ],
+    ids=["yaml-flow", "json", "yaml-block"],
+)
+def test_nesting_500_deep_is_refused_at_the_limit(
+    text: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    err = _refused(capsys, tmp_path, text, f"nested more than {MAX_DEPTH} levels deep")
+    assert "RecursionError" not in err
+
+
+def test_nesting_within_the_limit_is_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 63 lists inside the document's mapping: 64 levels, the limit itself.
+    _refused(capsys, tmp_path, "x: " + "[" * 63 + "]" * 63 + "\n", "is not a valid Experiment")
+
+
+def test_a_file_over_the_size_limit_is_refused_before_it_is_parsed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_parsing(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a file over the limit reached the YAML loader")
+
+    monkeypatch.setattr(analyze_command.yaml, "load_all", no_parsing)
+    text = b"kind: Experiment\nx: '" + b"y" * MAX_FILE_BYTES + b"'\n"
+    err = _refused(capsys, tmp_path, text, "is larger than the limit of 2 MiB (2.0 MiB)")
+    assert err.count("\n") == 1
+
+
+def test_standard_input_over_the_size_limit_is_refused(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stdin = io.TextIOWrapper(io.BytesIO(b"#" * (MAX_FILE_BYTES * 3)), encoding="utf-8")
+    monkeypatch.setattr(sys, "stdin", stdin)
+    code, out, err = run_cli(capsys, "analyze", "-")
+    assert (code, out) == (2, "")
+    assert err == "arbiter analyze: standard input is larger than the limit of 2 MiB\n"
+    # Read no further than the limit and one byte.
+    assert stdin.buffer.tell() == MAX_FILE_BYTES + 1
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("kind: Experiment\nx: " + "1" * 5000 + "\n", "an integer of 5000 digits; at most 1000"),
+        ("kind: Experiment\nx: 0000-01-01\n", "year 0 is out of range"),
+        ("kind: Experiment\nx: '" + "é" * 100_000 + "\n", "not valid YAML or JSON at line 3"),
+    ],
+    ids=["digits", "year-0", "unterminated"],
+)
+def test_a_scalar_python_cannot_build_is_a_short_message(
+    text: str, words: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _refused(capsys, tmp_path, text, words)
+
+
+def test_numbers_without_bounds_are_refused_with_the_field_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    doc = yaml.safe_load(SEED_SENSITIVE)
+    doc["spec"]["duration"]["intervalSeconds"] = 100_000_000_000_000
+    doc["spec"]["criteria"]["objectives"] = [
+        {"metric": "error-rate", "upperLimit": int("9" * 400)},
+        {"metric": "conversion", "upperLimit": -0.5},
+        {"metric": "Not_A_Name", "upperLimit": 1},
+    ]
+    doc["status"]["currentWeightDistribution"][2]["name"] = "v9"
+    err = _refused(capsys, tmp_path, json.dumps(doc), "is not a valid Experiment")
+    for field in (
+        "spec.duration.intervalSeconds: must be between 1 and 86400",
+        "spec.criteria.objectives[0].upperLimit: must be at most 1e+18 in magnitude",
+        "spec.criteria.objectives[1].upperLimit: 'conversion' is a rate",
+        "spec.criteria.objectives[2].metric: must match",
+        "status.currentWeightDistribution[2].name: 'v9' is not a version",
+    ):
+        assert f"\n  {field}" in err, err
+
+
+def test_a_malformed_spec_is_named_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = "apiVersion: arbiter.dev/v1alpha1\nkind: Experiment\nspec: 5\nstatus: {versions: 5}\n"
+    err = _refused(capsys, tmp_path, text, "\n  spec: must be an object, got int")
+    assert "\n  status.versions: must be a list, got int" in err
+
+
+def test_a_huge_value_is_quoted_by_a_prefix_and_problems_are_capped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    doc = yaml.safe_load(SEED_SENSITIVE)
+    doc["kind"] = "Experiment"
+    doc["apiVersion"] = "v" * 1_000_000
+    doc["spec"]["criteria"]["objectives"] = [{"metric": f"m{i}", "quantile": 2} for i in range(32)]
+    err = _refused(capsys, tmp_path, json.dumps(doc), "apiVersion: must be one of")
+    assert "'vvvv" in err and "…" in err
+    assert err.count("\n  ") == 21 and "\n  … and " in err
