@@ -40,11 +40,20 @@ def running(w: World, **spec: Any) -> dict[str, Any]:
     return w.store.stored(NS, NAME)
 
 
-def measured(obj: dict[str, Any], iteration: int, candidate: tuple[int, int] = GOOD) -> CloudEvent:
-    """What iterate emits at `iteration` with the baseline serving GOOD."""
-    base, cand = served(*GOOD, iteration), served(*candidate, iteration)
+def measured(
+    obj: dict[str, Any],
+    iteration: int,
+    candidate: tuple[int, int] | None = GOOD,
+) -> CloudEvent:
+    """What iterate emits at `iteration` with the baseline serving GOOD (and the candidate,
+    unless the experiment has none)."""
+    base = served(*GOOD, iteration)
+    cand = served(*candidate, iteration) if candidate is not None else None
     data = aggregated(
-        {m: {BASELINE_REVISION: base[m], CANDIDATE_REVISION: cand[m]} for m in base},
+        {
+            m: {BASELINE_REVISION: base[m], **({CANDIDATE_REVISION: cand[m]} if cand else {})}
+            for m in base
+        },
         T0 + timedelta(seconds=iteration * INTERVAL),
     )
     return event(MEASURED, obj, iteration, data)
@@ -297,11 +306,12 @@ def test_a_measured_event_without_measurements_is_permanent_and_changes_nothing(
 
 
 def test_conformance_and_fixed_split_record_iterations_without_moving_traffic() -> None:
-    for strategy, version_info in (
-        ({"testingPattern": "Canary", "deploymentPattern": "FixedSplit"}, None),
+    for strategy, version_info, candidate in (
+        ({"testingPattern": "Canary", "deploymentPattern": "FixedSplit"}, None, GOOD),
         (
             {"testingPattern": "Conformance", "deploymentPattern": "Progressive"},
             {"baseline": {"name": BASELINE_REVISION}},
+            None,
         ),
     ):
         w = kserve_world(NS)
@@ -310,6 +320,20 @@ def test_conformance_and_fixed_split_record_iterations_without_moving_traffic() 
             spec["versionInfo"] = version_info
         obj = running(w, **spec)
         patches = len(w.objects.patches)
-        assert w.deliver("assess", measured(obj, 1)) == 200, strategy
+        assert w.deliver("assess", measured(obj, 1, candidate)) == 200, strategy
         assert w.store.status(NS, NAME)["completedIterations"] == 1, strategy
         assert len(w.objects.patches) == patches, strategy
+
+
+def test_measurements_naming_a_version_the_experiment_lacks_are_refused() -> None:
+    # A Conformance experiment has only its baseline; measurements of a second version
+    # cannot come from iterate, so the event is refused rather than analysed.
+    w = kserve_world(NS)
+    obj = running(
+        w,
+        strategy={"testingPattern": "Conformance", "deploymentPattern": "Progressive"},
+        versionInfo={"baseline": {"name": BASELINE_REVISION}},
+    )
+    writes = len(w.store.writes)
+    assert w.deliver("assess", measured(obj, 1, GOOD)) == 422
+    assert len(w.store.writes) == writes
