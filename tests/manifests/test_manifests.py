@@ -765,6 +765,29 @@ def test_function_service_runs_its_stage_from_the_one_image(stage: str) -> None:
 
 
 @pytest.mark.parametrize("stage", STAGES)
+def test_function_runs_read_only_with_only_tmp_writable(stage: str) -> None:
+    """The root filesystem is read-only; the one writable path is /tmp, an emptyDir, where
+    gunicorn (functions-framework's server) creates each worker's heartbeat file with
+    tempfile.mkstemp (gunicorn/workers/workertmp.py). Knative Serving lets a Service set
+    readOnlyRootFilesystem (pkg/apis/serving/fieldmask.go SecurityContextMask) and, with
+    kubernetes.podspec-volumes-emptydir (enabled by default since knative-v1.8.0, commit
+    6e597fa7fd), an emptyDir whose medium is "" or Memory (k8s_validation.go)."""
+    spec = function_service(stage)["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["runAsNonRoot"] is True and security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    (mount,) = container["volumeMounts"]
+    assert mount["mountPath"] == "/tmp" and not mount.get("readOnly", False)
+    (volume,) = spec["volumes"]
+    assert volume["name"] == mount["name"]
+    assert set(volume) == {"name", "emptyDir"}, "only an emptyDir: nothing else is writable"
+    assert volume["emptyDir"].get("medium", "") in ("", "Memory")
+    assert volume["emptyDir"]["sizeLimit"]
+
+
+@pytest.mark.parametrize("stage", STAGES)
 def test_function_env_loads_the_stage_in_functions_framework(stage: str) -> None:
     """What the image's CMD does with the Service's env: load FUNCTION_TARGET from
     FUNCTION_SOURCE (relative to the image's /app, here the repo root) as a CloudEvent
@@ -1336,7 +1359,12 @@ def test_knative_validator_names_the_file_kind_name_and_problem(tmp_path: Path) 
 def test_dockerfile_builds_one_non_root_functions_framework_image() -> None:
     text = (ROOT / "Dockerfile").read_text()
     lines = [x.strip() for x in text.splitlines() if x.strip() and not x.startswith("#")]
-    assert lines[0] == "FROM python:3.11-slim"
+    # An exact release on a named Debian, not a moving `3.11-slim`: python 3.11.15 is what
+    # docker-library/python's 3.11/slim-bookworm/Dockerfile builds (commit 4f07059, 2026-06).
+    # A digest may follow, pinned at build time (docs/cluster.md); none can be looked up here.
+    assert re.fullmatch(r"FROM python:3\.11\.\d+-slim-bookworm(@sha256:[0-9a-f]{64})?", lines[0]), (
+        lines[0]
+    )
     assert any(re.fullmatch(r"RUN pip install \.( .*)?", x) for x in lines)
     (user,) = [x for x in lines if x.startswith("USER ")]
     uid = user.split()[1].split(":")[0]
