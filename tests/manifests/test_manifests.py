@@ -815,6 +815,9 @@ def test_settings_configmap_holds_exactly_the_settings_the_code_reads() -> None:
     assert settings.query_retries == int(data["ARBITER_QUERY_RETRIES"])
     assert settings.max_transient_failures == int(data["ARBITER_MAX_TRANSIENT_FAILURES"])
     assert settings.ready_timeout_seconds == float(data["ARBITER_READY_TIMEOUT_SECONDS"])
+    # Where the SinkBinding mounts the broker's OIDC token (knative/eventing
+    # pkg/apis/sources/v1/sinkbinding_lifecycle.go: volume "oidc-token" at /oidc; key `token`).
+    assert settings.sink_token_file == data["ARBITER_SINK_TOKEN_FILE"] == "/oidc/token"
 
 
 # --- RBAC -----------------------------------------------------------------------------------
