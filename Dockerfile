@@ -2,7 +2,14 @@
 # stage with FUNCTION_TARGET and FUNCTION_SOURCE, which functions-framework reads from the
 # environment, as it reads FUNCTION_SIGNATURE_TYPE and PORT (set by Knative).
 #   docker build -t REGISTRY/arbiter:TAG . && docker push REGISTRY/arbiter:TAG
-FROM python:3.11-slim
+#
+# The base is pinned to an exact tag: python 3.11.15 on Debian bookworm, the tag that
+# docker-library/python's 3.11/slim-bookworm/Dockerfile builds (PYTHON_VERSION 3.11.15).
+# A tag can still be re-pushed; for a reproducible build, resolve it to its digest where
+# you build and pin that too (docs/cluster.md):
+#   docker buildx imagetools inspect python:3.11.15-slim-bookworm   # or: crane digest ...
+#   FROM python:3.11.15-slim-bookworm@sha256:<digest>
+FROM python:3.11.15-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -15,7 +22,10 @@ COPY analytics ./analytics
 COPY functions ./functions
 RUN pip install . && rm -rf build ./*.egg-info
 
-# A fixed numeric uid, so the pods' runAsNonRoot can check it.
+# A fixed numeric uid, so the pods' runAsNonRoot can check it. The Knative Services run the
+# image with a read-only root filesystem and an emptyDir on /tmp, the one place the server
+# writes (gunicorn's worker heartbeat file); PYTHONDONTWRITEBYTECODE keeps Python from
+# trying to write .pyc files next to the code.
 RUN useradd --uid 65532 --user-group --no-create-home --shell /usr/sbin/nologin arbiter
 USER 65532:65532
 

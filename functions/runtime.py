@@ -23,7 +23,7 @@ from werkzeug.exceptions import HTTPException, ServiceUnavailable, Unprocessable
 from functions.adapters.direct import DirectMetricsSource
 from functions.adapters.kubernetes import KubeExperimentStore, KubeObjects, api_client
 from functions.adapters.prometheus import PrometheusSource
-from functions.adapters.sink import HttpEventSink
+from functions.adapters.sink import FileToken, HttpEventSink
 from functions.core.context import Context
 from functions.core.errors import PermanentError, TransientError
 from functions.core.settings import Settings
@@ -69,7 +69,7 @@ def _default_context() -> Context:
             timeout_s=settings.query_timeout_seconds,
             retries=settings.query_retries,
         ),
-        sink=HttpEventSink(settings.sink),
+        sink=HttpEventSink(settings.sink, token=FileToken(settings.sink_token_file)),
         clock=SystemClock(),
         settings=settings,
     )

@@ -3,11 +3,19 @@
 functions-framework drops a `@cloud_event` function's return value, so a stage hands off by
 POSTing. A refused or unreachable broker is transient: the stage answers 5xx and its own
 event is redelivered, and since every step is idempotent the hand-off happens again.
+
+With Knative Eventing's OIDC authentication on, the broker admits only requests bearing a
+token for its audience. The SinkBinding that sets K_SINK then also mounts such a token at
+/oidc/token and renews it before it expires (knative/eventing
+pkg/apis/sources/v1/sinkbinding_lifecycle.go, pkg/reconciler/sinkbinding/sinkbinding.go);
+`FileToken` reads it at every send, so a renewed token is used at once.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from pathlib import Path
 from typing import Final
 
 import requests
@@ -20,10 +28,34 @@ log = logging.getLogger(__name__)
 _TIMEOUT: Final = 10.0
 
 
+class FileToken:
+    """The bearer token in a file, read afresh at each call; None while there is no file,
+    which is how the broker's OIDC authentication being off looks from inside the pod."""
+
+    def __init__(self, path: str) -> None:
+        self._path = Path(path)
+
+    def __call__(self) -> str | None:
+        try:
+            token = self._path.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            # Mounted but unreadable: sending without it would only be refused.
+            raise TransientError(f"token file {self._path} unreadable: {e}") from None
+        return token or None
+
+
 class HttpEventSink:
-    def __init__(self, url: str | None, session: requests.Session | None = None) -> None:
+    def __init__(
+        self,
+        url: str | None,
+        session: requests.Session | None = None,
+        token: Callable[[], str | None] | None = None,
+    ) -> None:
         self._url = url
         self._session = session or requests.Session()
+        self._token = token
 
     def emit(self, event: CloudEvent) -> None:
         if not self._url:
@@ -31,6 +63,9 @@ class HttpEventSink:
                 "K_SINK is not set: bind the functions to the broker (eventing/sinkbinding.yaml)"
             )
         headers, body = to_binary(event)
+        bearer = self._token() if self._token is not None else None
+        if bearer:
+            headers = {**headers, "Authorization": f"Bearer {bearer}"}
         try:
             # Never follow a redirect: requests would turn a 301/302/303 into a bodiless GET,
             # and a 2xx to that would count an event as delivered that no broker received.

@@ -30,6 +30,9 @@ class Settings:
     log_level: str = "INFO"
     # K_SINK: where the functions post the next event (the broker); set by a SinkBinding.
     sink: str | None = None
+    # The OIDC token the SinkBinding mounts when Eventing's authentication-oidc is on; sent
+    # to the broker as a bearer token. No file, no token: OIDC is off.
+    sink_token_file: str = "/oidc/token"
     # Read these /metrics endpoints directly instead of Prometheus (a local run without a
     # prometheus binary); empty on a cluster.
     metrics_targets: tuple[str, ...] = ()
@@ -70,6 +73,7 @@ class Settings:
             ),
             log_level=level,
             sink=env.get("K_SINK") or None,
+            sink_token_file=env.get(_PREFIX + "SINK_TOKEN_FILE") or cls.sink_token_file,
             metrics_targets=tuple(
                 t.strip() for t in env.get(_PREFIX + "METRICS_TARGETS", "").split(",") if t.strip()
             ),
