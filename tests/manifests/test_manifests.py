@@ -9,6 +9,7 @@ the JSON schemas of @kubernetes-models/knative (tools/knative-validate, run by n
 
 from __future__ import annotations
 
+import ast
 import copy
 import dataclasses
 import fnmatch
