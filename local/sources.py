@@ -30,7 +30,7 @@ from cloudevents.http import CloudEvent
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
-from functions.core import events
+from functions.core import events, resources
 from local.broker import ManifestError, to_binary_http
 
 log = logging.getLogger(__name__)
@@ -209,16 +209,6 @@ class WatchedResource:
         return f"{self.group}/{self.version}"
 
 
-def guess_plural(kind: str) -> str:
-    """The resource name Kubernetes guesses for a kind (`UnsafeGuessKindToResource`)."""
-    lower = kind.lower()
-    if lower.endswith(("s", "x", "z", "ch", "sh")):
-        return lower + "es"
-    if lower.endswith("y") and lower[-2:-1] not in ("a", "e", "i", "o", "u"):
-        return lower[:-1] + "ies"
-    return lower + "s"
-
-
 def _selector(entry: Mapping[str, Any], where: str) -> str | None:
     selector = entry.get("selector") or {}
     if selector.get("matchExpressions"):
@@ -294,7 +284,7 @@ class ApiServerSourcePlayer(_Player):
         if "/" not in api_version or not kind:
             raise ManifestError(f"{where}: needs apiVersion group/version and kind (no core kinds)")
         group, version = api_version.split("/", 1)
-        plural = guess_plural(kind)
+        plural = resources.plural(kind)
         try:
             listing = self._api.get_api_resources(group, version)
         except ApiException as e:

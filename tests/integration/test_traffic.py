@@ -17,7 +17,7 @@ import urllib3
 from prometheus_client.parser import text_string_to_metric_families
 from scipy import stats
 
-from functions.core.traffic import KFSERVING, KNATIVE, KSERVE, ObjectRef
+from functions.core.resources import KFSERVING, KNATIVE, KSERVE, ObjectRef
 from local.kubeapi import KubeApiServer
 from local.loadgen import (
     NO_RESPONSE,
