@@ -81,7 +81,7 @@ def problems(obj: Obj) -> list[str]:
         predictor = get_path(spec, endpoint, "predictor")
         if predictor is None:
             continue
-        named = [f for f in FRAMEWORKS if isinstance(predictor, Mapping) and f in predictor]
+        named = sorted(f for f in FRAMEWORKS if isinstance(predictor, Mapping) and f in predictor)
         if len(named) != 1:
             found.append(
                 f"spec.{endpoint}.predictor: exactly one of [{', '.join(FRAMEWORKS)}] must be "

@@ -15,6 +15,8 @@ from functions.core.backends import (
     KServeBackend,
     ObjectRef,
     backend_for,
+    kfserving,
+    knative,
     parse_field_path,
 )
 from functions.core.errors import PermanentError
@@ -236,3 +238,60 @@ def test_field_paths_in_both_notations(path: str, parts: tuple[object, ...]) -> 
 def test_a_bad_field_path_is_a_permanent_error_naming_it() -> None:
     with pytest.raises(PermanentError, match=r"spec\.http\[x\]"):
         parse_field_path(".spec.http[x]")
+
+
+def test_knative_writes_pass_the_webhook_rule_an_unpinned_tag_fails() -> None:
+    """knative/serving pkg/apis/serving/v1/route_validation.go (knative-v1.23.0),
+    `validateLatestRevision`: `latestRevision: false` needs a `revisionName`."""
+    ksvc = {"apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": "iris"}
+    exp = experiment(
+        {
+            "baseline": {
+                "name": "v1",
+                "weightObjRef": ksvc,
+                "variables": [{"name": "tag", "value": "cur"}],
+            },
+            "candidates": [{"name": "v2", "variables": [{"name": "tag", "value": "next"}]}],
+        }
+    )
+    backend = backend_for(exp.spec, exp.namespace)
+    (ref,) = backend.refs
+    tagged = [{"tag": "cur", "revisionName": "iris-1"}, {"tag": "next", "revisionName": "iris-2"}]
+    obj: dict[str, Any] = {"spec": {}, "status": {"traffic": tagged}}
+    (patch,) = backend.apply({"v1": 30, "v2": 70}, {ref: obj})
+    assert [e["revisionName"] for e in patch.body["spec"]["traffic"]] == ["iris-1", "iris-2"]
+    assert knative.problems(patch.body) == []
+    unpinned = {"spec": {"traffic": [{"tag": "next", "percent": 100, "latestRevision": False}]}}
+    assert knative.problems(unpinned) == [
+        "spec.traffic[0].latestRevision: may not set revisionName '' when latestRevision is false"
+    ]
+    # a tag no revision carries cannot be pinned: said, not written unpinned
+    with pytest.raises(PermanentError, match="tag 'next'"):
+        backend.apply({"v2": 100}, {ref: {"spec": {}, "status": {"traffic": tagged[:1]}}})
+
+
+def test_kfserving_promotion_across_frameworks_leaves_one_framework() -> None:
+    """kfserving v0.4.1 pkg/apis/serving/v1alpha2/predictor.go: ExactlyOnePredictorViolatedError
+    unless exactly one framework is set in a predictor."""
+    ref_v = {"apiVersion": "serving.kubeflow.org/v1alpha2", "kind": "InferenceService", "name": "i"}
+    exp = experiment(
+        {"baseline": {"name": "sk"}, "candidates": [{"name": "xgb", "weightObjRef": ref_v}]}
+    )
+    backend = backend_for(exp.spec, exp.namespace)
+    (ref,) = backend.refs
+    obj = {
+        "spec": {
+            "default": {"predictor": {"sklearn": {"storageUri": "gs://a"}}},
+            "canary": {"predictor": {"xgboost": {"storageUri": "gs://b"}}},
+            "canaryTrafficPercent": 50,
+        }
+    }
+    assert kfserving.problems(obj) == []
+    (patch,) = backend.promote("xgb", {ref: obj})
+    promoted = jsonpatch.apply_patch(obj, patch.body)
+    assert kfserving.problems(promoted) == []
+    assert promoted["spec"] == {"default": {"predictor": {"xgboost": {"storageUri": "gs://b"}}}}
+    # what a merge patch of the canary into the default would have left
+    both = {"spec": {"default": {"predictor": {"sklearn": {}, "xgboost": {}}}}}
+    (problem,) = kfserving.problems(both)
+    assert problem.startswith("spec.default.predictor: exactly one of") and "'sklearn'" in problem
