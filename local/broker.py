@@ -28,9 +28,11 @@ from typing import IO, Any, Final, Self
 
 import requests
 import yaml
-from cloudevents.conversion import to_binary, to_json
+from cloudevents.conversion import to_json
 from cloudevents.exceptions import GenericException
 from cloudevents.http import CloudEvent, from_http
+
+from functions.adapters.sink import binary_http
 
 log = logging.getLogger(__name__)
 
@@ -226,29 +228,6 @@ def event_json(event: CloudEvent) -> dict[str, Any]:
     """The event in its structured-mode JSON form (binary data as `data_base64`)."""
     result: dict[str, Any] = json.loads(to_json(event))
     return result
-
-
-def to_binary_http(event: CloudEvent) -> tuple[dict[str, str], bytes | None]:
-    """Headers and body of `event` in binary mode, its data encoded as its content type says.
-
-    cloudevents' default would JSON-quote a text payload; non-JSON data is kept as it is.
-    """
-    content_type = event.get("datacontenttype")
-    is_json = content_type is None or "json" in str(content_type).lower()
-
-    def marshal(data: Any) -> Any:
-        if data is None or isinstance(data, bytes | bytearray):
-            return data
-        if isinstance(data, str) and not is_json:
-            return data
-        return json.dumps(data)
-
-    headers, body = to_binary(event, marshal)
-    if body is not None and content_type is None and not isinstance(event.get_data(), bytes):
-        # The JSON event format implies application/json when datacontenttype is unset;
-        # in binary mode that has to be said, or the subscriber sees untyped bytes.
-        headers["content-type"] = "application/json"
-    return headers, body
 
 
 @dataclass(frozen=True)
@@ -539,7 +518,7 @@ class LocalBroker:
             file.flush()
 
     def _deliver(self, route: _Route, event: CloudEvent) -> None:
-        headers, body = to_binary_http(event)
+        headers, body = binary_http(event)
         spec = route.delivery
         timeout = spec.timeout or _DEFAULT_REQUEST_TIMEOUT
         base = {"id": event["id"], "type": event["type"], "trigger": route.trigger.name}

@@ -30,8 +30,9 @@ from cloudevents.http import CloudEvent
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
+from functions.adapters.sink import binary_http
 from functions.core import events, resources
-from local.broker import ManifestError, to_binary_http
+from local.broker import ManifestError
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ _GONE: Final = 410
 
 def post_event(sink: str, event: CloudEvent, timeout: float = _POST_TIMEOUT) -> bool:
     """POST `event` to `sink` in binary mode; False (logged) if it was not accepted."""
-    headers, body = to_binary_http(event)
+    headers, body = binary_http(event)
     try:
         response = requests.post(sink, headers=headers, data=body, timeout=timeout)
     except requests.RequestException as e:
