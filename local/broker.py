@@ -23,7 +23,6 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Any, Final, Self
 
 import requests
@@ -33,6 +32,7 @@ from cloudevents.exceptions import GenericException
 from cloudevents.http import CloudEvent, from_http
 
 from functions.adapters.sink import binary_http
+from local.lifecycle import Component
 
 log = logging.getLogger(__name__)
 
@@ -278,7 +278,7 @@ class _IngressServer(http.server.ThreadingHTTPServer):
     broker: LocalBroker
 
 
-class LocalBroker:
+class LocalBroker(Component):
     """A Knative Broker on 127.0.0.1: ingress, Trigger routing, retries, dead letters, a log.
 
     `subscribers` maps a Trigger's `subscriber.ref.name` (a Knative Service) to the URL that
@@ -445,17 +445,6 @@ class LocalBroker:
             self._files.clear()
         self._server = self._thread = None
         self._routes = []
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def drain(self, timeout: float | None = None) -> bool:
         """Wait until no delivery is pending (or retrying); False if `timeout` passed first."""

@@ -16,13 +16,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Self
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from functions.core.backends import EXPECTED_STATUS, get_path, kfserving, knative, kserve
 from functions.core.resources import KSERVE_ISVC, Resource
+from local.lifecycle import Component
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def knative_status(obj: Mapping[str, Any]) -> Obj:
     return knative.expected_status(obj)
 
 
-class TrafficControllers:
+class TrafficControllers(Component):
     """Polls the API server and keeps the traffic objects' status as their controllers do."""
 
     def __init__(
@@ -69,19 +70,13 @@ class TrafficControllers:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="traffic-controllers", daemon=True)
 
-    def start(self) -> TrafficControllers:
+    def start(self) -> Self:
         self._thread.start()
         return self
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
-
-    def __enter__(self) -> TrafficControllers:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def reconcile_once(self) -> None:
         for resource in EXPECTED_STATUS:

@@ -80,7 +80,7 @@ import threading
 import uuid
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import FrameType
 from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
 
 import aiohttp.web
@@ -100,6 +100,7 @@ from functions.core.resources import (
     METRIC,
     Resource,
 )
+from local.lifecycle import Component
 
 if TYPE_CHECKING:
     import kubernetes.client
@@ -788,7 +789,7 @@ def register_resources(emulator: kmock.KubernetesEmulator) -> None:
         )
 
 
-class KubeApiServer:
+class KubeApiServer(Component):
     """Serves a `KubeApiEmulator` on 127.0.0.1 from its own event loop in a daemon thread.
 
     A thread of its own, not the caller's event loop: the synchronous `kubernetes` client
@@ -845,17 +846,6 @@ class KubeApiServer:
             if self._thread.is_alive():
                 raise RuntimeError(f"the API server did not stop within {timeout} s")
         self._url = self._loop = self._stopping = self._thread = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def _call(self, coroutine: Coroutine[Any, Any, _T], timeout: float = 10.0) -> _T:
         # The store belongs to the server's loop; touch it only from there.

@@ -35,7 +35,6 @@ import time
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any, Final, Self
 
 import kubernetes.client
@@ -45,6 +44,7 @@ from kubernetes.client.exceptions import ApiException
 
 from functions.core.backends import ROUTES, Route, get_path
 from functions.core.resources import ISTIO_VIRTUAL_SERVICE, ObjectRef
+from local.lifecycle import Component
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ def _predict_url(url: str, model: str) -> str:
     return f"{url.rstrip('/')}/v1/models/{model}:predict"
 
 
-class TrafficGenerator:
+class TrafficGenerator(Component):
     """Sends predict requests at a rate, split by the target's traffic, from threads.
 
     `target` is the object the router follows (an InferenceService, a Knative Service or
@@ -372,17 +372,6 @@ class TrafficGenerator:
             self._pool.shutdown(wait=True)
             self._pool = None
         self._http.clear()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def stats(self) -> TrafficStats:
         """A snapshot of the counts so far."""

@@ -11,7 +11,6 @@ sink URL (the local broker), so neither knows which broker or API server sits be
 
 from __future__ import annotations
 
-import abc
 import base64
 import json
 import logging
@@ -22,7 +21,6 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Final, Self
 
 import requests
@@ -33,6 +31,7 @@ from kubernetes.client.exceptions import ApiException
 from functions.adapters.sink import binary_http
 from functions.core import events, resources
 from local.broker import ManifestError
+from local.lifecycle import Component
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +90,7 @@ def _metadata(manifest: Mapping[str, Any], kind: str) -> tuple[str, str, Mapping
     return str(meta["name"]), str(meta.get("namespace") or "default"), manifest.get("spec") or {}
 
 
-class _Player(abc.ABC):
+class _Player(Component):
     """Daemon threads that run until `stop()`, and a count of the events the sink accepted."""
 
     def __init__(self, name: str) -> None:
@@ -118,21 +117,6 @@ class _Player(abc.ABC):
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         self._threads = []
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    @abc.abstractmethod
-    def start(self) -> Self:
-        """Start the daemon thread(s); returns self, so `with Player(...).start()` reads well."""
 
 
 class PingSourcePlayer(_Player):
