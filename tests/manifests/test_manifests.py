@@ -30,8 +30,9 @@ import yaml
 from analytics import model
 from analytics.parse import SpecError, parse_experiment
 from functions.adapters.kubernetes import KubeExperimentStore
-from functions.core import events, traffic
+from functions.core import events, resources
 from functions.core import status as st
+from functions.core.backends import parse_field_path
 from functions.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -284,6 +285,15 @@ def test_crd_schema_is_structural_and_its_cel_rules_compile(plural: str) -> None
             re.compile(node["pattern"])
 
 
+def test_the_crds_declare_the_resources_the_code_names() -> None:
+    assert ARBITER_API == resources.EXPERIMENT.api_version == resources.METRIC.api_version
+    for resource in (resources.EXPERIMENT, resources.METRIC):
+        spec = crd(resource.plural)["spec"]
+        assert (spec["group"], spec["names"]["kind"]) == (resource.group, resource.kind)
+        assert spec["names"]["plural"] == resource.plural
+        assert [v["name"] for v in spec["versions"]] == [resource.version]
+
+
 def test_experiment_crd_names_columns_and_status_subresource() -> None:
     spec = crd("experiments")["spec"]
     assert spec["group"] == "arbiter.dev" and spec["scope"] == "Namespaced"
@@ -419,7 +429,7 @@ def test_sample_experiments_point_at_the_sample_models() -> None:
             ref = v["weightObjRef"]
             obj = objects[(ref["kind"], ref["namespace"], ref["name"])]
             assert obj["apiVersion"] == ref["apiVersion"], rel(path)
-            weights.append(_field(obj, traffic.parse_field_path(ref["fieldPath"])))
+            weights.append(_field(obj, parse_field_path(ref["fieldPath"])))
         if len(weights) == len(versions) > 2:  # one field per version: the generic backend
             assert weights[0] == 100 and sum(weights) == 100, (rel(path), weights)
 
@@ -432,7 +442,7 @@ def test_kserve_canary_is_a_new_model_on_the_same_inferenceservice() -> None:
     assert old["model"]["storageUri"].endswith("/model")
     assert new["model"]["storageUri"] == old["model"]["storageUri"] + "-2"
     legacy = one("InferenceService", "sklearn-iris-legacy", "samples/kserve")
-    assert legacy["apiVersion"] == traffic.KFSERVING
+    assert legacy["apiVersion"] == resources.KFSERVING
     assert {"default", "canary", "canaryTrafficPercent"} <= set(legacy["spec"])
 
 
@@ -815,16 +825,16 @@ def _traffic_resources() -> set[tuple[str, str]]:
     """Every kind of object a traffic backend patches: the three built in, plus whatever
     a sample names as a weightObjRef (the generic field-path backend)."""
     refs = [
-        traffic.ObjectRef(traffic.KSERVE, "InferenceService", "", ""),
-        traffic.ObjectRef(traffic.KFSERVING, "InferenceService", "", ""),
-        traffic.ObjectRef(traffic.KNATIVE, "Service", "", ""),
+        resources.ObjectRef(resources.KSERVE, "InferenceService", "", ""),
+        resources.ObjectRef(resources.KFSERVING, "InferenceService", "", ""),
+        resources.ObjectRef(resources.KNATIVE, "Service", "", ""),
     ]
     for _, doc in docs_in("samples/experiments"):
         info = doc.get("spec", {}).get("versionInfo") or {}
         for v in [info.get("baseline") or {}, *info.get("candidates", [])]:
             if "weightObjRef" in v:
                 w = v["weightObjRef"]
-                refs.append(traffic.ObjectRef(w["apiVersion"], w["kind"], "", ""))
+                refs.append(resources.ObjectRef(w["apiVersion"], w["kind"], "", ""))
     return {(r.group, r.plural) for r in refs}
 
 
