@@ -32,6 +32,7 @@ from analytics.model import (
     Version,
     VersionInfo,
 )
+from analytics.parse import API_VERSION
 
 TARGET_P95_MS: Final = 5.0
 BOUNDS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, float("inf"))
@@ -61,7 +62,7 @@ def _experiment() -> Experiment:
         duration=Duration(10, 100_000, 1),
         version_info=VersionInfo(Version("v1"), tuple(Version(v) for v in VERSIONS[1:])),
     )
-    return Experiment("arbiter.dev/v1alpha1", "bench", "bench", spec)
+    return Experiment(API_VERSION, "bench", "bench", spec)
 
 
 def run(iterations: int = 1000, seed: int = 20261123) -> Result:

@@ -23,14 +23,16 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Any, Final, Self
 
 import requests
 import yaml
-from cloudevents.conversion import to_binary, to_json
+from cloudevents.conversion import to_json
 from cloudevents.exceptions import GenericException
 from cloudevents.http import CloudEvent, from_http
+
+from functions.adapters.sink import binary_http
+from local.lifecycle import Component
 
 log = logging.getLogger(__name__)
 
@@ -228,29 +230,6 @@ def event_json(event: CloudEvent) -> dict[str, Any]:
     return result
 
 
-def to_binary_http(event: CloudEvent) -> tuple[dict[str, str], bytes | None]:
-    """Headers and body of `event` in binary mode, its data encoded as its content type says.
-
-    cloudevents' default would JSON-quote a text payload; non-JSON data is kept as it is.
-    """
-    content_type = event.get("datacontenttype")
-    is_json = content_type is None or "json" in str(content_type).lower()
-
-    def marshal(data: Any) -> Any:
-        if data is None or isinstance(data, bytes | bytearray):
-            return data
-        if isinstance(data, str) and not is_json:
-            return data
-        return json.dumps(data)
-
-    headers, body = to_binary(event, marshal)
-    if body is not None and content_type is None and not isinstance(event.get_data(), bytes):
-        # The JSON event format implies application/json when datacontenttype is unset;
-        # in binary mode that has to be said, or the subscriber sees untyped bytes.
-        headers["content-type"] = "application/json"
-    return headers, body
-
-
 @dataclass(frozen=True)
 class _Route:
     trigger: Trigger
@@ -299,7 +278,7 @@ class _IngressServer(http.server.ThreadingHTTPServer):
     broker: LocalBroker
 
 
-class LocalBroker:
+class LocalBroker(Component):
     """A Knative Broker on 127.0.0.1: ingress, Trigger routing, retries, dead letters, a log.
 
     `subscribers` maps a Trigger's `subscriber.ref.name` (a Knative Service) to the URL that
@@ -467,17 +446,6 @@ class LocalBroker:
         self._server = self._thread = None
         self._routes = []
 
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
     def drain(self, timeout: float | None = None) -> bool:
         """Wait until no delivery is pending (or retrying); False if `timeout` passed first."""
         with self._idle:
@@ -539,7 +507,7 @@ class LocalBroker:
             file.flush()
 
     def _deliver(self, route: _Route, event: CloudEvent) -> None:
-        headers, body = to_binary_http(event)
+        headers, body = binary_http(event)
         spec = route.delivery
         timeout = spec.timeout or _DEFAULT_REQUEST_TIMEOUT
         base = {"id": event["id"], "type": event["type"], "trigger": route.trigger.name}

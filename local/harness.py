@@ -38,8 +38,8 @@ from kubernetes.client.exceptions import ApiException
 from functions.adapters.kubernetes import api_client
 from functions.core import status as st
 from functions.core.events import TRIGGERS
+from functions.core.resources import EXPERIMENT, METRIC, ObjectRef
 from functions.core.timestamps import parse_time
-from functions.core.traffic import ObjectRef
 from local.broker import LocalBroker, load_manifests
 from local.sample import Sample
 from local.sources import ApiServerSourcePlayer, PingSourcePlayer
@@ -48,7 +48,7 @@ from local.view import LiveView, verdict
 ROOT: Final = Path(__file__).resolve().parents[1]
 EVENTING: Final = ROOT / "eventing"
 METRICS: Final = ROOT / "config" / "metrics"
-_EXPERIMENTS: Final = ("arbiter.dev", "v1alpha1", "experiments")
+_EXPERIMENTS: Final = (EXPERIMENT.group, EXPERIMENT.version, EXPERIMENT.plural)
 
 
 class RunError(RuntimeError):
@@ -459,11 +459,11 @@ def seed_metric_library(server: Any, namespaces: set[str]) -> None:
     as `kubectl apply -k config` would for arbiter-system."""
     for path in kustomization_files(METRICS):
         doc = yaml.safe_load(path.read_text())
-        if doc.get("kind") != "Metric":
+        if doc.get("kind") != METRIC.kind:
             continue
         for ns in sorted(namespaces):
             body = {**doc, "metadata": {**doc["metadata"], "namespace": ns}}
-            server.seed("arbiter.dev", "v1alpha1", "metrics", ns, body)
+            server.seed(METRIC.group, METRIC.version, METRIC.plural, ns, body)
 
 
 def _terminate(process: subprocess.Popen[Any]) -> None:

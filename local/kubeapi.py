@@ -42,9 +42,12 @@ each one closed) that this subclass closes:
 - watch streams are `application/json` (kmock: octet-stream, which `kubectl get -w` refuses);
 - finalizers: DELETE marks `deletionTimestamp` and the write that removes the last finalizer
   deletes the object (kmock had this; kept, with resourceVersions);
-- the request log is bounded (see below).
+- the request log is bounded (see below);
+- the backends' validating webhooks: a create or update of a Knative Service or a KFServing
+  v1alpha2 InferenceService that the webhook would deny answers 400 with its problems (the
+  rules are the backends', functions.core.backends `PROBLEMS`).
 
-Not closed: no schema validation, defaulting, admission, owner-reference garbage collection or
+Not closed: no schema validation, defaulting, other admission, owner-reference garbage collection or
 namespace existence checks; no server-side apply; strategic merge is a plain merge (lists
 are replaced, not merged by key); no pagination (`limit`/`continue` are ignored, every item is
 returned); field selectors accept any path (a cluster allows a few per kind); no BOOKMARK
@@ -78,7 +81,7 @@ import threading
 import uuid
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import FrameType
 from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
 
 import aiohttp.web
@@ -86,6 +89,19 @@ import jsonpatch
 import jsonpointer
 import kmock
 from kmock._internal import parsing, rendering
+
+from functions.core.backends import PROBLEMS
+from functions.core.resources import (
+    EXPERIMENT,
+    ISTIO_VIRTUAL_SERVICE,
+    KFSERVING_ISVC,
+    KNATIVE_REVISION,
+    KNATIVE_SERVICE,
+    KSERVE_ISVC,
+    METRIC,
+    Resource,
+)
+from local.lifecycle import Component
 
 if TYPE_CHECKING:
     import kubernetes.client
@@ -448,6 +464,7 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
         obj.setdefault("kind", info.kind)
         if "status" in info.subresources:
             obj.pop("status", None)  # only /status writes status
+        self._admit(request.resource, obj)
         return self._insert(request.resource, namespace, obj)
 
     def _insert(self, resource: kmock.resource, namespace: str | None, obj: Obj) -> Obj:
@@ -485,6 +502,8 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
                 {"status": old["status"]} if "status" in old else {}
             )
         new["apiVersion"], new["kind"] = old.get("apiVersion"), old.get("kind")
+        if not status_only:
+            self._admit(key[0], new)
         meta = new["metadata"] = {k: v for k, v in _meta(new).items() if k not in _SERVER_OWNED}
         meta.update((k, old_meta[k]) for k in _SERVER_OWNED if k in old_meta)
         if new == old:
@@ -520,6 +539,24 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
                 raise _fail(400, "a merge patch must be a JSON object")
             return _merge(old, body)
         raise _fail(415, f"the patch type {content_type!r} is not supported")
+
+    @staticmethod
+    def _admit(resource: kmock.resource, obj: Obj) -> None:
+        """Refuse what the backend's validating webhook refuses, as the API server relays its
+        denial: 400 BadRequest naming every problem."""
+        for declared, problems in PROBLEMS.items():
+            if (declared.group, declared.version, declared.plural) == (
+                resource.group,
+                resource.version,
+                resource.plural,
+            ):
+                found = problems(obj)
+                if found:
+                    raise _fail(
+                        400,
+                        f"admission webhook denied the request: validation failed: "
+                        f"{'; '.join(found)}",
+                    )
 
     def _delete(self, request: kmock.Request, info: kmock.ResourceInfo) -> Obj:
         key = self._key(request, info)
@@ -728,21 +765,22 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
 
 def register_resources(emulator: kmock.KubernetesEmulator) -> None:
     """Declare the kinds Arbiter reads and writes: discovery, scope and status subresources."""
-    declared: tuple[tuple[str, str, set[str], bool, bool], ...] = (
-        # resource, kind, short names, namespaced, status subresource
-        ("arbiter.dev/v1alpha1/experiments", "Experiment", set(), True, True),
-        ("arbiter.dev/v1alpha1/metrics", "Metric", set(), True, False),
-        ("serving.kserve.io/v1beta1/inferenceservices", "InferenceService", {"isvc"}, True, True),
-        ("serving.kubeflow.org/v1alpha2/inferenceservices", "InferenceService", set(), True, True),
-        ("serving.knative.dev/v1/services", "Service", {"ksvc", "kservice"}, True, True),
-        ("serving.knative.dev/v1/revisions", "Revision", {"rev"}, True, False),
-        ("networking.istio.io/v1beta1/virtualservices", "VirtualService", {"vs"}, True, False),
-        ("v1/namespaces", "Namespace", {"ns"}, False, True),
-        ("v1/configmaps", "ConfigMap", {"cm"}, True, False),
-        ("v1/events", "Event", {"ev"}, True, False),
+    declared: tuple[tuple[Resource, set[str], bool, bool], ...] = (
+        # resource, short names, namespaced, status subresource
+        (EXPERIMENT, set(), True, True),
+        (METRIC, set(), True, False),
+        (KSERVE_ISVC, {"isvc"}, True, True),
+        (KFSERVING_ISVC, set(), True, True),
+        (KNATIVE_SERVICE, {"ksvc", "kservice"}, True, True),
+        (KNATIVE_REVISION, {"rev"}, True, False),
+        (ISTIO_VIRTUAL_SERVICE, {"vs"}, True, False),
+        (Resource("", "v1", "Namespace"), {"ns"}, False, True),
+        (Resource("", "v1", "ConfigMap"), {"cm"}, True, False),
+        (Resource("", "v1", "Event"), {"ev"}, True, False),
     )
-    for key, kind, shortnames, namespaced, status in declared:
-        emulator.resources[key] = kmock.ResourceInfo(
+    for resource, shortnames, namespaced, status in declared:
+        kind = resource.kind
+        emulator.resources[resource.path] = kmock.ResourceInfo(
             kind=kind,
             singular=kind.lower(),
             namespaced=namespaced,
@@ -752,7 +790,7 @@ def register_resources(emulator: kmock.KubernetesEmulator) -> None:
         )
 
 
-class KubeApiServer:
+class KubeApiServer(Component):
     """Serves a `KubeApiEmulator` on 127.0.0.1 from its own event loop in a daemon thread.
 
     A thread of its own, not the caller's event loop: the synchronous `kubernetes` client
@@ -809,17 +847,6 @@ class KubeApiServer:
             if self._thread.is_alive():
                 raise RuntimeError(f"the API server did not stop within {timeout} s")
         self._url = self._loop = self._stopping = self._thread = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def _call(self, coroutine: Coroutine[Any, Any, _T], timeout: float = 10.0) -> _T:
         # The store belongs to the server's loop; touch it only from there.

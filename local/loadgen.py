@@ -6,20 +6,11 @@ from the Kubernetes API (re-read every `refresh_s`, 0.25 s by default), so traff
 soon as a function patches the object. `read_split` is the router's rule per backend, as a
 pure function of the object:
 
-- KServe v1beta1 InferenceService: `spec.predictor.canaryTrafficPercent` goes to
-  `status.components.predictor.latestCreatedRevision` once it is the latest *ready*
-  revision, the rest to `latestRolledoutRevision`; with no canaryTrafficPercent (or 100)
-  a ready latest revision takes everything (KServe promotes it); a latest revision that
-  is not ready gets nothing. The split is derived from spec and status revisions rather
-  than read from `status.components.predictor.traffic`, which KServe writes after it
-  has programmed the route: the same rule without the controller's lag
-  (local/controllers.py writes that status from the same rule).
-- KFServing v1alpha2 InferenceService: `spec.canaryTrafficPercent` to the canary while
-  `spec.canary` is set, the rest (or everything) to the default; destinations are the
-  predictors' revision names in status, or "default" / "canary".
-- Knative Service: `spec.traffic[*].percent` by revisionName or tag (`latestRevision`
-  entries go to `status.latestReadyRevisionName`); no `spec.traffic` means all to the
-  latest ready revision.
+- KServe v1beta1, KFServing v1alpha2 and Knative Service: the routes the backend programs
+  for the object's spec (functions.core.backends `ROUTES`, the rule the local controllers
+  report in status too), derived from spec and status revisions rather than read from the
+  status the controller writes after programming the route: the same rule without the
+  controller's lag.
 - Istio VirtualService: `spec.http[0].route[*].weight` by destination subset or host (a
   lone route without weight takes everything).
 
@@ -44,7 +35,6 @@ import time
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any, Final, Self
 
 import kubernetes.client
@@ -52,12 +42,14 @@ import numpy as np
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
-from functions.core.traffic import KFSERVING, KNATIVE, KSERVE, ObjectRef, get_path
+from functions.core.backends import ROUTES, Route, get_path
+from functions.core.resources import ISTIO_VIRTUAL_SERVICE, ObjectRef
+from local.lifecycle import Component
 
 log = logging.getLogger(__name__)
 
 Obj = Mapping[str, Any]
-ISTIO_KIND: Final = "VirtualService"
+ISTIO_KIND: Final = ISTIO_VIRTUAL_SERVICE.kind
 # A connection failure has no HTTP status; it is counted under this code.
 NO_RESPONSE: Final = 0
 
@@ -114,47 +106,11 @@ def _keys(*names: Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(str(n) for n in names if n))
 
 
-def _kserve(obj: Obj) -> tuple[Share, ...]:
-    predictor = get_path(obj, "status", "components", "predictor") or {}
-    rolled = predictor.get("latestRolledoutRevision")
-    created = predictor.get("latestCreatedRevision")
-    ready = predictor.get("latestReadyRevision")
-    percent = get_path(obj, "spec", "predictor", "canaryTrafficPercent")
-    if not rolled:
-        # The first revision takes all traffic once it is ready.
-        return (Share(_keys(ready), 100.0),) if ready else ()
-    if not created or created == rolled or ready != created:
-        return (Share(_keys(rolled), 100.0),)
-    if percent is None or float(percent) >= 100:
-        return (Share(_keys(created), 100.0),)
-    p = max(0.0, float(percent))
-    return (Share(_keys(rolled), 100.0 - p), Share(_keys(created), p))
-
-
-def _kfserving(obj: Obj) -> tuple[Share, ...]:
-    default = _keys(get_path(obj, "status", "default", "predictor", "name"), "default")
-    if get_path(obj, "spec", "canary") is None:
-        return (Share(default, 100.0),)
-    canary = _keys(get_path(obj, "status", "canary", "predictor", "name"), "canary")
-    p = min(100.0, max(0.0, float(get_path(obj, "spec", "canaryTrafficPercent") or 0)))
-    return (Share(default, 100.0 - p), Share(canary, p))
-
-
-def _knative(obj: Obj) -> tuple[Share, ...]:
-    latest = get_path(obj, "status", "latestReadyRevisionName")
-    traffic = get_path(obj, "spec", "traffic")
-    if not isinstance(traffic, list) or not traffic:
-        return (Share(_keys(latest), 100.0),) if latest else ()
-    shares = []
-    for entry in traffic:
-        if not isinstance(entry, Mapping):
-            continue
-        revision = entry.get("revisionName")
-        # Knative defaults latestRevision to true when no revisionName is given.
-        if entry.get("latestRevision", revision is None):
-            revision = latest
-        shares.append(Share(_keys(revision, entry.get("tag")), float(entry.get("percent") or 0)))
-    return tuple(shares)
+def _backend(target: ObjectRef) -> Callable[[Obj], tuple[Route, ...]] | None:
+    for resource, routes in ROUTES.items():
+        if (resource.api_version, resource.kind) == (target.api_version, target.kind):
+            return routes
+    return None
 
 
 def _istio(obj: Obj) -> tuple[Share, ...]:
@@ -176,16 +132,9 @@ def _istio(obj: Obj) -> tuple[Share, ...]:
     return tuple(shares)
 
 
-_READERS: Final[dict[tuple[str, str], Callable[[Obj], tuple[Share, ...]]]] = {
-    (KSERVE, "InferenceService"): _kserve,
-    (KFSERVING, "InferenceService"): _kfserving,
-    (KNATIVE, "Service"): _knative,
-}
-
-
 def supported(target: ObjectRef) -> bool:
     """Whether `read_split` knows how `target`'s kind splits traffic."""
-    return (target.api_version, target.kind) in _READERS or target.kind == ISTIO_KIND
+    return _backend(target) is not None or target.kind == ISTIO_KIND
 
 
 def read_split(target: ObjectRef, obj: Obj) -> tuple[Share, ...]:
@@ -194,12 +143,12 @@ def read_split(target: ObjectRef, obj: Obj) -> tuple[Share, ...]:
     Raises:
         ValueError: the kind is not one a router splits by (see `supported`).
     """
-    reader = _READERS.get((target.api_version, target.kind))
-    if reader is None and target.kind == ISTIO_KIND:
-        reader = _istio
-    if reader is None:
-        raise ValueError(f"{target.api_version} {target.kind}: no known traffic router")
-    return reader(obj)
+    routes = _backend(target)
+    if routes is not None:
+        return tuple(Share(_keys(r.revision, r.alias), float(r.percent)) for r in routes(obj))
+    if target.kind == ISTIO_KIND:
+        return _istio(obj)
+    raise ValueError(f"{target.api_version} {target.kind}: no known traffic router")
 
 
 def route_split(shares: Sequence[Share], routes: Mapping[str, str]) -> dict[str | None, float]:
@@ -218,7 +167,7 @@ def _predict_url(url: str, model: str) -> str:
     return f"{url.rstrip('/')}/v1/models/{model}:predict"
 
 
-class TrafficGenerator:
+class TrafficGenerator(Component):
     """Sends predict requests at a rate, split by the target's traffic, from threads.
 
     `target` is the object the router follows (an InferenceService, a Knative Service or
@@ -423,17 +372,6 @@ class TrafficGenerator:
             self._pool.shutdown(wait=True)
             self._pool = None
         self._http.clear()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def stats(self) -> TrafficStats:
         """A snapshot of the counts so far."""

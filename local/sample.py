@@ -28,7 +28,7 @@ import yaml
 
 from analytics.model import Duration
 from analytics.parse import SpecError, parse_experiment
-from functions.core.traffic import ObjectRef
+from functions.core.resources import EXPERIMENT, ObjectRef
 from local.servers import Profile
 
 _TRAFFIC_KINDS = ("InferenceService", "Service", "VirtualService")
@@ -81,7 +81,7 @@ def load(path: str | Path) -> Sample:
     if not all(isinstance(d, dict) for d in documents):
         raise SampleError(f"{path}: every document must be a mapping (a Kubernetes object)")
     runs = [d for d in documents if d.get("kind") == "LocalRun"]
-    experiments = [d for d in documents if d.get("kind") == "Experiment"]
+    experiments = [d for d in documents if d.get("kind") == EXPERIMENT.kind]
     if len(experiments) != 1:
         raise SampleError(f"{path}: needs exactly one Experiment, found {len(experiments)}")
     if len(runs) != 1:
@@ -128,7 +128,7 @@ def load(path: str | Path) -> Sample:
     preview = spec.get("preview")
     if preview is not None and preview not in versions_raw:
         raise SampleError(f"{where}.preview: {preview!r} is not one of the versions")
-    objects = tuple(d for d in documents if d.get("kind") not in ("LocalRun", "Experiment"))
+    objects = tuple(d for d in documents if d.get("kind") not in ("LocalRun", EXPERIMENT.kind))
     for obj in (*objects, experiment):
         obj.setdefault("metadata", {}).setdefault("namespace", namespace)
     return Sample(

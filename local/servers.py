@@ -37,7 +37,6 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Final, Literal, Self
 
 import numpy as np
@@ -50,6 +49,8 @@ from prometheus_client import (
 )
 from prometheus_client.core import UnknownMetricFamily
 from prometheus_client.registry import Collector
+
+from local.lifecycle import Component
 
 log = logging.getLogger(__name__)
 
@@ -265,7 +266,7 @@ class _Server(http.server.ThreadingHTTPServer):
     version: ModelVersion
 
 
-class ModelVersion:
+class ModelVersion(Component):
     """One simulated model revision, served over HTTP on 127.0.0.1 until stopped.
 
     `name` is the model name in the v1 URLs (KServe uses the InferenceService's name);
@@ -356,17 +357,6 @@ class ModelVersion:
         if self._thread is not None:
             self._thread.join(timeout=5)
         self._server = self._thread = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def _draw(self) -> tuple[float, bool]:
         profile = self.profile

@@ -11,7 +11,6 @@ sink URL (the local broker), so neither knows which broker or API server sits be
 
 from __future__ import annotations
 
-import abc
 import base64
 import json
 import logging
@@ -22,7 +21,6 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Final, Self
 
 import requests
@@ -30,8 +28,10 @@ from cloudevents.http import CloudEvent
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
-from functions.core import events
-from local.broker import ManifestError, to_binary_http
+from functions.adapters.sink import binary_http
+from functions.core import events, resources
+from local.broker import ManifestError
+from local.lifecycle import Component
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ _GONE: Final = 410
 
 def post_event(sink: str, event: CloudEvent, timeout: float = _POST_TIMEOUT) -> bool:
     """POST `event` to `sink` in binary mode; False (logged) if it was not accepted."""
-    headers, body = to_binary_http(event)
+    headers, body = binary_http(event)
     try:
         response = requests.post(sink, headers=headers, data=body, timeout=timeout)
     except requests.RequestException as e:
@@ -90,7 +90,7 @@ def _metadata(manifest: Mapping[str, Any], kind: str) -> tuple[str, str, Mapping
     return str(meta["name"]), str(meta.get("namespace") or "default"), manifest.get("spec") or {}
 
 
-class _Player(abc.ABC):
+class _Player(Component):
     """Daemon threads that run until `stop()`, and a count of the events the sink accepted."""
 
     def __init__(self, name: str) -> None:
@@ -117,21 +117,6 @@ class _Player(abc.ABC):
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         self._threads = []
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    @abc.abstractmethod
-    def start(self) -> Self:
-        """Start the daemon thread(s); returns self, so `with Player(...).start()` reads well."""
 
 
 class PingSourcePlayer(_Player):
@@ -209,16 +194,6 @@ class WatchedResource:
         return f"{self.group}/{self.version}"
 
 
-def guess_plural(kind: str) -> str:
-    """The resource name Kubernetes guesses for a kind (`UnsafeGuessKindToResource`)."""
-    lower = kind.lower()
-    if lower.endswith(("s", "x", "z", "ch", "sh")):
-        return lower + "es"
-    if lower.endswith("y") and lower[-2:-1] not in ("a", "e", "i", "o", "u"):
-        return lower[:-1] + "ies"
-    return lower + "s"
-
-
 def _selector(entry: Mapping[str, Any], where: str) -> str | None:
     selector = entry.get("selector") or {}
     if selector.get("matchExpressions"):
@@ -294,7 +269,7 @@ class ApiServerSourcePlayer(_Player):
         if "/" not in api_version or not kind:
             raise ManifestError(f"{where}: needs apiVersion group/version and kind (no core kinds)")
         group, version = api_version.split("/", 1)
-        plural = guess_plural(kind)
+        plural = resources.plural(kind)
         try:
             listing = self._api.get_api_resources(group, version)
         except ApiException as e:

@@ -25,6 +25,7 @@ from cloudevents.http import CloudEvent
 from analytics.document import measurement_to_dict
 from analytics.measurements import Counts, Histogram, Measurement, PointValue
 from functions.core import assess, finish, iterate, start
+from functions.core.backends import Patch
 from functions.core.context import Context
 from functions.core.errors import (
     ArbiterError,
@@ -35,8 +36,8 @@ from functions.core.errors import (
 )
 from functions.core.events import PING, TRIGGERS, ExperimentRef, make_event
 from functions.core.metrics import MetricSpec
+from functions.core.resources import KFSERVING, KNATIVE, KSERVE, ObjectRef
 from functions.core.settings import Settings
-from functions.core.traffic import KFSERVING, KNATIVE, KSERVE, ObjectRef, Patch
 from local.controllers import kfserving_status, knative_status, kserve_status
 from local.harness import seed_metric_library
 

@@ -16,14 +16,11 @@ import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from functions.core.backends import Patch
 from functions.core.errors import ConflictError, NotFoundError, PermanentError, TransientError
 from functions.core.events import ExperimentRef
-from functions.core.traffic import ObjectRef, Patch
+from functions.core.resources import EXPERIMENT, METRIC, ObjectRef
 
-GROUP: Final = "arbiter.dev"
-VERSION: Final = "v1alpha1"
-EXPERIMENTS: Final = "experiments"
-METRICS: Final = "metrics"
 _TIMEOUT: Final = 15.0
 
 
@@ -78,10 +75,10 @@ class KubeExperimentStore:
         return call(
             f"Experiment {ref}",
             lambda: self._api.get_namespaced_custom_object(
-                GROUP,
-                VERSION,
+                EXPERIMENT.group,
+                EXPERIMENT.version,
                 ref.namespace,
-                EXPERIMENTS,
+                EXPERIMENT.plural,
                 ref.name,
                 _request_timeout=_TIMEOUT,
             ),
@@ -91,7 +88,7 @@ class KubeExperimentStore:
         result = call(
             "Experiments",
             lambda: self._api.list_cluster_custom_object(
-                GROUP, VERSION, EXPERIMENTS, _request_timeout=_TIMEOUT
+                EXPERIMENT.group, EXPERIMENT.version, EXPERIMENT.plural, _request_timeout=_TIMEOUT
             ),
         )
         return [dict(item) for item in result.get("items") or []]
@@ -99,8 +96,8 @@ class KubeExperimentStore:
     def write_status(self, obj: Mapping[str, Any], status: Mapping[str, Any]) -> dict[str, Any]:
         meta = obj.get("metadata") or {}
         body = {
-            "apiVersion": obj.get("apiVersion", f"{GROUP}/{VERSION}"),
-            "kind": obj.get("kind", "Experiment"),
+            "apiVersion": obj.get("apiVersion", EXPERIMENT.api_version),
+            "kind": obj.get("kind", EXPERIMENT.kind),
             "metadata": {
                 "name": meta["name"],
                 "namespace": meta["namespace"],
@@ -112,10 +109,10 @@ class KubeExperimentStore:
         return call(
             f"Experiment {meta['namespace']}/{meta['name']} status",
             lambda: self._api.replace_namespaced_custom_object_status(
-                GROUP,
-                VERSION,
+                EXPERIMENT.group,
+                EXPERIMENT.version,
                 meta["namespace"],
-                EXPERIMENTS,
+                EXPERIMENT.plural,
                 meta["name"],
                 body,
                 _request_timeout=_TIMEOUT,
@@ -126,7 +123,12 @@ class KubeExperimentStore:
         return call(
             f"Metric {namespace}/{name}",
             lambda: self._api.get_namespaced_custom_object(
-                GROUP, VERSION, namespace, METRICS, name, _request_timeout=_TIMEOUT
+                METRIC.group,
+                METRIC.version,
+                namespace,
+                METRIC.plural,
+                name,
+                _request_timeout=_TIMEOUT,
             ),
         )
 

@@ -1,4 +1,5 @@
-"""The event sink: posts the next event to the broker (`K_SINK`) in binary mode.
+"""The event sink: posts the next event to the broker (`K_SINK`) in binary mode, and the one
+binary-mode encoder (`binary_http`) that the local broker and sources post with too.
 
 functions-framework drops a `@cloud_event` function's return value, so a stage hands off by
 POSTing. A refused or unreachable broker is transient: the stage answers 5xx and its own
@@ -13,10 +14,11 @@ pkg/apis/sources/v1/sinkbinding_lifecycle.go, pkg/reconciler/sinkbinding/sinkbin
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import requests
 from cloudevents.conversion import to_binary
@@ -46,6 +48,29 @@ class FileToken:
         return token or None
 
 
+def binary_http(event: CloudEvent) -> tuple[dict[str, str], bytes | None]:
+    """Headers and body of `event` in binary mode, its data encoded as its content type says.
+
+    cloudevents' default would JSON-quote a text payload; non-JSON data is kept as it is.
+    """
+    content_type = event.get("datacontenttype")
+    is_json = content_type is None or "json" in str(content_type).lower()
+
+    def marshal(data: Any) -> Any:
+        if data is None or isinstance(data, bytes | bytearray):
+            return data
+        if isinstance(data, str) and not is_json:
+            return data
+        return json.dumps(data)
+
+    headers, body = to_binary(event, marshal)
+    if body is not None and content_type is None and not isinstance(event.get_data(), bytes):
+        # The JSON event format implies application/json when datacontenttype is unset;
+        # in binary mode that has to be said, or the subscriber sees untyped bytes.
+        headers["content-type"] = "application/json"
+    return headers, body
+
+
 class HttpEventSink:
     def __init__(
         self,
@@ -62,7 +87,7 @@ class HttpEventSink:
             raise PermanentError(
                 "K_SINK is not set: bind the functions to the broker (eventing/sinkbinding.yaml)"
             )
-        headers, body = to_binary(event)
+        headers, body = binary_http(event)
         bearer = self._token() if self._token is not None else None
         if bearer:
             headers = {**headers, "Authorization": f"Bearer {bearer}"}

@@ -21,11 +21,11 @@ from analytics.document import to_dict
 from analytics.model import DeploymentPattern, TestingPattern
 from functions.core import events, rollout
 from functions.core import status as st
+from functions.core.backends import model_for
 from functions.core.context import Context
 from functions.core.errors import PermanentError
 from functions.core.events import ExperimentRef
 from functions.core.status import Stage, Status
-from functions.core.traffic import model_for
 
 log = logging.getLogger(__name__)
 

@@ -19,11 +19,11 @@ from analytics.analysis import Action
 from analytics.model import TestingPattern
 from functions.core import events, rollout
 from functions.core import status as st
+from functions.core.backends import model_for
 from functions.core.context import Context
 from functions.core.errors import PermanentError
 from functions.core.events import ExperimentRef
 from functions.core.status import ACTIVE, TERMINAL, ConditionType, Outcome, Stage, Status
-from functions.core.traffic import model_for
 
 log = logging.getLogger(__name__)
 

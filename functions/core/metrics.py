@@ -19,9 +19,10 @@ from typing import Any, Final, Protocol
 
 from analytics.measurements import Measurement
 from functions.core.errors import PermanentError, TransientError
+from functions.core.resources import METRIC
 
-API_VERSION: Final = "arbiter.dev/v1alpha1"
-KIND: Final = "Metric"
+API_VERSION: Final = METRIC.api_version
+KIND: Final = METRIC.kind
 PROVIDERS: Final = ("prometheus",)
 
 

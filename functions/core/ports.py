@@ -15,9 +15,10 @@ from typing import Any, Protocol
 
 from cloudevents.http import CloudEvent
 
+from functions.core.backends import Patch
 from functions.core.events import ExperimentRef
 from functions.core.metrics import MetricsSource
-from functions.core.traffic import ObjectRef, Patch
+from functions.core.resources import ObjectRef
 
 Obj = dict[str, Any]
 

@@ -10,15 +10,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from functions.core.backends import Patch, TrafficBackend
 from functions.core.context import Context
 from functions.core.errors import TransientError
-from functions.core.traffic import ObjectRef, Patch, TrafficModel
+from functions.core.resources import ObjectRef
 
 _POLL_SECONDS = 0.2
 
 
-def fetch(ctx: Context, model: TrafficModel) -> dict[ObjectRef, dict[str, Any]]:
-    return {ref: ctx.objects.get(ref) for ref in model.refs}
+def fetch(ctx: Context, backend: TrafficBackend) -> dict[ObjectRef, dict[str, Any]]:
+    return {ref: ctx.objects.get(ref) for ref in backend.refs}
 
 
 def _apply(ctx: Context, patches: list[Patch]) -> None:
@@ -27,49 +28,49 @@ def _apply(ctx: Context, patches: list[Patch]) -> None:
 
 
 def _wait(
-    ctx: Context, model: TrafficModel, done: Any, what: str
+    ctx: Context, backend: TrafficBackend, done: Any, what: str
 ) -> dict[ObjectRef, dict[str, Any]]:
     deadline = ctx.settings.readback_timeout_seconds
     waited = 0.0
     while True:
-        objects = fetch(ctx, model)
+        objects = fetch(ctx, backend)
         if done(objects):
             return objects
         if waited >= deadline:
             raise TransientError(
-                f"{what} did not show in {', '.join(map(str, model.refs))} within "
-                f"{deadline:g} s (reported: {model.split(objects)})"
+                f"{what} did not show in {', '.join(map(str, backend.refs))} within "
+                f"{deadline:g} s (reported: {backend.split(objects)})"
             )
         ctx.clock.sleep(_POLL_SECONDS)
         waited += _POLL_SECONDS
 
 
-def set_split(ctx: Context, model: TrafficModel, weights: Mapping[str, int]) -> dict[str, int]:
+def set_split(ctx: Context, backend: TrafficBackend, weights: Mapping[str, int]) -> dict[str, int]:
     """Apply `weights` and return the split read back (equal to `weights`)."""
     target = dict(weights)
-    objects = fetch(ctx, model)
-    if model.split(objects) == target:
+    objects = fetch(ctx, backend)
+    if backend.split(objects) == target:
         return target  # already in effect: nothing to patch or wait for
-    _apply(ctx, model.apply(weights, objects))
-    objects = _wait(ctx, model, lambda o: model.split(o) == target, f"split {target}")
-    return model.split(objects) or target
+    _apply(ctx, backend.apply(weights, objects))
+    objects = _wait(ctx, backend, lambda o: backend.split(o) == target, f"split {target}")
+    return backend.split(objects) or target
 
 
-def promote(ctx: Context, model: TrafficModel, version: str) -> dict[str, int] | None:
-    objects = fetch(ctx, model)
-    if model.settled("promote", version, objects):
-        return model.split(objects)
-    _apply(ctx, model.promote(version, objects))
+def promote(ctx: Context, backend: TrafficBackend, version: str) -> dict[str, int] | None:
+    objects = fetch(ctx, backend)
+    if backend.settled("promote", version, objects):
+        return backend.split(objects)
+    _apply(ctx, backend.promote(version, objects))
     objects = _wait(
-        ctx, model, lambda o: model.settled("promote", version, o), f"promotion of {version}"
+        ctx, backend, lambda o: backend.settled("promote", version, o), f"promotion of {version}"
     )
-    return model.split(objects)
+    return backend.split(objects)
 
 
-def rollback(ctx: Context, model: TrafficModel) -> dict[str, int] | None:
-    objects = fetch(ctx, model)
-    if model.settled("rollback", None, objects):
-        return model.split(objects)
-    _apply(ctx, model.rollback(objects))
-    objects = _wait(ctx, model, lambda o: model.settled("rollback", None, o), "rollback")
-    return model.split(objects)
+def rollback(ctx: Context, backend: TrafficBackend) -> dict[str, int] | None:
+    objects = fetch(ctx, backend)
+    if backend.settled("rollback", None, objects):
+        return backend.split(objects)
+    _apply(ctx, backend.rollback(objects))
+    objects = _wait(ctx, backend, lambda o: backend.settled("rollback", None, o), "rollback")
+    return backend.split(objects)

@@ -20,11 +20,11 @@ from analytics.allocation import initial_weights
 from analytics.model import DeploymentPattern, Experiment, TestingPattern
 from functions.core import events, rollout
 from functions.core import status as st
+from functions.core.backends import model_for
 from functions.core.context import Context
 from functions.core.errors import NotFoundError, PermanentError
 from functions.core.events import ExperimentRef
 from functions.core.status import ACTIVE, TERMINAL, ConditionType, Stage, Status, Version
-from functions.core.traffic import model_for
 
 log = logging.getLogger(__name__)
 

@@ -25,6 +25,7 @@ from functions.adapters import kubernetes as kube_adapter
 from functions.adapters import sink as sink_adapter
 from functions.adapters.kubernetes import KubeExperimentStore, KubeObjects
 from functions.adapters.sink import HttpEventSink
+from functions.core.backends import Patch
 from functions.core.errors import (
     ConflictError,
     NotFoundError,
@@ -40,7 +41,7 @@ from functions.core.events import (
     ExperimentRef,
     make_event,
 )
-from functions.core.traffic import KSERVE, ObjectRef, Patch
+from functions.core.resources import KSERVE, ObjectRef
 from local.harness import free_port
 from local.kubeapi import KubeApiServer
 

@@ -450,6 +450,27 @@ def test_non_json_data_passes_through_unchanged(
     ] * 2
 
 
+def test_the_functions_sink_encodes_as_the_broker_delivers(
+    broker: BrokerFactory, subscriber: SubscriberFactory
+) -> None:
+    # One encoder for both: a text payload is not JSON-quoted by either, and JSON data
+    # without a datacontenttype is said to be JSON.
+    from functions.adapters.sink import HttpEventSink
+
+    sink = subscriber()
+    b = broker([trigger("sink")], {"sink": sink.url})
+    text = CloudEvent({"type": "t", "source": "s", "datacontenttype": "text/plain"}, "plain tëxt")
+    untyped = CloudEvent({"type": "t", "source": "s"}, {"weights": [90, 10]})
+    for ce in (text, untyped):
+        HttpEventSink(b.url).emit(ce)
+    assert b.drain(WAIT)
+
+    assert sorted((r.headers["content-type"], r.body) for r in sink.received) == [
+        ("application/json", b'{"weights": [90, 10]}'),
+        ("text/plain", "plain tëxt".encode()),
+    ]
+
+
 def test_only_the_triggers_of_the_played_broker_are_routed() -> None:
     broker_doc = {"kind": "Broker", "metadata": {"name": "arbiter"}, "spec": {}}
     other = trigger("other")

@@ -17,7 +17,7 @@ import urllib3
 from prometheus_client.parser import text_string_to_metric_families
 from scipy import stats
 
-from functions.core.traffic import KFSERVING, KNATIVE, KSERVE, ObjectRef
+from functions.core.resources import KFSERVING, KNATIVE, KSERVE, ObjectRef
 from local.kubeapi import KubeApiServer
 from local.loadgen import (
     NO_RESPONSE,
@@ -303,3 +303,190 @@ def test_a_slow_version_does_not_hold_back_the_schedule(
     assert final.sent["rev-1"] <= 2 * (elapsed / 0.5 + 1)
     assert sum(final.responses["rev-1"].values()) == final.sent["rev-1"]
     assert NO_RESPONSE not in final.responses["rev-1"]
+
+
+# -- the backends' webhooks, as the emulator enforces them, and promotion through them ------
+
+
+def _refusal(call: Callable[[], Any]) -> str:
+    with pytest.raises(kubernetes.client.ApiException) as refused:
+        call()
+    assert refused.value.status == 400
+    return str(refused.value.body)
+
+
+def knative_service(name: str, traffic: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "apiVersion": KNATIVE,
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {"template": {"spec": {}}, "traffic": traffic},
+    }
+
+
+def test_the_emulator_refuses_latest_revision_false_without_a_revision_name(
+    kube: KubeApiServer, api: kubernetes.client.ApiClient
+) -> None:
+    """knative/serving pkg/apis/serving/v1/route_validation.go (knative-v1.23.0):
+    `TrafficTarget.Validate` starts with `validateLatestRevision`, which denies a spec entry
+    whose `latestRevision` disagrees with having a `revisionName` — so the entry Arbiter used
+    to write for a tagged version, `{tag, percent, latestRevision: false}`, is refused."""
+    objects = kubernetes.client.CustomObjectsApi(api)
+    g, v, p = "serving.knative.dev", "v1", "services"
+    unpinned = [
+        {"revisionName": "svc-1", "percent": 80, "latestRevision": False},
+        {"tag": "next", "percent": 20, "latestRevision": False},
+    ]
+    body = knative_service("unpinned", unpinned)
+    message = _refusal(lambda: objects.create_namespaced_custom_object(g, v, NS, p, body))
+    assert "spec.traffic[1].latestRevision" in message
+    assert kube.get(g, v, p, NS, "unpinned") is None
+
+    pinned = [unpinned[0], {**unpinned[1], "revisionName": "svc-2"}]
+    objects.create_namespaced_custom_object(g, v, NS, p, knative_service("pinned", pinned))
+    patch = {"spec": {"traffic": unpinned}}
+    message = _refusal(lambda: objects.patch_namespaced_custom_object(g, v, NS, p, "pinned", patch))
+    assert "may not set revisionName '' when latestRevision is false" in message
+    sums_to_90 = {"spec": {"traffic": [{**pinned[0], "percent": 70}, pinned[1]]}}
+    message = _refusal(
+        lambda: objects.patch_namespaced_custom_object(g, v, NS, p, "pinned", sums_to_90)
+    )
+    assert "sum to 90, want 100" in message
+    assert kube.get(g, v, p, NS, "pinned")["spec"]["traffic"] == pinned
+
+
+def kfserving_isvc(name: str, default: str, canary: str | None, percent: int) -> dict[str, Any]:
+    spec: dict[str, Any] = {"default": {"predictor": {default: {"storageUri": f"gs://{default}"}}}}
+    if canary is not None:
+        spec["canary"] = {"predictor": {canary: {"storageUri": f"gs://{canary}"}}}
+        spec["canaryTrafficPercent"] = percent
+    return {
+        "apiVersion": KFSERVING,
+        "kind": "InferenceService",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": spec,
+    }
+
+
+def test_the_emulator_refuses_a_kfserving_predictor_with_two_frameworks(
+    api: kubernetes.client.ApiClient,
+) -> None:
+    """kfserving v0.4.1 pkg/apis/serving/v1alpha2/predictor.go: `getPredictor` fails with
+    ExactlyOnePredictorViolatedError ("Exactly one of [Custom, ONNX, Tensorflow, Triton,
+    SKLearn, XGBoost] must be specified in PredictorSpec") unless one framework is set, and
+    inferenceservice_validation.go runs it for the default and the canary on create and
+    update."""
+    objects = kubernetes.client.CustomObjectsApi(api)
+    g, v, p = "serving.kubeflow.org", "v1alpha2", "inferenceservices"
+    body = kfserving_isvc("two", "sklearn", None, 0)
+    body["spec"]["default"]["predictor"]["xgboost"] = {"storageUri": "gs://x"}
+    message = _refusal(lambda: objects.create_namespaced_custom_object(g, v, NS, p, body))
+    assert "spec.default.predictor: exactly one of" in message
+    assert "['sklearn', 'xgboost']" in message
+
+
+def _context(api: kubernetes.client.ApiClient) -> Any:
+    from functions.adapters.kubernetes import KubeObjects
+    from functions.core.context import Context
+    from functions.core.settings import Settings
+    from functions.runtime import SystemClock
+
+    unused: Any = None  # rollout reads and patches objects only
+    return Context(
+        store=unused,
+        objects=KubeObjects(api),
+        metrics=unused,
+        sink=unused,
+        clock=SystemClock(),
+        settings=Settings(readback_timeout_seconds=10.0),
+    )
+
+
+def _experiment(version_info: dict[str, Any]) -> Any:
+    from analytics.parse import parse_experiment
+
+    doc = {
+        "apiVersion": "arbiter.dev/v1alpha1",
+        "kind": "Experiment",
+        "metadata": {"name": "e", "namespace": NS},
+        "spec": {
+            "target": f"{NS}/x",
+            "strategy": {"testingPattern": "Canary", "deploymentPattern": "Progressive"},
+            "versionInfo": version_info,
+        },
+    }
+    return parse_experiment(doc, require_versions=False)
+
+
+@pytest.mark.slow
+def test_a_kfserving_promotion_across_frameworks_is_accepted_and_takes_effect(
+    kube: KubeApiServer, api: kubernetes.client.ApiClient
+) -> None:
+    from functions.core import rollout
+    from functions.core.backends import backend_for
+    from local.controllers import TrafficControllers
+
+    g, v, p = "serving.kubeflow.org", "v1alpha2", "inferenceservices"
+    objects = kubernetes.client.CustomObjectsApi(api)
+    objects.create_namespaced_custom_object(
+        g, v, NS, p, kfserving_isvc("iris-kfs", "sklearn", "xgboost", 10)
+    )
+    ref = {"apiVersion": KFSERVING, "kind": "InferenceService", "name": "iris-kfs"}
+    exp = _experiment(
+        {"baseline": {"name": "sk"}, "candidates": [{"name": "xgb", "weightObjRef": ref}]}
+    )
+    backend = backend_for(exp.spec, NS)
+    ctx = _context(api)
+    with TrafficControllers(api, period_s=0.05):
+        assert rollout.set_split(ctx, backend, {"sk": 40, "xgb": 60}) == {"sk": 40, "xgb": 60}
+        canary_revision = kube.get(g, v, p, NS, "iris-kfs")["status"]["canary"]["predictor"]
+        # What promotion used to send: merged into the default, both frameworks remain.
+        old = {"spec": {"default": {"predictor": {"xgboost": {}}}, "canary": None}}
+        message = _refusal(
+            lambda: objects.patch_namespaced_custom_object(g, v, NS, p, "iris-kfs", old)
+        )
+        assert "['sklearn', 'xgboost']" in message
+        assert rollout.promote(ctx, backend, "xgb") == {"sk": 100, "xgb": 0}
+    stored = kube.get(g, v, p, NS, "iris-kfs")
+    assert stored["spec"] == {"default": {"predictor": {"xgboost": {"storageUri": "gs://xgboost"}}}}
+    assert stored["status"]["default"]["predictor"]["name"] == canary_revision["name"]
+    assert "canary" not in stored["status"] and stored["status"]["canaryTraffic"] == 0
+
+
+@pytest.mark.slow
+def test_a_knative_split_by_tag_is_accepted_and_reported(
+    kube: KubeApiServer, api: kubernetes.client.ApiClient
+) -> None:
+    from functions.core import rollout
+    from functions.core.backends import backend_for
+    from local.controllers import TrafficControllers
+
+    g, v, p = "serving.knative.dev", "v1", "services"
+    traffic = [
+        {"revisionName": "ks-1", "percent": 100, "latestRevision": False},
+        {"tag": "next", "revisionName": "ks-2", "percent": 0, "latestRevision": False},
+    ]
+    kube.seed(g, v, p, NS, {**knative_service("ks", traffic), "status": {"traffic": traffic}})
+    ksvc = {"apiVersion": KNATIVE, "kind": "Service", "name": "ks"}
+    exp = _experiment(
+        {
+            "baseline": {
+                "name": "v1",
+                "weightObjRef": ksvc,
+                "variables": [{"name": "revision", "value": "ks-1"}],
+            },
+            "candidates": [{"name": "v2", "variables": [{"name": "tag", "value": "next"}]}],
+        }
+    )
+    backend = backend_for(exp.spec, NS)
+    ctx = _context(api)
+    with TrafficControllers(api, period_s=0.05):
+        assert rollout.set_split(ctx, backend, {"v1": 70, "v2": 30}) == {"v1": 70, "v2": 30}
+        assert rollout.promote(ctx, backend, "v2") == {"v1": 0, "v2": 100}
+    stored = kube.get(g, v, p, NS, "ks")
+    assert stored["spec"]["traffic"][1] == {
+        "revisionName": "ks-2",
+        "tag": "next",
+        "percent": 100,
+        "latestRevision": False,
+    }

@@ -35,8 +35,9 @@ from analytics import model, parse
 from analytics.parse import SpecError, parse_experiment
 from functions import runtime
 from functions.adapters.kubernetes import KubeExperimentStore, KubeObjects
-from functions.core import events, traffic
+from functions.core import events, resources
 from functions.core import status as st
+from functions.core.backends import parse_field_path
 from functions.core.context import Context
 from functions.core.ports import ExperimentStore, Objects
 from functions.core.settings import Settings
@@ -359,6 +360,15 @@ def test_the_duration_rule_bounds_the_total_iterations() -> None:
             parse_experiment(doc, require_versions=False)
 
 
+def test_the_crds_declare_the_resources_the_code_names() -> None:
+    assert ARBITER_API == resources.EXPERIMENT.api_version == resources.METRIC.api_version
+    for resource in (resources.EXPERIMENT, resources.METRIC):
+        spec = crd(resource.plural)["spec"]
+        assert (spec["group"], spec["names"]["kind"]) == (resource.group, resource.kind)
+        assert spec["names"]["plural"] == resource.plural
+        assert [v["name"] for v in spec["versions"]] == [resource.version]
+
+
 def test_experiment_crd_names_columns_and_status_subresource() -> None:
     spec = crd("experiments")["spec"]
     assert spec["group"] == "arbiter.dev" and spec["scope"] == "Namespaced"
@@ -494,7 +504,7 @@ def test_sample_experiments_point_at_the_sample_models() -> None:
             ref = v["weightObjRef"]
             obj = objects[(ref["kind"], ref["namespace"], ref["name"])]
             assert obj["apiVersion"] == ref["apiVersion"], rel(path)
-            weights.append(_field(obj, traffic.parse_field_path(ref["fieldPath"])))
+            weights.append(_field(obj, parse_field_path(ref["fieldPath"])))
         if len(weights) == len(versions) > 2:  # one field per version: the generic backend
             assert weights[0] == 100 and sum(weights) == 100, (rel(path), weights)
 
@@ -507,7 +517,7 @@ def test_kserve_canary_is_a_new_model_on_the_same_inferenceservice() -> None:
     assert old["model"]["storageUri"].endswith("/model")
     assert new["model"]["storageUri"] == old["model"]["storageUri"] + "-2"
     legacy = one("InferenceService", "sklearn-iris-legacy", "samples/kserve")
-    assert legacy["apiVersion"] == traffic.KFSERVING
+    assert legacy["apiVersion"] == resources.KFSERVING
     assert {"default", "canary", "canaryTrafficPercent"} <= set(legacy["spec"])
 
 
@@ -1078,16 +1088,16 @@ def _traffic_resources() -> set[tuple[str, str]]:
     """Every kind of object a traffic backend patches: the three built in, plus whatever
     a sample names as a weightObjRef (the generic field-path backend)."""
     refs = [
-        traffic.ObjectRef(traffic.KSERVE, "InferenceService", "", ""),
-        traffic.ObjectRef(traffic.KFSERVING, "InferenceService", "", ""),
-        traffic.ObjectRef(traffic.KNATIVE, "Service", "", ""),
+        resources.ObjectRef(resources.KSERVE, "InferenceService", "", ""),
+        resources.ObjectRef(resources.KFSERVING, "InferenceService", "", ""),
+        resources.ObjectRef(resources.KNATIVE, "Service", "", ""),
     ]
     for _, doc in docs_in("samples/experiments"):
         info = doc.get("spec", {}).get("versionInfo") or {}
         for v in [info.get("baseline") or {}, *info.get("candidates", [])]:
             if "weightObjRef" in v:
                 w = v["weightObjRef"]
-                refs.append(traffic.ObjectRef(w["apiVersion"], w["kind"], "", ""))
+                refs.append(resources.ObjectRef(w["apiVersion"], w["kind"], "", ""))
     return {(r.group, r.plural) for r in refs}
 
 
@@ -1429,6 +1439,15 @@ def adapter_requests(adapter: type) -> dict[str, set[tuple[str, str, str]]]:
             group, plural = args["group"], args["plural"]
             if isinstance(group, ast.Name) and isinstance(plural, ast.Name):
                 group_plural = (getattr(module, group.id), getattr(module, plural.id))
+            elif (
+                isinstance(group, ast.Attribute)
+                and isinstance(group.value, ast.Name)
+                and group.value.id != "ref"
+            ):
+                # EXPERIMENT.group, EXPERIMENT.plural: a resources.Resource constant
+                resource_of = getattr(module, group.value.id)
+                assert ast.unparse(plural) == f"{group.value.id}.plural", ast.unparse(plural)
+                group_plural = (resource_of.group, resource_of.plural)
             else:  # ref.group, ref.plural: whatever kind the traffic backend names
                 assert (ast.unparse(group), ast.unparse(plural)) == ("ref.group", "ref.plural")
                 group_plural = TRAFFIC

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from functions.core.events import CONCLUDED, EXT_ITERATION, FINISHED, STARTED
+from functions.core.resources import KNATIVE, KSERVE, ObjectRef
 from functions.core.status import CONFLICT_ATTEMPTS
-from functions.core.traffic import KNATIVE, KSERVE, ObjectRef
 from tests.fakes import (
     BASELINE_REVISION,
     CANDIDATE_REVISION,
