@@ -819,6 +819,9 @@ def needed(stage: str) -> set[tuple[str, str, str]]:
         "ctx.store.get_metric(": ("arbiter.dev", "metrics", "get"),
     }
     result = {grant for call, grant in calls.items() if call in source}
+    # The restore finalizer (functions.core.ownership) is a metadata patch on the Experiment.
+    if "ownership.add_finalizer(" in source or "ownership.remove_finalizer(" in source:
+        result.add(("arbiter.dev", "experiments", "patch"))
     if "rollout." in source:
         result |= {(g, r, v) for g, r in _traffic_resources() for v in ("get", "patch")}
     return result
@@ -840,6 +843,8 @@ BRIEF = {
     "finish": {
         ("arbiter.dev", "experiments", "get"),
         ("arbiter.dev", "experiments/status", "patch"),
+        # removing the restore finalizer (functions.core.ownership)
+        ("arbiter.dev", "experiments", "patch"),
     },
 }
 
