@@ -179,6 +179,33 @@ class FakeStore:
         """Remove an experiment; returns its last state, as a delete event carries it."""
         return self.experiments.pop((namespace, name))
 
+    def request_delete(self, namespace: str, name: str) -> Obj | None:
+        """Delete as the API server does: an object with finalizers only gets its
+        deletionTimestamp (returned); one without is removed (None)."""
+        stored = self.experiments[(namespace, name)]
+        if not stored["metadata"].get("finalizers"):
+            self.experiments.pop((namespace, name))
+            return None
+        stored["metadata"].setdefault("deletionTimestamp", "2026-01-01T00:30:00Z")
+        stored["metadata"]["resourceVersion"] = str(next(self._versions))
+        return copy.deepcopy(stored)
+
+    def patch_metadata(self, obj: Mapping[str, Any], metadata: Mapping[str, Any]) -> Obj:
+        self.failures.check("patch_metadata")
+        meta = obj.get("metadata") or {}
+        key = (str(meta.get("namespace")), str(meta.get("name")))
+        stored = self.experiments.get(key)
+        if stored is None:
+            raise NotFoundError(f"Experiment {key[0]}/{key[1]}: not found")
+        if meta.get("resourceVersion") != stored["metadata"]["resourceVersion"]:
+            raise ConflictError(f"Experiment {key[0]}/{key[1]}: changed since read")
+        stored["metadata"] = _merge(stored["metadata"], dict(metadata))
+        stored["metadata"]["resourceVersion"] = str(next(self._versions))
+        if stored["metadata"].get("deletionTimestamp") and not stored["metadata"].get("finalizers"):
+            # The last finalizer is gone: the deletion completes.
+            self.experiments.pop(key)
+        return copy.deepcopy(stored)
+
     def conflict(self, times: int = 1) -> None:
         self._conflicts += times
 
@@ -226,9 +253,13 @@ class FakeObjects:
 
     def __init__(self) -> None:
         self.objects: dict[ObjectRef, Obj] = {}
+        # Patches that move traffic; those that only touch metadata (the holder annotation)
+        # are kept apart, so tests counting traffic writes see only those.
         self.patches: list[Patch] = []
+        self.metadata_patches: list[Patch] = []
         self.failures = _Failures()
         self.lagging = False
+        self._versions = itertools.count(1)
 
     @staticmethod
     def ref_of(obj: Mapping[str, Any]) -> ObjectRef:
@@ -238,6 +269,7 @@ class FakeObjects:
     def seed(self, obj: Mapping[str, Any], reconcile: bool = True) -> Obj:
         ref = self.ref_of(obj)
         self.objects[ref] = copy.deepcopy(dict(obj))
+        self.objects[ref]["metadata"]["resourceVersion"] = str(next(self._versions))
         if reconcile:
             self._reconcile(ref)
         return copy.deepcopy(self.objects[ref])
@@ -267,11 +299,20 @@ class FakeObjects:
         obj = self.objects.get(patch.ref)
         if obj is None:
             raise NotFoundError(f"patch {patch.ref}: not found")
-        self.patches.append(patch)
+        if patch.kind == "merge":
+            # A resourceVersion in a merge patch is a precondition, as on the API server.
+            expected = ((patch.body or {}).get("metadata") or {}).get("resourceVersion")
+            if expected is not None and expected != obj["metadata"].get("resourceVersion"):
+                raise ConflictError(f"patch {patch.ref}: changed since read")
+        if patch.kind == "merge" and set(patch.body or {}) == {"metadata"}:
+            self.metadata_patches.append(patch)  # holder annotations: no traffic moves
+        else:
+            self.patches.append(patch)
         if patch.kind == "merge":
             patched = _merge(obj, patch.body)
         else:
             patched = jsonpatch.apply_patch(obj, patch.body, in_place=False)
+        patched["metadata"]["resourceVersion"] = str(next(self._versions))
         self.objects[patch.ref] = patched
         if not self.lagging:
             self._reconcile(patch.ref)

@@ -119,6 +119,25 @@ class KubeExperimentStore:
             ),
         )
 
+    def patch_metadata(self, obj: Mapping[str, Any], metadata: Mapping[str, Any]) -> dict[str, Any]:
+        # A merge patch carrying the resourceVersion read: the API server answers 409 if the
+        # object changed since, so a finalizer list is never written over a newer one.
+        meta = obj.get("metadata") or {}
+        body = {"metadata": {**metadata, "resourceVersion": meta.get("resourceVersion")}}
+        return call(
+            f"Experiment {meta['namespace']}/{meta['name']} metadata",
+            lambda: self._api.patch_namespaced_custom_object(
+                EXPERIMENT.group,
+                EXPERIMENT.version,
+                meta["namespace"],
+                EXPERIMENT.plural,
+                meta["name"],
+                body,
+                _content_type="application/merge-patch+json",
+                _request_timeout=_TIMEOUT,
+            ),
+        )
+
     def get_metric(self, namespace: str, name: str) -> dict[str, Any]:
         return call(
             f"Metric {namespace}/{name}",

@@ -3,7 +3,8 @@
 On `experiment.measured` it runs the same analysis as `arbiter analyze`, moves traffic to
 the next split (read back before it counts), records the iteration in status, and emits
 `experiment.assessed` — or `experiment.concluded` once a recommendation to promote or roll
-back fires. The randomness of the split is seeded by (uid, iteration), so a redelivered
+back fires. A new split is recorded in status (desiredWeightDistribution) before it is
+applied. The randomness of the split is seeded by (uid, iteration), so a redelivered
 event recomputes exactly the same decision.
 """
 
@@ -93,7 +94,13 @@ def assess(ctx: Context, ref: ExperimentRef, iteration: int, measured: events.Me
         and weights != current
     )
     if moves and weights is not None:
-        current = rollout.set_split(ctx, model_for(spec, experiment.namespace), weights)
+        # Write-ahead: record the split asked for before applying it. A redelivery of this
+        # event recomputes the same decision (seeded), so the record stays true.
+        status = status.with_desired(weights)
+        obj = ctx.store.write_status(obj, status.to_dict())
+        current = rollout.set_split(
+            ctx, model_for(spec, experiment.namespace), weights, holder=st.ref_of(obj)
+        )
 
     now = ctx.clock.now()
     status = replace(

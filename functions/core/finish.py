@@ -4,6 +4,11 @@ Promotion and rollback are separate paths; an experiment that failed (a bad metr
 many transient failures) only ever rolls back. The outcome counts once the objects report
 the final split. An Experiment deleted while it held traffic has its baseline restored,
 then `experiment.finished` frees the target for whoever waits for it.
+
+Only the experiment holding the target moves it (functions.core.ownership): a late or
+repeated event of one that no longer holds it changes nothing. The end releases the
+target's holder annotation and removes the Experiment's restore finalizer; a deletion the
+finalizer holds is finished by `restore_deleted`.
 """
 
 from __future__ import annotations
@@ -17,13 +22,14 @@ from cloudevents.http import CloudEvent
 
 from analytics.analysis import Action
 from analytics.model import TestingPattern
-from functions.core import events, rollout
+from functions.core import events, ownership, rollout
 from functions.core import status as st
-from functions.core.backends import model_for
+from functions.core.backends import TrafficBackend, model_for
 from functions.core.context import Context
-from functions.core.errors import PermanentError
+from functions.core.errors import NotFoundError, PermanentError
 from functions.core.events import ExperimentRef
 from functions.core.status import ACTIVE, TERMINAL, ConditionType, Outcome, Stage, Status
+from functions.core.tenancy import RefusedError
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +52,15 @@ def deleted(ctx: Context, obj: dict[str, Any]) -> None:
     status = Status.read(obj)
     stage = status.stage
     if stage in ACTIVE:
-        experiment = st.resolved_experiment(obj)
-        moves = experiment.spec.strategy.testing_pattern is not TestingPattern.CONFORMANCE
-        if moves and experiment.spec.version_info is not None:
-            rollout.rollback(ctx, model_for(experiment.spec, experiment.namespace))
+        model = _restorable(obj)
+        if model is not None:
+            try:
+                rollout.rollback(ctx, model, holder=ref)
+            except ownership.NotHolderError as e:
+                # A late or repeated delete: another experiment holds the target now.
+                log.info("finish: %s deleted; not restoring: %s", ref, e)
+                return
+            ownership.release(ctx, model, ref)
             log.info("finish: %s deleted while %s; baseline restored", ref, stage)
     gone = events.Finished(
         outcome=Outcome.ABORTED if stage in ACTIVE else stage, reason="ExperimentDeleted"
@@ -63,6 +74,7 @@ def finish(ctx: Context, ref: ExperimentRef, iteration: int, concluded: events.C
         return
     status = Status.read(obj)
     if status.stage in TERMINAL:
+        _let_go(ctx, obj)  # in case the release was lost after the terminal write
         ctx.sink.emit(_finished(obj, status))  # repeat: re-announce, change nothing
         return
     if status.stage not in ACTIVE:
@@ -70,6 +82,7 @@ def finish(ctx: Context, ref: ExperimentRef, iteration: int, concluded: events.C
         return
     experiment = st.resolved_experiment(obj)
     model = model_for(experiment.spec, experiment.namespace)
+    holder = st.ref_of(obj)
     failed = concluded.failed
     promote = concluded.action is Action.PROMOTE and not failed
     info = experiment.spec.version_info
@@ -80,15 +93,23 @@ def finish(ctx: Context, ref: ExperimentRef, iteration: int, concluded: events.C
         # Conformance validates the version that serves; it never moves traffic.
         outcome = Outcome.VALIDATED if promote else Outcome.NOT_VALIDATED
         version, message = baseline, concluded.message or outcome.value
-    elif promote and concluded.version is not None:
-        version = concluded.version
-        split = rollout.promote(ctx, model, version)
-        outcome, message = Outcome.PROMOTED, concluded.message or f"promoted {version}"
     else:
-        split = rollout.rollback(ctx, model)
-        version = baseline
-        outcome = Outcome.ABORTED if failed else Outcome.ROLLED_BACK
-        message = concluded.message or f"rolled back to {baseline}"
+        try:
+            if promote and concluded.version is not None:
+                version = concluded.version
+                split = rollout.promote(ctx, model, version, holder=holder)
+                outcome, message = Outcome.PROMOTED, concluded.message or f"promoted {version}"
+            else:
+                split = rollout.rollback(ctx, model, holder=holder)
+                version = baseline
+                outcome = Outcome.ABORTED if failed else Outcome.ROLLED_BACK
+                message = concluded.message or f"rolled back to {baseline}"
+        except RefusedError as e:
+            # Not this experiment's to move (another holds the target, or a field its owner
+            # does not allow): end it without touching the traffic, and say why.
+            version, split, failed, outcome = baseline, None, True, Outcome.ABORTED
+            message = f"traffic left as it is: {e}"
+            concluded = replace(concluded, reason="TrafficRefused")
     now = ctx.clock.now()
     reason = concluded.reason or concluded.rule or outcome.value
     status = replace(
@@ -103,7 +124,8 @@ def finish(ctx: Context, ref: ExperimentRef, iteration: int, concluded: events.C
     )
     if split:
         status = status.with_split(split)
-    ctx.store.write_status(obj, status.to_dict())
+    obj = ctx.store.write_status(obj, status.to_dict())
+    _let_go(ctx, obj)
     ctx.sink.emit(_finished(obj, status))
 
 
@@ -115,3 +137,80 @@ def _finished(obj: Mapping[str, Any], status: Status) -> CloudEvent:
         message=status.message,
     )
     return events.make(done, st.ref_of(obj), status.iterations_done, stage="finish")
+
+
+def _restorable(obj: Mapping[str, Any]) -> TrafficBackend | None:
+    """The traffic model to restore on deletion; None when the experiment never moved
+    traffic (Conformance, no versions resolved) or its spec cannot name the objects."""
+    try:
+        experiment = st.resolved_experiment(obj)
+        if experiment.spec.strategy.testing_pattern is TestingPattern.CONFORMANCE:
+            return None
+        if experiment.spec.version_info is None:
+            return None
+        model = model_for(experiment.spec, experiment.namespace)
+        model.refs  # noqa: B018 - a spec that cannot name its objects raises here
+        return model
+    except PermanentError:
+        return None
+
+
+def _let_go(ctx: Context, obj: dict[str, Any]) -> None:
+    """The experiment is over: release its target and remove its restore finalizer (both
+    idempotent; another holder's annotation is left alone)."""
+    ref = st.ref_of(obj)
+    try:
+        experiment = st.resolved_experiment(obj)
+        model: TrafficBackend | None = model_for(experiment.spec, experiment.namespace)
+    except PermanentError:
+        model = None
+    if model is not None:
+        try:
+            ownership.release(ctx, model, ref)
+        except PermanentError as e:
+            log.warning("finish: %s: could not release its target: %s", ref, e)
+    ownership.remove_finalizer(ctx, obj)
+
+
+def restore_deleted(ctx: Context, ref: ExperimentRef) -> None:
+    """An experiment carrying the restore finalizer is being deleted: restore the baseline
+    if it holds the target, read it back, release the target, record the end and remove the
+    finalizer, which lets the deletion complete. An API failure is a TransientError: the
+    deletion waits and the event is retried, so the restore is never lost."""
+    st.retry_on_conflict(lambda: _restore_deleted(ctx, ref))
+
+
+def _restore_deleted(ctx: Context, ref: ExperimentRef) -> None:
+    obj = st.current(ctx.store, ref)
+    if obj is None or not ownership.deleting(obj) or not ownership.has_finalizer(obj):
+        return
+    holder = st.ref_of(obj)
+    status = Status.read(obj)
+    model = _restorable(obj)
+    restored: dict[str, int] | None = None
+    if model is not None:
+        try:
+            restored = rollout.rollback(ctx, model, holder=holder)
+        except ownership.NotHolderError as e:
+            log.info("finish: %s deleted; not restoring: %s", ref, e)
+        except NotFoundError as e:
+            log.info("finish: %s deleted; its target is gone: %s", ref, e)
+        else:
+            ownership.release(ctx, model, holder)
+            log.info("finish: %s deleted while %s; baseline restored", ref, status.stage)
+    if status.stage not in TERMINAL:
+        now = ctx.clock.now()
+        message = f"deleted while {status.stage}" + ("; baseline restored" if restored else "")
+        status = replace(
+            status,
+            stage=Stage.FAILED,
+            outcome=Outcome.ABORTED,
+            message=message,
+            last_update_time=now,
+        ).with_condition(ConditionType.FAILED, True, "ExperimentDeleted", message, now)
+        if restored:
+            status = status.with_split(restored)
+        obj = ctx.store.write_status(obj, status.to_dict())
+    ownership.remove_finalizer(ctx, obj)
+    gone = events.Finished(outcome=Outcome.ABORTED, reason="ExperimentDeleted")
+    ctx.sink.emit(events.make(gone, holder, status.iterations_done, stage="finish"))

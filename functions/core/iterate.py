@@ -28,6 +28,7 @@ from functions.core.errors import NotFoundError, PermanentError, TransientError
 from functions.core.events import ExperimentRef
 from functions.core.metrics import MetricError, MetricSpec, variables_for
 from functions.core.status import Stage, Status
+from functions.core.tenancy import metric_allowed
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,12 @@ def metric_names(experiment: Experiment) -> list[str]:
 
 def _metric(ctx: Context, experiment: Experiment, name: str) -> MetricSpec:
     namespace, _, short = name.rpartition("/")
+    if namespace and not metric_allowed(namespace, experiment.namespace, ctx.settings):
+        # Tenancy: a Metric of another namespace is not this experiment's to read.
+        raise PermanentError(
+            f"metric {name!r} (spec.criteria): namespace {namespace} is neither the "
+            f"experiment's namespace {experiment.namespace} nor {ctx.settings.system_namespace}"
+        )
     try:
         resource = ctx.store.get_metric(namespace or experiment.namespace, short)
     except NotFoundError:

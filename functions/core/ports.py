@@ -37,6 +37,13 @@ class ExperimentStore(Protocol):
         resourceVersion `obj` was read at (ConflictError otherwise). Returns the stored object."""
         ...
 
+    def patch_metadata(self, obj: Obj, metadata: Mapping[str, Any]) -> Obj:
+        """Merge `metadata` (finalizers) into the experiment's metadata, only if the object
+        is still at the resourceVersion `obj` was read at (ConflictError otherwise).
+        Returns the stored object; NotFoundError once removing the last finalizer of an
+        object being deleted has let the deletion complete."""
+        ...
+
     def get_metric(self, namespace: str, name: str) -> Obj:
         """A Metric resource; NotFoundError if it does not exist."""
         ...

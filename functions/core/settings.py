@@ -8,7 +8,7 @@ Kubernetes client, nothing else in the functions reads the environment.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from functions.core.errors import PermanentError
 
@@ -36,6 +36,15 @@ class Settings:
     # Read these /metrics endpoints directly instead of Prometheus (a local run without a
     # prometheus binary); empty on a cluster.
     metrics_targets: tuple[str, ...] = ()
+    # Tenancy (namespace confinement): the namespace Arbiter runs in, whose shared Metric
+    # library every experiment may name as `<system namespace>/<metric>`.
+    system_namespace: str = "arbiter-system"
+    # Field paths the generic field-path backend may write, per object kind, besides those
+    # an object's owner lists in its `arbiter.dev/traffic-paths` annotation. `*` stands
+    # for one path segment.
+    traffic_paths: Mapping[str, tuple[str, ...]] = field(
+        default_factory=lambda: {"VirtualService": ("/spec/http/*/route/*/weight",)}
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -57,6 +66,14 @@ class Settings:
                 return default
             return value
 
+        paths_raw = env.get(_PREFIX + "TRAFFIC_PATHS")
+        traffic_paths = cls().traffic_paths
+        if paths_raw is not None and paths_raw.strip():
+            try:
+                traffic_paths = parse_traffic_paths(paths_raw)
+            except ValueError as e:
+                problems.append(f"{_PREFIX}TRAFFIC_PATHS: {e}")
+
         level = env.get(_PREFIX + "LOG_LEVEL", cls.log_level).upper()
         if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             problems.append(f"{_PREFIX}LOG_LEVEL: must be DEBUG, INFO, WARNING or ERROR")
@@ -77,7 +94,27 @@ class Settings:
             metrics_targets=tuple(
                 t.strip() for t in env.get(_PREFIX + "METRICS_TARGETS", "").split(",") if t.strip()
             ),
+            system_namespace=(env.get(_PREFIX + "SYSTEM_NAMESPACE") or "").strip()
+            or cls.system_namespace,
+            traffic_paths=traffic_paths,
         )
         if problems:
             raise PermanentError("; ".join(problems))
         return settings
+
+
+def parse_traffic_paths(raw: str) -> dict[str, tuple[str, ...]]:
+    """`Kind=/a/*/b,/c;Other=/d` -> {"Kind": ("/a/*/b", "/c"), "Other": ("/d",)}."""
+    result: dict[str, tuple[str, ...]] = {}
+    for entry in raw.split(";"):
+        if not entry.strip():
+            continue
+        kind, sep, paths = entry.partition("=")
+        listed = tuple(p.strip() for p in paths.split(",") if p.strip())
+        if not sep or not kind.strip() or not listed:
+            raise ValueError(f"expected Kind=/path,/path;Kind=/path, got {entry.strip()!r}")
+        bad = [p for p in listed if not p.startswith("/")]
+        if bad:
+            raise ValueError(f"paths are JSON pointers starting with '/', got {bad}")
+        result[kind.strip()] = result.get(kind.strip(), ()) + listed
+    return result

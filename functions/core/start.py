@@ -1,5 +1,11 @@
 """The start stage: validate, take the target, wait for the versions, set the first split.
 
+Validation includes what the experiment may touch (functions.core.tenancy): its own
+namespace only, field paths the target's owner allows, a version list the backend can
+carry. Before the first split moves, the Experiment gets the restore finalizer and the
+target its holder annotation (functions.core.ownership), and the split is recorded in
+status (desiredWeightDistribution) before it is applied.
+
 Woken by an Experiment being added (ApiServerSource), by a ping (to re-check experiments
 that wait for their versions or their target) and by `experiment.finished` (a target was
 freed). It never sleeps waiting for a Ready condition: it records what it waits for and
@@ -18,12 +24,13 @@ from cloudevents.http import CloudEvent
 
 from analytics.allocation import initial_weights
 from analytics.model import DeploymentPattern, Experiment, TestingPattern
-from functions.core import events, rollout
+from functions.core import events, ownership, rollout, tenancy
 from functions.core import status as st
 from functions.core.backends import model_for
 from functions.core.context import Context
 from functions.core.errors import NotFoundError, PermanentError
 from functions.core.events import ExperimentRef
+from functions.core.iterate import metric_names
 from functions.core.status import ACTIVE, TERMINAL, ConditionType, Stage, Status, Version
 
 log = logging.getLogger(__name__)
@@ -42,7 +49,7 @@ def handle(ctx: Context, event: CloudEvent) -> None:
         # also serves every target check in this sweep: a stale entry can only make an
         # experiment wait one more ping, never take a target someone holds.
         listed = ctx.store.list()
-        refs = [st.ref_of(obj) for obj in listed if Status.read(obj).stage in _NOT_STARTED]
+        refs = [st.ref_of(obj) for obj in listed if _unstarted(Status.read(obj))]
     failures: list[str] = []
     for r in refs:
         try:
@@ -53,6 +60,23 @@ def handle(ctx: Context, event: CloudEvent) -> None:
             failures.append(str(e))  # recorded in that experiment's status; go on
     if failures:
         log.warning("start: %d experiment(s) could not start: %s", len(failures), failures)
+
+
+def _unstarted(status: Status) -> bool:
+    # A first split recorded but not read back (the patch failed after the write-ahead)
+    # counts as not started: the sweep applies it.
+    pending_split = (
+        status.stage is Stage.RUNNING
+        and not status.iterations_done
+        and bool(status.desired)
+        and status.desired != status.split
+    )
+    return status.stage in _NOT_STARTED or pending_split
+
+
+def _target_key(target: str, namespace: str) -> str:
+    ns, _, name = target.rpartition("/")
+    return f"{ns or namespace}/{name}"
 
 
 def _blocker(
@@ -70,8 +94,13 @@ def _blocker(
         )
 
     me = key(obj)
+    # `iris` and `demo/iris` in namespace demo are one target.
+    mine = _target_key(target, st.ref_of(obj).namespace)
     for other in sorted(experiments, key=key):
-        if key(other) == me or (other.get("spec") or {}).get("target") != target:
+        theirs = _target_key(
+            str((other.get("spec") or {}).get("target")), st.ref_of(other).namespace
+        )
+        if key(other) == me or theirs != mine:
             continue
         stage = Status.read(other).stage
         if stage in ACTIVE or (stage not in TERMINAL and key(other) < me):
@@ -104,7 +133,9 @@ def start_one(
         return
     if status.stage in ACTIVE:
         if status.stage is Stage.RUNNING and not status.iterations_done:
-            # Re-announce: the first announcement may have been lost after the write.
+            # The first split may have been recorded but not applied, or the announcement
+            # lost after the write: finish both.
+            obj = _apply_first_split(ctx, obj)
             ctx.sink.emit(events.make(events.Started(), st.ref_of(obj), 0, stage="start"))
         return
     problems = st.spec_problems(obj)
@@ -113,6 +144,11 @@ def start_one(
         _fail(ctx, obj, "InvalidSpec", message)
         raise PermanentError(f"experiment {ref}: {message}")
     experiment = st.resolved_experiment(obj)
+    refused = tenancy.namespace_problems(
+        experiment.spec, experiment.namespace, metric_names(experiment), ctx.settings
+    ) + tenancy.expressible_problems(experiment.spec)
+    if refused:
+        _refuse(ctx, obj, ref, refused)
     now = ctx.clock.now()
     status = replace(
         status,
@@ -162,6 +198,12 @@ def start_one(
         ctx.store.write_status(obj, status.to_dict())
         return
 
+    refused = tenancy.field_path_problems(
+        experiment.spec, experiment.namespace, objects, ctx.settings
+    )
+    if refused:
+        _refuse(ctx, obj, ref, refused)
+
     names = resolution.names or (
         experiment.spec.version_info.names if experiment.spec.version_info else ()
     )
@@ -169,6 +211,20 @@ def start_one(
     status = replace(status, versions=versions)
     experiment = st.resolved_experiment({**obj, "status": status.to_dict()})
     weights = _first_split(ctx, experiment, model)
+
+    # Before anything moves: the finalizer, so a deletion waits for the restore; then the
+    # target, taken conditionally, so a racing start cannot take it too.
+    holder = st.ref_of(obj)
+    obj = ownership.add_finalizer(ctx, obj)
+    try:
+        ownership.ensure_held(ctx, model, holder, rollout.fetch(ctx, model))
+    except ownership.NotHolderError as e:
+        message = f"waiting for the target to be released: {e}"
+        status = replace(status, stage=Stage.WAITING, message=message).with_condition(
+            ConditionType.TARGET_ACQUIRED, False, "TargetHeld", message, now
+        )
+        ctx.store.write_status(obj, status.to_dict())
+        return
     status = replace(
         status,
         stage=Stage.RUNNING,
@@ -185,12 +241,39 @@ def start_one(
         now,
     )
     if weights is not None:
-        status = status.with_split(weights)
-    ctx.store.write_status(obj, status.to_dict())
+        # Write-ahead: the split is recorded before it is applied, so a failed write leaves
+        # the traffic untouched.
+        status = status.with_desired(weights)
+    obj = ctx.store.write_status(obj, status.to_dict())
+    obj = _apply_first_split(ctx, obj)
     ctx.sink.emit(events.make(events.Started(), st.ref_of(obj), 0, stage="start"))
 
 
+def _refuse(
+    ctx: Context, obj: dict[str, Any], ref: ExperimentRef, problems: list[tenancy.Problem]
+) -> None:
+    """Fail an experiment that asks for what it may not touch, naming the fields."""
+    message = "; ".join(p.message for p in problems)
+    _fail(ctx, obj, problems[0].reason, message)
+    raise PermanentError(f"experiment {ref}: {message}")
+
+
+def _apply_first_split(ctx: Context, obj: dict[str, Any]) -> dict[str, Any]:
+    """Apply the recorded first split and record it as read back (nothing to do when it
+    already is)."""
+    status = Status.read(obj)
+    desired = status.desired
+    if not desired or desired == status.split:
+        return obj
+    experiment = st.resolved_experiment(obj)
+    model = model_for(experiment.spec, experiment.namespace)
+    applied = rollout.set_split(ctx, model, desired, holder=st.ref_of(obj))
+    status = replace(status.with_split(applied), last_update_time=ctx.clock.now())
+    return ctx.store.write_status(obj, status.to_dict())
+
+
 def _first_split(ctx: Context, experiment: Experiment, model: Any) -> dict[str, int] | None:
+    """The split to start at (None: traffic does not move)."""
     spec = experiment.spec
     if spec.strategy.testing_pattern is TestingPattern.CONFORMANCE:
         return None
@@ -200,4 +283,4 @@ def _first_split(ctx: Context, experiment: Experiment, model: Any) -> dict[str, 
         if current is not None and sum(current.values()) == 100:
             return dict(current)
     weights = initial_weights(spec)
-    return None if weights is None else rollout.set_split(ctx, model, weights)
+    return None if weights is None else dict(weights)

@@ -140,6 +140,10 @@ class Status:
     recommendation: Recommendation | None = None
     version_recommended_for_promotion: str | None = None
     conditions: tuple[Condition, ...] = ()
+    # Ownership (write-ahead): desiredWeightDistribution, the split a stage is about to
+    # apply, recorded before it patches anything, so traffic always equals a split some
+    # recorded decision asked for; currentWeightDistribution is what was read back.
+    desired_weights: tuple[VersionWeight, ...] = ()
 
     @classmethod
     def read(cls, obj: Mapping[str, Any]) -> Status:
@@ -169,6 +173,7 @@ class Status:
             recommendation=_recommendation(raw.get("recommendation")),
             version_recommended_for_promotion=_text(raw.get("versionRecommendedForPromotion")),
             conditions=tuple(c for c in conditions if c is not None),
+            desired_weights=_weights(raw.get("desiredWeightDistribution")),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -200,6 +205,10 @@ class Status:
             ),
             "versionRecommendedForPromotion": self.version_recommended_for_promotion,
             "conditions": [c.to_dict() for c in self.conditions] or None,
+            "desiredWeightDistribution": [
+                {"name": w.name, "value": w.value} for w in self.desired_weights
+            ]
+            or None,
         }
         return {k: v for k, v in fields.items() if v is not None}
 
@@ -220,6 +229,14 @@ class Status:
 
     def with_split(self, split: Mapping[str, int]) -> Status:
         return replace(self, weights=tuple(VersionWeight(n, w) for n, w in split.items()))
+
+    @property
+    def desired(self) -> dict[str, int]:
+        """The split last asked for, recorded before it was applied (empty: none)."""
+        return {w.name: w.value for w in self.desired_weights}
+
+    def with_desired(self, split: Mapping[str, int]) -> Status:
+        return replace(self, desired_weights=tuple(VersionWeight(n, w) for n, w in split.items()))
 
     def with_condition(
         self, kind: ConditionType, ok: bool, reason: str, message: str, now: datetime

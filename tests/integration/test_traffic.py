@@ -17,6 +17,7 @@ import urllib3
 from prometheus_client.parser import text_string_to_metric_families
 from scipy import stats
 
+from functions.core.events import ExperimentRef
 from functions.core.resources import KFSERVING, KNATIVE, KSERVE, ObjectRef
 from local.kubeapi import KubeApiServer
 from local.loadgen import (
@@ -32,6 +33,8 @@ from local.servers import ModelVersion, Profile
 ALPHA = 1e-4  # two-sided tail below which a count is inconsistent with the split
 ISTIO = "networking.istio.io/v1beta1"
 NS = "default"
+# The experiment the rollout calls act for (the target is adopted on its first move).
+HOLDER = ExperimentRef(NS, "exp", "uid-1")
 
 
 @pytest.fixture(scope="module")
@@ -438,7 +441,10 @@ def test_a_kfserving_promotion_across_frameworks_is_accepted_and_takes_effect(
     backend = backend_for(exp.spec, NS)
     ctx = _context(api)
     with TrafficControllers(api, period_s=0.05):
-        assert rollout.set_split(ctx, backend, {"sk": 40, "xgb": 60}) == {"sk": 40, "xgb": 60}
+        assert rollout.set_split(ctx, backend, {"sk": 40, "xgb": 60}, holder=HOLDER) == {
+            "sk": 40,
+            "xgb": 60,
+        }
         canary_revision = kube.get(g, v, p, NS, "iris-kfs")["status"]["canary"]["predictor"]
         # What promotion used to send: merged into the default, both frameworks remain.
         old = {"spec": {"default": {"predictor": {"xgboost": {}}}, "canary": None}}
@@ -446,7 +452,7 @@ def test_a_kfserving_promotion_across_frameworks_is_accepted_and_takes_effect(
             lambda: objects.patch_namespaced_custom_object(g, v, NS, p, "iris-kfs", old)
         )
         assert "['sklearn', 'xgboost']" in message
-        assert rollout.promote(ctx, backend, "xgb") == {"sk": 100, "xgb": 0}
+        assert rollout.promote(ctx, backend, "xgb", holder=HOLDER) == {"sk": 100, "xgb": 0}
     stored = kube.get(g, v, p, NS, "iris-kfs")
     assert stored["spec"] == {"default": {"predictor": {"xgboost": {"storageUri": "gs://xgboost"}}}}
     assert stored["status"]["default"]["predictor"]["name"] == canary_revision["name"]
@@ -481,8 +487,11 @@ def test_a_knative_split_by_tag_is_accepted_and_reported(
     backend = backend_for(exp.spec, NS)
     ctx = _context(api)
     with TrafficControllers(api, period_s=0.05):
-        assert rollout.set_split(ctx, backend, {"v1": 70, "v2": 30}) == {"v1": 70, "v2": 30}
-        assert rollout.promote(ctx, backend, "v2") == {"v1": 0, "v2": 100}
+        assert rollout.set_split(ctx, backend, {"v1": 70, "v2": 30}, holder=HOLDER) == {
+            "v1": 70,
+            "v2": 30,
+        }
+        assert rollout.promote(ctx, backend, "v2", holder=HOLDER) == {"v1": 0, "v2": 100}
     stored = kube.get(g, v, p, NS, "ks")
     assert stored["spec"]["traffic"][1] == {
         "revisionName": "ks-2",

@@ -304,7 +304,13 @@ _BOUND_KEYWORDS = {
     "pattern": "pattern",
 }
 # Bounds the CRD states on fields the parser does not read (core counts them itself).
-_NOT_READ_BY_THE_PARSER = {"status.transientFailures": parse.Bound(minimum=0)}
+_NOT_READ_BY_THE_PARSER = {
+    "status.transientFailures": parse.Bound(minimum=0),
+    # The write-ahead split: core writes and reads it, the analysis never does.
+    "status.desiredWeightDistribution": parse.Bound(max_items=parse.MAX_VERSIONS),
+    "status.desiredWeightDistribution[].name": parse.Bound(max_length=253),
+    "status.desiredWeightDistribution[].value": parse.Bound(minimum=0, maximum=100),
+}
 
 
 def crd_bounds() -> dict[str, parse.Bound]:
@@ -1119,11 +1125,13 @@ TRAFFIC = ("<ref.group>", "<ref.plural>")
 # code both ways, so a stage that starts calling something new fails until it is listed here,
 # and its ClusterRole then has to follow.
 CALLS: dict[str, set[Call]] = {
-    # Lists to find the experiments not yet running and who holds a target; sets the split.
+    # Lists to find the experiments not yet running and who holds a target; sets the split;
+    # puts the restore finalizer on the Experiment (a metadata patch).
     "start": {
         ("store", "list"),
         ("store", "get"),
         ("store", "write_status"),
+        ("store", "patch_metadata"),
         ("objects", "get"),
         ("objects", "patch"),
     },
@@ -1140,9 +1148,11 @@ CALLS: dict[str, set[Call]] = {
         ("objects", "get"),
         ("objects", "patch"),
     },
+    # Removes the restore finalizer once the baseline is read back.
     "finish": {
         ("store", "get"),
         ("store", "write_status"),
+        ("store", "patch_metadata"),
         ("objects", "get"),
         ("objects", "patch"),
     },
@@ -1156,6 +1166,7 @@ ADAPTER_VERBS: dict[Call, set[tuple[str, str, str]]] = {
     ("store", "list"): {("arbiter.dev", "experiments", "list")},
     ("store", "write_status"): {("arbiter.dev", "experiments/status", "update")},
     ("store", "get_metric"): {("arbiter.dev", "metrics", "get")},
+    ("store", "patch_metadata"): {("arbiter.dev", "experiments", "patch")},
     ("objects", "get"): {(*TRAFFIC, "get")},
     ("objects", "patch"): {(*TRAFFIC, "patch")},
 }

@@ -40,6 +40,7 @@ def full_status() -> Status:
             Condition(ConditionType.TARGET_ACQUIRED, True, "TargetAcquired", "", T0),
             Condition(ConditionType.VERSIONS_READY, False, "Waiting", "waiting for b", T0),
         ),
+        desired_weights=(VersionWeight("a", 70), VersionWeight("b", 30)),
     )
     unset = [f.name for f in dataclasses.fields(status) if not getattr(status, f.name)]
     assert not unset, f"full_status leaves {unset} unset"

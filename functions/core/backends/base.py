@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 from functions.core.resources import ObjectRef
 
@@ -66,6 +66,11 @@ class Route:
 
 class TrafficBackend(Protocol):
     """The field layout of one backend, for one experiment."""
+
+    # How many versions it can split traffic between (None: any number), and what it is,
+    # for the condition that refuses an experiment it cannot carry.
+    MAX_VERSIONS: ClassVar[int | None]
+    DESCRIPTION: ClassVar[str]
 
     @property
     def refs(self) -> tuple[ObjectRef, ...]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from analytics.model import ExperimentSpec
 from functions.core.backends.base import Obj, Patch, Resolution, get_path
@@ -40,6 +40,11 @@ def _pointer(parts: Sequence[str | int]) -> str:
 @dataclass(frozen=True)
 class FieldPathBackend:
     """One experiment whose versions each name the object and field carrying their weight."""
+
+    MAX_VERSIONS: ClassVar[int | None] = None  # one field per version
+    DESCRIPTION: ClassVar[str] = (
+        "the field-path backend (spec.versionInfo.*.weightObjRef.fieldPath)"
+    )
 
     spec: ExperimentSpec
     default_namespace: str

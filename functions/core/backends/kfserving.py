@@ -7,7 +7,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 from analytics.model import ExperimentSpec
 from functions.core.backends.base import (
@@ -99,6 +99,11 @@ def problems(obj: Obj) -> list[str]:
 @dataclass(frozen=True)
 class KFServingBackend:
     """One experiment on a KFServing v1alpha2 InferenceService."""
+
+    MAX_VERSIONS: ClassVar[int | None] = 2  # spec.default and spec.canary
+    DESCRIPTION: ClassVar[str] = (
+        "a KFServing v1alpha2 InferenceService (spec.default and spec.canary)"
+    )
 
     isvc: ObjectRef
     spec: ExperimentSpec

@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from analytics.model import ExperimentSpec, Version
 from functions.core.backends.base import (
@@ -106,6 +106,9 @@ def problems(obj: Obj) -> list[str]:
 class KnativeBackend:
     """One experiment on a Knative Service: a version is a revision, named by its `revision`
     variable or by the revision its `tag` is on."""
+
+    MAX_VERSIONS: ClassVar[int | None] = None  # one spec.traffic entry per version
+    DESCRIPTION: ClassVar[str] = "a Knative Service (spec.traffic)"
 
     service: ObjectRef
     spec: ExperimentSpec

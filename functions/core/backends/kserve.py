@@ -7,7 +7,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from analytics.model import ExperimentSpec, Version
 from functions.core.backends.base import Obj, Patch, Resolution, Route, get_path, with_ready
@@ -60,6 +60,12 @@ def expected_status(obj: Obj) -> dict[str, Any]:
 @dataclass(frozen=True)
 class KServeBackend:
     """One experiment on a KServe v1beta1 InferenceService."""
+
+    # canaryTrafficPercent splits between the last rolled-out and the latest revision.
+    MAX_VERSIONS: ClassVar[int | None] = 2
+    DESCRIPTION: ClassVar[str] = (
+        "a KServe v1beta1 InferenceService (spec.predictor.canaryTrafficPercent)"
+    )
 
     isvc: ObjectRef
     spec: ExperimentSpec

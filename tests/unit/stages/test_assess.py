@@ -234,7 +234,8 @@ def test_a_lost_write_race_is_retried_and_the_iteration_recorded_once() -> None:
     status = w.store.status(NS, NAME)
     assert status["completedIterations"] == 1
     assert weights(status) == {BASELINE_REVISION: 60, CANDIDATE_REVISION: 40}
-    assert len(w.store.writes) == writes + 1
+    # two writes: the split asked for (write-ahead, before the patch), then the iteration
+    assert len(w.store.writes) == writes + 2
     assert len(w.objects.patches) == patches + 1, "the retry finds the split in effect"
     assert [e["type"] for e in w.sink.since(mark)] == [ASSESSED]
 

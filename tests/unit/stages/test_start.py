@@ -112,7 +112,8 @@ def test_a_lost_write_race_is_retried_and_the_split_is_set_once() -> None:
     w.store.conflict(2)
     assert w.deliver("start", added(obj)) == 200
     assert w.store.status(NS, NAME)["stage"] == "Running"
-    assert len(w.store.writes) == 1
+    # two writes: Running with the split asked for (write-ahead), then the split read back
+    assert len(w.store.writes) == 2
     assert len(w.objects.patches) == 1, "the retry finds the split in effect"
     assert w.sink.types() == [STARTED]
 
