@@ -140,6 +140,12 @@ class Status:
     recommendation: Recommendation | None = None
     version_recommended_for_promotion: str | None = None
     conditions: tuple[Condition, ...] = ()
+    # The clock (functions/core/sweep.py): when the experiment became Finishing (the finish
+    # deadline counts from it), and, when the decision that ended it is an abort (it could
+    # not go on: finish only restores the baseline), the abort's reason. The decision's
+    # action and message are `recommendation`; functions/core/sweep.py reads both as one.
+    finishing_time: datetime | None = None
+    abort_reason: str | None = None
 
     @classmethod
     def read(cls, obj: Mapping[str, Any]) -> Status:
@@ -169,6 +175,8 @@ class Status:
             recommendation=_recommendation(raw.get("recommendation")),
             version_recommended_for_promotion=_text(raw.get("versionRecommendedForPromotion")),
             conditions=tuple(c for c in conditions if c is not None),
+            finishing_time=parse_time(raw.get("finishingTime")),
+            abort_reason=_text(raw.get("abortReason")),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -178,6 +186,7 @@ class Status:
             "startTime": self.start_time,
             "lastIterationTime": self.last_iteration_time,
             "lastUpdateTime": self.last_update_time,
+            "finishingTime": self.finishing_time,
         }
         fields: dict[str, Any] = {
             "stage": self.stage.value,
@@ -200,6 +209,7 @@ class Status:
             ),
             "versionRecommendedForPromotion": self.version_recommended_for_promotion,
             "conditions": [c.to_dict() for c in self.conditions] or None,
+            "abortReason": self.abort_reason,
         }
         return {k: v for k, v in fields.items() if v is not None}
 

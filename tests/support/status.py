@@ -40,6 +40,8 @@ def full_status() -> Status:
             Condition(ConditionType.TARGET_ACQUIRED, True, "TargetAcquired", "", T0),
             Condition(ConditionType.VERSIONS_READY, False, "Waiting", "waiting for b", T0),
         ),
+        finishing_time=T0.replace(minute=3, second=6),
+        abort_reason="MaxDurationExceeded",
     )
     unset = [f.name for f in dataclasses.fields(status) if not getattr(status, f.name)]
     assert not unset, f"full_status leaves {unset} unset"
