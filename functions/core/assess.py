@@ -99,7 +99,9 @@ def assess(ctx: Context, ref: ExperimentRef, iteration: int, measured: events.Me
     status = replace(
         status,
         completed_iterations=iteration,
-        last_iteration_time=measured.measured_at or now,
+        # The event's time is a hint: never later than now (a time far ahead would stop
+        # the clock from ever finding the next iteration due).
+        last_iteration_time=min(measured.measured_at or now, now),
         last_update_time=now,
         transient_failures=0,
         analysis={
@@ -122,6 +124,6 @@ def assess(ctx: Context, ref: ExperimentRef, iteration: int, measured: events.Me
     if current:
         status = status.with_split(current)
     if action is not Action.CONTINUE:
-        status = replace(status, stage=Stage.FINISHING)
+        status = replace(status, stage=Stage.FINISHING, finishing_time=now)
     ctx.store.write_status(obj, status.to_dict())
     ctx.sink.emit(_follow_up(status, st.ref_of(obj), iteration))

@@ -18,10 +18,10 @@ from cloudevents.http import CloudEvent
 
 from analytics.allocation import initial_weights
 from analytics.model import DeploymentPattern, Experiment, TestingPattern
-from functions.core import events, rollout
+from functions.core import events, rollout, sweep
 from functions.core import status as st
 from functions.core.context import Context
-from functions.core.errors import NotFoundError, PermanentError
+from functions.core.errors import NotFoundError, PermanentError, TransientError
 from functions.core.events import ExperimentRef
 from functions.core.status import ACTIVE, TERMINAL, ConditionType, Stage, Status, Version
 from functions.core.traffic import model_for
@@ -47,12 +47,38 @@ def handle(ctx: Context, event: CloudEvent) -> None:
     for r in refs:
         try:
             st.retry_on_conflict(functools.partial(start_one, ctx, r, listed))
+        except TransientError as e:
+            if ref is not None:
+                raise
+            # The next ping tries again; the others go on now.
+            log.warning("start: %s: transient, next ping retries: %s", r, e)
         except PermanentError as e:
             if ref is not None:
                 raise
-            failures.append(str(e))  # recorded in that experiment's status; go on
+            _record(ctx, r, e)
+            failures.append(f"{r}: {e}")
+        except Exception as e:  # one experiment never stops the others
+            _record(ctx, r, e)
+            if ref is not None:
+                raise PermanentError(f"experiment {r}: {type(e).__name__}: {e}") from e
+            failures.append(f"{r}: {e}")
     if failures:
         log.warning("start: %d experiment(s) could not start: %s", len(failures), failures)
+
+
+def _record(ctx: Context, ref: ExperimentRef, error: Exception) -> None:
+    """A sweep's failure on one experiment, recorded on it (unless start_one already ended
+    it with its own condition); never raises."""
+    if isinstance(error, PermanentError):
+        reason = "CannotStart"
+    else:
+        reason = "InternalError"
+        log.error("start: %s", ref, exc_info=error)
+    message = f"start could not proceed: {type(error).__name__}: {error}"
+    try:
+        st.retry_on_conflict(lambda: sweep.mark_failed(ctx, ref, reason, message))
+    except Exception:  # nothing more to do for it on this ping
+        log.exception("start: %s: could not record the failure", ref)
 
 
 def _blocker(
@@ -112,6 +138,11 @@ def start_one(
         message = "invalid spec: " + "; ".join(problems)
         _fail(ctx, obj, "InvalidSpec", message)
         raise PermanentError(f"experiment {ref}: {message}")
+    too_long = sweep.duration_problem(obj, ctx.settings)
+    if too_long is not None:
+        # Bounded so nobody holds a target for ever (the clock also ends a running one then).
+        _fail(ctx, obj, "DurationTooLong", too_long)
+        raise PermanentError(f"experiment {ref}: {too_long}")
     experiment = st.resolved_experiment(obj)
     now = ctx.clock.now()
     status = replace(

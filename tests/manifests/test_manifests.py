@@ -761,6 +761,8 @@ def test_settings_configmap_holds_exactly_the_settings_the_code_reads() -> None:
     assert settings.query_retries == int(data["ARBITER_QUERY_RETRIES"])
     assert settings.max_transient_failures == int(data["ARBITER_MAX_TRANSIENT_FAILURES"])
     assert settings.ready_timeout_seconds == float(data["ARBITER_READY_TIMEOUT_SECONDS"])
+    assert settings.max_experiment_seconds == Settings.max_experiment_seconds
+    assert settings.finish_deadline_seconds == Settings.finish_deadline_seconds
 
 
 # --- RBAC -----------------------------------------------------------------------------------
@@ -803,10 +805,18 @@ def _traffic_resources() -> set[tuple[str, str]]:
     return {(r.group, r.plural) for r in refs}
 
 
+# Modules of functions.core whose calls a stage makes as its own (iterate's ping runs the
+# clock, functions/core/sweep.py, which lists, reads and writes experiments).
+RUNS: dict[str, tuple[str, ...]] = {"iterate": ("sweep",)}
+
+
 def needed(stage: str) -> set[tuple[str, str, str]]:
-    """The API calls a stage makes, read off its module: the store's methods it calls and
-    whether it moves traffic (functions.core.rollout)."""
-    source = (ROOT / "functions" / "core" / f"{stage}.py").read_text()
+    """The API calls a stage makes, read off its module (and the modules it runs as its
+    own): the store's methods it calls and whether it moves traffic (functions.core.rollout)."""
+    source = "\n".join(
+        (ROOT / "functions" / "core" / f"{module}.py").read_text()
+        for module in (stage, *RUNS.get(stage, ()))
+    )
     status_verb = (
         "update"
         if "replace_namespaced_custom_object_status" in inspect.getsource(KubeExperimentStore)
