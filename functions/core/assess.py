@@ -19,7 +19,7 @@ from cloudevents.http import CloudEvent
 from analytics.analysis import Action, analyze
 from analytics.document import to_dict
 from analytics.model import DeploymentPattern, TestingPattern
-from functions.core import events, rollout
+from functions.core import events, rollout, sweep
 from functions.core import status as st
 from functions.core.context import Context
 from functions.core.errors import PermanentError
@@ -49,9 +49,10 @@ def handle(ctx: Context, event: CloudEvent) -> None:
 
 
 def _follow_up(status: Status, ref: ExperimentRef, iteration: int) -> CloudEvent:
-    rec = status.concluding
-    if rec is not None:
-        return events.make(events.Concluded.recommended(rec), ref, iteration, stage="assess")
+    # The decision as recorded, whoever recorded it (the clock may have: MaxDurationExceeded).
+    decision = sweep.recorded_decision(status)
+    if decision is not None:
+        return events.make(decision, ref, iteration, stage="assess")
     return events.make(events.Assessed(), ref, iteration, stage="assess")
 
 

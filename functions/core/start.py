@@ -35,7 +35,11 @@ _NOT_STARTED: Final = frozenset({Stage.PENDING, Stage.WAITING, Stage.INITIALIZIN
 def handle(ctx: Context, event: CloudEvent) -> None:
     ref = events.experiment_ref(event)
     listed: list[dict[str, Any]] | None = None
-    if event["type"] == events.APISERVER_ADD and ref is not None:
+    # One experiment added: its failure is the event's. Otherwise (a ping, a freed target:
+    # experiment.finished names the experiment that ended, not one to start) a sweep, where
+    # one experiment's failure is recorded on it and never stops the others.
+    single = event["type"] == events.APISERVER_ADD and ref is not None
+    if single and ref is not None:
         refs = [ref]
     else:
         # A ping or a freed target: look again at everything not yet running. The one list
@@ -48,18 +52,18 @@ def handle(ctx: Context, event: CloudEvent) -> None:
         try:
             st.retry_on_conflict(functools.partial(start_one, ctx, r, listed))
         except TransientError as e:
-            if ref is not None:
+            if single:
                 raise
             # The next ping tries again; the others go on now.
             log.warning("start: %s: transient, next ping retries: %s", r, e)
         except PermanentError as e:
-            if ref is not None:
+            if single:
                 raise
             _record(ctx, r, e)
             failures.append(f"{r}: {e}")
         except Exception as e:  # one experiment never stops the others
             _record(ctx, r, e)
-            if ref is not None:
+            if single:
                 raise PermanentError(f"experiment {r}: {type(e).__name__}: {e}") from e
             failures.append(f"{r}: {e}")
     if failures:

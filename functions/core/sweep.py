@@ -8,7 +8,8 @@ moves it on, derived from its status alone:
 - Running: `experiment.due` once its interval has passed; past its maximum duration
   (ARBITER_MAX_EXPERIMENT_SECONDS from its start) the decision to roll back is recorded
   (reason MaxDurationExceeded) and `experiment.concluded` sent.
-- Finishing: `experiment.concluded` again, for the decision recorded in status; finish is
+- Finishing: `experiment.concluded` again, for the decision recorded in status (once it
+  has been Finishing for a read-back timeout, so as not to race the first); finish is
   idempotent, and past ARBITER_FINISH_DEADLINE_SECONDS it makes a last attempt to restore
   the baseline and ends the experiment Failed, never leaving it Finishing.
 - being deleted (its finalizer holds it): `experiment.deleting`, so finish restores the
@@ -211,7 +212,7 @@ def _drive_running(ctx: Context, obj: Mapping[str, Any], status: Status, now: da
         # Stored before the bound existed (or under a larger one): end it the safe way.
         conclude(ctx, ref, events.Concluded.abort("DurationOutOfBounds", problem))
         return
-    started = status.start_time
+    started = status.start_time or status.init_time
     limit = ctx.settings.max_experiment_seconds
     if started is not None and elapsed(now, started) > limit:
         message = (
@@ -220,7 +221,7 @@ def _drive_running(ctx: Context, obj: Mapping[str, Any], status: Status, now: da
         )
         conclude(ctx, ref, events.Concluded.abort("MaxDurationExceeded", message))
         return
-    last = status.last_iteration_time or started
+    last = status.last_iteration_time or status.start_time
     interval = interval_seconds(obj)
     since = None if last is None else elapsed(now, last)
     # A last time further ahead than one interval is no time the clock gave: measure now.
@@ -235,6 +236,11 @@ def _drive_finishing(ctx: Context, obj: Mapping[str, Any], status: Status, now: 
         # Start the finish deadline no later than the first sweep that sees it Finishing.
         stamped = replace(status, finishing_time=finishing_since(status) or now)
         ctx.store.write_status(dict(obj), stamped.to_dict())
+    since = finishing_since(status)
+    if since is not None and elapsed(now, since) < ctx.settings.readback_timeout_seconds:
+        # Just decided: finish may still be applying the first announcement (it waits up to
+        # a read-back timeout for the split); the next ping re-sends it if need be.
+        return
     decision = recorded_decision(status)
     if decision is None:
         # Finishing with no decision recorded: nothing to promote; restore the baseline.

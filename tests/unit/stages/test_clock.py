@@ -15,7 +15,7 @@ import pytest
 from cloudevents.http import CloudEvent
 
 from functions.core import sweep
-from functions.core.errors import TransientError
+from functions.core.errors import PermanentError, TransientError
 from functions.core.events import (
     CONCLUDED,
     DELETING,
@@ -489,4 +489,63 @@ def test_one_experiment_failing_in_starts_sweep_does_not_stop_the_others(
     failed = condition(w.store.status("demo", A), "Failed")
     assert failed["reason"] == "InternalError"
     assert "OverflowError" in failed["message"]
+    assert stage(w, A, "other") == "Running"
+
+
+def test_a_ping_right_after_the_decision_does_not_race_the_first_announcement() -> None:
+    w = world()
+    finishing_with_concluded_lost(w)
+    mark = len(w.sink.events)
+    w.publish(ping())  # the same instant: finish may still be applying it
+    assert not [e for e in w.sink.since(mark) if e["type"] == CONCLUDED]
+    w.clock.advance(w.settings.readback_timeout_seconds)
+    w.publish(ping())
+    assert stage(w) == "Completed"
+
+
+def test_a_repeated_measurement_re_sends_the_decision_the_clock_recorded() -> None:
+    w = world()
+    good_versions(w)
+    add(w)
+    set_status(
+        w,
+        stage="Finishing",
+        completedIterations=1,
+        recommendation={"action": "rollback", "message": "too long"},
+        abortReason="MaxDurationExceeded",
+    )
+    mark = len(w.sink.events)
+    repeat = event(MEASURED, w.store.stored(NS, A), 1, {"aggregatedMetrics": {"data": {}}})
+    assert w.deliver("assess", repeat) == 200
+    (again,) = w.sink.since(mark)
+    assert again["type"] == CONCLUDED
+    data = again.get_data()
+    assert isinstance(data, dict)
+    assert (data["failed"], data["reason"]) == (True, "MaxDurationExceeded")
+
+
+def test_a_freed_target_wakes_a_sweep_where_one_failure_never_stops_the_others(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from functions.core import start
+    from functions.core.events import FINISHED
+
+    w = world("demo", "other")
+    good_versions(w)
+    w.store.add(experiment(namespace="demo", name=A))
+    w.store.add(experiment(namespace="other", name=A))
+    real = start._first_split
+
+    def broken(ctx: Any, exp: Any, model: Any) -> Any:
+        if exp.namespace == "demo":
+            raise PermanentError("demo/iris: a field the owner does not allow")
+        return real(ctx, exp, model)
+
+    monkeypatch.setattr(start, "_first_split", broken)
+    freed = event(FINISHED, w.store.stored("demo", A), 3, {"outcome": "RolledBack"})
+
+    assert w.deliver("start", freed) == 200
+
+    failed = condition(w.store.status("demo", A), "Failed")
+    assert failed["reason"] == "CannotStart"
     assert stage(w, A, "other") == "Running"
