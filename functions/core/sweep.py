@@ -27,6 +27,7 @@ received number, however large, can overflow.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Mapping
@@ -39,7 +40,7 @@ from analytics.model import Duration
 from functions.core import events
 from functions.core import status as st
 from functions.core.context import Context
-from functions.core.errors import PermanentError, TransientError
+from functions.core.errors import ConflictError, PermanentError, TransientError
 from functions.core.settings import Settings
 from functions.core.status import TERMINAL, ConditionType, Outcome, Stage, Status
 from functions.core.timestamps import elapsed
@@ -235,7 +236,10 @@ def _drive_finishing(ctx: Context, obj: Mapping[str, Any], status: Status, now: 
     if status.finishing_time is None:
         # Start the finish deadline no later than the first sweep that sees it Finishing.
         stamped = replace(status, finishing_time=finishing_since(status) or now)
-        ctx.store.write_status(dict(obj), stamped.to_dict())
+        # Losing a race is fine: someone wrote first (finish, most likely); the next ping
+        # stamps it if it is still Finishing. The re-send below must not wait for it.
+        with contextlib.suppress(ConflictError):
+            ctx.store.write_status(dict(obj), stamped.to_dict())
     since = finishing_since(status)
     if since is not None and elapsed(now, since) < ctx.settings.readback_timeout_seconds:
         # Just decided: finish may still be applying the first announcement (it waits up to

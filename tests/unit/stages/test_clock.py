@@ -241,11 +241,19 @@ def test_past_the_finish_deadline_a_restore_that_works_still_ends_it_failed_neve
 def test_a_finishing_experiment_without_a_finishing_time_gets_one_from_the_first_sweep() -> None:
     w = world()
     finishing_with_concluded_lost(w)
-    set_status(w, finishingTime=None)
     w.store.experiments[(NS, A)]["status"].pop("finishingTime")
     sink(w).lose(CONCLUDED)
     tick(w)
     assert Status.read(w.store.stored(NS, A)).finishing_time is not None
+
+
+def test_a_lost_race_stamping_the_finishing_time_does_not_hold_back_the_re_send() -> None:
+    w = world()
+    finishing_with_concluded_lost(w)
+    w.store.experiments[(NS, A)]["status"].pop("finishingTime")
+    w.store.conflict(1)  # the stamp loses a race
+    tick(w)
+    assert stage(w) == "Completed"
 
 
 def test_finishing_without_a_recorded_decision_restores_the_baseline() -> None:
