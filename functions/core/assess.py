@@ -20,7 +20,7 @@ from cloudevents.http import CloudEvent
 from analytics.analysis import Action, analyze
 from analytics.document import to_dict
 from analytics.model import DeploymentPattern, TestingPattern
-from functions.core import events, rollout
+from functions.core import events, rollout, sweep
 from functions.core import status as st
 from functions.core.backends import model_for
 from functions.core.context import Context
@@ -50,9 +50,10 @@ def handle(ctx: Context, event: CloudEvent) -> None:
 
 
 def _follow_up(status: Status, ref: ExperimentRef, iteration: int) -> CloudEvent:
-    rec = status.concluding
-    if rec is not None:
-        return events.make(events.Concluded.recommended(rec), ref, iteration, stage="assess")
+    # The decision as recorded, whoever recorded it (the clock may have: MaxDurationExceeded).
+    decision = sweep.recorded_decision(status)
+    if decision is not None:
+        return events.make(decision, ref, iteration, stage="assess")
     return events.make(events.Assessed(), ref, iteration, stage="assess")
 
 
@@ -106,7 +107,9 @@ def assess(ctx: Context, ref: ExperimentRef, iteration: int, measured: events.Me
     status = replace(
         status,
         completed_iterations=iteration,
-        last_iteration_time=measured.measured_at or now,
+        # The event's time is a hint: never later than now (a time far ahead would stop
+        # the clock from ever finding the next iteration due).
+        last_iteration_time=min(measured.measured_at or now, now),
         last_update_time=now,
         transient_failures=0,
         analysis={
@@ -129,6 +132,6 @@ def assess(ctx: Context, ref: ExperimentRef, iteration: int, measured: events.Me
     if current:
         status = status.with_split(current)
     if action is not Action.CONTINUE:
-        status = replace(status, stage=Stage.FINISHING)
+        status = replace(status, stage=Stage.FINISHING, finishing_time=now)
     ctx.store.write_status(obj, status.to_dict())
     ctx.sink.emit(_follow_up(status, st.ref_of(obj), iteration))

@@ -31,6 +31,8 @@ MEASURED: Final = "dev.arbiter.experiment.measured"
 ASSESSED: Final = "dev.arbiter.experiment.assessed"
 CONCLUDED: Final = "dev.arbiter.experiment.concluded"
 FINISHED: Final = "dev.arbiter.experiment.finished"
+# The clock found an Experiment being deleted (its finalizer holds it): restore its baseline.
+DELETING: Final = "dev.arbiter.experiment.deleting"
 
 # Emitted by Knative sources we subscribe to.
 APISERVER_ADD: Final = "dev.knative.apiserver.resource.add"
@@ -43,7 +45,7 @@ TRIGGERS: Final[dict[str, tuple[str, ...]]] = {
     "start": (APISERVER_ADD, FINISHED, PING),
     "iterate": (PING, STARTED, DUE),
     "assess": (MEASURED,),
-    "finish": (CONCLUDED, APISERVER_DELETE),
+    "finish": (CONCLUDED, APISERVER_DELETE, DELETING),
 }
 
 # Extension attributes carried by every Arbiter event (lower-case alphanumerics, per spec),
@@ -248,6 +250,13 @@ class Assessed(_Empty):
     """The iteration is recorded and traffic moved; the experiment goes on."""
 
     TYPE: ClassVar[str] = ASSESSED
+
+
+@dataclass(frozen=True)
+class Deleting(_Empty):
+    """The experiment is being deleted and still holds its target: restore the baseline."""
+
+    TYPE: ClassVar[str] = DELETING
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,11 @@ Only the experiment holding the target moves it (functions.core.ownership): a la
 repeated event of one that no longer holds it changes nothing. The end releases the
 target's holder annotation and removes the Experiment's restore finalizer; a deletion the
 finalizer holds is finished by `restore_deleted`.
+
+Nothing leaves an experiment Finishing: the clock re-sends `experiment.concluded` every
+ping (functions/core/sweep.py); a target that is gone ends it Failed at once (nothing to
+restore), and past ARBITER_FINISH_DEADLINE_SECONDS finish makes one last attempt to restore
+the baseline and ends it Failed with a condition saying whether that worked.
 """
 
 from __future__ import annotations
@@ -21,12 +26,12 @@ from typing import Any
 from cloudevents.http import CloudEvent
 
 from analytics.analysis import Action
-from analytics.model import TestingPattern
-from functions.core import events, ownership, rollout
+from analytics.model import Experiment, TestingPattern
+from functions.core import events, ownership, rollout, sweep
 from functions.core import status as st
 from functions.core.backends import TrafficBackend, model_for
 from functions.core.context import Context
-from functions.core.errors import NotFoundError, PermanentError
+from functions.core.errors import ArbiterError, NotFoundError, PermanentError
 from functions.core.events import ExperimentRef
 from functions.core.status import ACTIVE, TERMINAL, ConditionType, Outcome, Stage, Status
 from functions.core.tenancy import RefusedError
@@ -41,6 +46,9 @@ def handle(ctx: Context, event: CloudEvent) -> None:
         data = event.get_data()
         if isinstance(data, Mapping):
             deleted(ctx, dict(data))
+        return
+    if event["type"] == events.DELETING:
+        restore_deleted(ctx, events.parse(event, events.Deleting).ref)
         return
     concluded = events.parse(event, events.Concluded)
     st.retry_on_conflict(lambda: finish(ctx, concluded.ref, concluded.iteration, concluded.payload))
@@ -80,36 +88,48 @@ def finish(ctx: Context, ref: ExperimentRef, iteration: int, concluded: events.C
     if status.stage not in ACTIVE:
         log.info("finish: %s is %s; nothing to conclude", ref, status.stage)
         return
-    experiment = st.resolved_experiment(obj)
+    try:
+        experiment = _experiment_to_restore(obj)
+    except PermanentError as e:
+        message = f"cannot restore the baseline: the stored spec does not parse: {e}"
+        _end_failed(ctx, obj, status, "InvalidSpec", message)
+        return
     model = model_for(experiment.spec, experiment.namespace)
     holder = st.ref_of(obj)
-    failed = concluded.failed
-    promote = concluded.action is Action.PROMOTE and not failed
     info = experiment.spec.version_info
     baseline = info.baseline.name if info else ""
+    target = experiment.spec.target
+    if sweep.finish_overdue(ctx, status):
+        _last_attempt(ctx, obj, status, experiment)
+        return
+    failed = concluded.failed
+    promote = concluded.action is Action.PROMOTE and not failed
     split: dict[str, int] | None = None
     outcome: Outcome
-    if experiment.spec.strategy.testing_pattern is TestingPattern.CONFORMANCE:
-        # Conformance validates the version that serves; it never moves traffic.
-        outcome = Outcome.VALIDATED if promote else Outcome.NOT_VALIDATED
-        version, message = baseline, concluded.message or outcome.value
-    else:
-        try:
-            if promote and concluded.version is not None:
-                version = concluded.version
-                split = rollout.promote(ctx, model, version, holder=holder)
-                outcome, message = Outcome.PROMOTED, concluded.message or f"promoted {version}"
-            else:
-                split = rollout.rollback(ctx, model, holder=holder)
-                version = baseline
-                outcome = Outcome.ABORTED if failed else Outcome.ROLLED_BACK
-                message = concluded.message or f"rolled back to {baseline}"
-        except RefusedError as e:
-            # Not this experiment's to move (another holds the target, or a field its owner
-            # does not allow): end it without touching the traffic, and say why.
-            version, split, failed, outcome = baseline, None, True, Outcome.ABORTED
-            message = f"traffic left as it is: {e}"
-            concluded = replace(concluded, reason="TrafficRefused")
+    try:
+        if experiment.spec.strategy.testing_pattern is TestingPattern.CONFORMANCE:
+            # Conformance validates the version that serves; it never moves traffic.
+            outcome = Outcome.VALIDATED if promote else Outcome.NOT_VALIDATED
+            version, message = baseline, concluded.message or outcome.value
+        elif promote and concluded.version is not None:
+            version = concluded.version
+            split = rollout.promote(ctx, model, version, holder=holder)
+            outcome, message = Outcome.PROMOTED, concluded.message or f"promoted {version}"
+        else:
+            split = rollout.rollback(ctx, model, holder=holder)
+            version = baseline
+            outcome = Outcome.ABORTED if failed else Outcome.ROLLED_BACK
+            message = concluded.message or f"rolled back to {baseline}"
+    except NotFoundError as e:
+        # The target is gone: there is no traffic left to restore, and retrying cannot help.
+        _end_failed(ctx, obj, status, "TargetNotFound", f"{target}: {e}; nothing to restore")
+        return
+    except RefusedError as e:
+        # Not this experiment's to move (another holds the target, or a field its owner
+        # does not allow): end it without touching the traffic, and say why.
+        version, split, failed, outcome = baseline, None, True, Outcome.ABORTED
+        message = f"traffic left as it is: {e}"
+        concluded = replace(concluded, reason="TrafficRefused")
     now = ctx.clock.now()
     reason = concluded.reason or concluded.rule or outcome.value
     status = replace(
@@ -129,6 +149,67 @@ def finish(ctx: Context, ref: ExperimentRef, iteration: int, concluded: events.C
     ctx.sink.emit(_finished(obj, status))
 
 
+def _experiment_to_restore(obj: Mapping[str, Any]) -> Experiment:
+    """The experiment as far as restoring its traffic needs it. A spec stored before a bound
+    it violates existed may not parse any more; its duration does not matter to a restore."""
+    try:
+        return st.resolved_experiment(obj)
+    except PermanentError:
+        spec = {k: v for k, v in (obj.get("spec") or {}).items() if k != "duration"}
+        return st.resolved_experiment({**obj, "spec": spec})
+
+
+def _last_attempt(
+    ctx: Context, obj: Mapping[str, Any], status: Status, experiment: Experiment
+) -> None:
+    """Finishing ran past its deadline: one last restore of the baseline, never a promotion,
+    and the experiment ends Failed either way, with a condition saying which."""
+    limit = ctx.settings.finish_deadline_seconds
+    late = f"Finishing for longer than ARBITER_FINISH_DEADLINE_SECONDS={limit:g}"
+    target = experiment.spec.target
+    split: dict[str, int] | None = None
+    if experiment.spec.strategy.testing_pattern is TestingPattern.CONFORMANCE:
+        message = f"{late}; Conformance moves no traffic"
+    else:
+        try:
+            backend = model_for(experiment.spec, experiment.namespace)
+            split = rollout.rollback(ctx, backend, holder=st.ref_of(obj))
+        except NotFoundError as e:
+            message = f"{late}; {target}: {e}; nothing to restore"
+        except ArbiterError as e:
+            message = f"{late}; rollback of {target} not read back: {e}"
+        else:
+            message = f"{late}; baseline of {target} restored"
+    _end_failed(ctx, obj, status, "FinishDeadlineExceeded", message, split)
+
+
+def _end_failed(
+    ctx: Context,
+    obj: Mapping[str, Any],
+    status: Status,
+    reason: str,
+    message: str,
+    split: Mapping[str, int] | None = None,
+) -> None:
+    """End the experiment Failed (outcome Aborted) with a condition naming what failed, and
+    free its target."""
+    now = ctx.clock.now()
+    info_baseline = status.versions[0].name if status.versions else None
+    status = replace(
+        status,
+        stage=Stage.FAILED,
+        outcome=Outcome.ABORTED,
+        message=f"{reason}: {message}",
+        last_update_time=now,
+        version_recommended_for_promotion=info_baseline,
+    ).with_condition(ConditionType.FAILED, True, reason, message, now)
+    if split:
+        status = status.with_split(split)
+    ctx.store.write_status(dict(obj), status.to_dict())
+    log.warning("finish: %s failed: %s: %s", st.ref_of(obj), reason, message)
+    ctx.sink.emit(_finished(obj, status))
+
+
 def _finished(obj: Mapping[str, Any], status: Status) -> CloudEvent:
     done = events.Finished(
         outcome=status.outcome,
@@ -143,7 +224,7 @@ def _restorable(obj: Mapping[str, Any]) -> TrafficBackend | None:
     """The traffic model to restore on deletion; None when the experiment never moved
     traffic (Conformance, no versions resolved) or its spec cannot name the objects."""
     try:
-        experiment = st.resolved_experiment(obj)
+        experiment = _experiment_to_restore(obj)
         if experiment.spec.strategy.testing_pattern is TestingPattern.CONFORMANCE:
             return None
         if experiment.spec.version_info is None:

@@ -1,11 +1,12 @@
 """The iterate stage: find the experiments whose interval is due and measure them.
 
-A ping (or `experiment.started`) fans out: one `experiment.due` per due experiment, so
-many experiments on one tick are measured by parallel deliveries, not one after another
-in one request. On `experiment.due` it reads every metric of every version from the
-metrics source and emits one `experiment.measured` carrying them. It writes nothing but
-the count of transient failures; the measurements travel in the event, and `assess`
-records them with the iteration.
+A ping (or `experiment.started`) runs the clock (functions/core/sweep.py): one
+`experiment.due` per due experiment, so many experiments on one tick are measured by
+parallel deliveries, not one after another in one request; every other experiment holding
+its target is re-driven too. On `experiment.due` it reads every metric of every version
+from the metrics source and emits one `experiment.measured` carrying them. It writes
+nothing but the count of transient failures; the measurements travel in the event, and
+`assess` records them with the iteration.
 """
 
 from __future__ import annotations
@@ -13,15 +14,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from cloudevents.http import CloudEvent
 
 from analytics.document import measurement_to_dict
 from analytics.measurements import Measurement
-from analytics.model import Duration, Experiment
-from functions.core import events
+from analytics.model import Experiment
+from functions.core import events, sweep
 from functions.core import status as st
 from functions.core.context import Context
 from functions.core.errors import NotFoundError, PermanentError, TransientError
@@ -38,26 +39,9 @@ def handle(ctx: Context, event: CloudEvent) -> None:
         due = events.parse(event, events.Due)
         measure(ctx, due.ref, due.iteration)
         return
-    now = ctx.clock.now()
-    for obj in ctx.store.list():
-        status = Status.read(obj)
-        if status.stage is not Stage.RUNNING:
-            continue
-        last = status.last_iteration_time or status.start_time
-        interval = _interval(obj)
-        if last is None or now >= last + timedelta(seconds=interval):
-            iteration = status.iterations_done + 1
-            ctx.sink.emit(events.make(events.Due(), st.ref_of(obj), iteration, stage="iterate"))
-
-
-def _interval(obj: Mapping[str, Any]) -> float:
-    # Read raw on every ping rather than parsing each experiment: start validated the spec;
-    # the default is the parser's.
-    duration = (obj.get("spec") or {}).get("duration") or {}
-    try:
-        return float(duration.get("intervalSeconds") or Duration.interval_seconds)
-    except (TypeError, ValueError):
-        return float(Duration.interval_seconds)
+    # A ping (or experiment.started): the clock re-drives every experiment that holds its
+    # target, each on its own (functions/core/sweep.py).
+    sweep.sweep(ctx)
 
 
 def metric_names(experiment: Experiment) -> list[str]:

@@ -27,6 +27,13 @@ class Settings:
     max_transient_failures: int = 5
     # How long finish and assess wait for an applied split to show in the object's status.
     readback_timeout_seconds: float = 30.0
+    # The clock's deadlines (functions/core/sweep.py). The longest one experiment may run
+    # (from its start): an experiment whose duration cannot fit is refused at start, one
+    # still running past it is rolled back, so nobody holds a target for ever.
+    max_experiment_seconds: float = 7 * 24 * 3600.0
+    # How long an experiment may stay Finishing before finish makes a last attempt to restore
+    # the baseline and, failing that, ends it Failed with a condition saying what failed.
+    finish_deadline_seconds: float = 600.0
     log_level: str = "INFO"
     # K_SINK: where the functions post the next event (the broker); set by a SinkBinding.
     sink: str | None = None
@@ -88,6 +95,8 @@ class Settings:
             readback_timeout_seconds=number(
                 "READBACK_TIMEOUT_SECONDS", cls.readback_timeout_seconds
             ),
+            max_experiment_seconds=number("MAX_EXPERIMENT_SECONDS", cls.max_experiment_seconds),
+            finish_deadline_seconds=number("FINISH_DEADLINE_SECONDS", cls.finish_deadline_seconds),
             log_level=level,
             sink=env.get("K_SINK") or None,
             sink_token_file=env.get(_PREFIX + "SINK_TOKEN_FILE") or cls.sink_token_file,

@@ -24,11 +24,11 @@ from cloudevents.http import CloudEvent
 
 from analytics.allocation import initial_weights
 from analytics.model import DeploymentPattern, Experiment, TestingPattern
-from functions.core import events, ownership, rollout, tenancy
+from functions.core import events, ownership, rollout, sweep, tenancy
 from functions.core import status as st
 from functions.core.backends import model_for
 from functions.core.context import Context
-from functions.core.errors import NotFoundError, PermanentError
+from functions.core.errors import NotFoundError, PermanentError, TransientError
 from functions.core.events import ExperimentRef
 from functions.core.iterate import metric_names
 from functions.core.status import ACTIVE, TERMINAL, ConditionType, Stage, Status, Version
@@ -42,7 +42,11 @@ _NOT_STARTED: Final = frozenset({Stage.PENDING, Stage.WAITING, Stage.INITIALIZIN
 def handle(ctx: Context, event: CloudEvent) -> None:
     ref = events.experiment_ref(event)
     listed: list[dict[str, Any]] | None = None
-    if event["type"] == events.APISERVER_ADD and ref is not None:
+    # One experiment added: its failure is the event's. Otherwise (a ping, a freed target:
+    # experiment.finished names the experiment that ended, not one to start) a sweep, where
+    # one experiment's failure is recorded on it and never stops the others.
+    single = event["type"] == events.APISERVER_ADD and ref is not None
+    if single and ref is not None:
         refs = [ref]
     else:
         # A ping or a freed target: look again at everything not yet running. The one list
@@ -54,10 +58,21 @@ def handle(ctx: Context, event: CloudEvent) -> None:
     for r in refs:
         try:
             st.retry_on_conflict(functools.partial(start_one, ctx, r, listed))
-        except PermanentError as e:
-            if ref is not None:
+        except TransientError as e:
+            if single:
                 raise
-            failures.append(str(e))  # recorded in that experiment's status; go on
+            # The next ping tries again; the others go on now.
+            log.warning("start: %s: transient, next ping retries: %s", r, e)
+        except PermanentError as e:
+            if single:
+                raise
+            _record(ctx, r, e)
+            failures.append(f"{r}: {e}")
+        except Exception as e:  # one experiment never stops the others
+            _record(ctx, r, e)
+            if single:
+                raise PermanentError(f"experiment {r}: {type(e).__name__}: {e}") from e
+            failures.append(f"{r}: {e}")
     if failures:
         log.warning("start: %d experiment(s) could not start: %s", len(failures), failures)
 
@@ -77,6 +92,21 @@ def _unstarted(status: Status) -> bool:
 def _target_key(target: str, namespace: str) -> str:
     ns, _, name = target.rpartition("/")
     return f"{ns or namespace}/{name}"
+
+
+def _record(ctx: Context, ref: ExperimentRef, error: Exception) -> None:
+    """A sweep's failure on one experiment, recorded on it (unless start_one already ended
+    it with its own condition); never raises."""
+    if isinstance(error, PermanentError):
+        reason = "CannotStart"
+    else:
+        reason = "InternalError"
+        log.error("start: %s", ref, exc_info=error)
+    message = f"start could not proceed: {type(error).__name__}: {error}"
+    try:
+        st.retry_on_conflict(lambda: sweep.mark_failed(ctx, ref, reason, message))
+    except Exception:  # nothing more to do for it on this ping
+        log.exception("start: %s: could not record the failure", ref)
 
 
 def _blocker(
@@ -143,6 +173,11 @@ def start_one(
         message = "invalid spec: " + "; ".join(problems)
         _fail(ctx, obj, "InvalidSpec", message)
         raise PermanentError(f"experiment {ref}: {message}")
+    too_long = sweep.duration_problem(obj, ctx.settings)
+    if too_long is not None:
+        # Bounded so nobody holds a target for ever (the clock also ends a running one then).
+        _fail(ctx, obj, "DurationTooLong", too_long)
+        raise PermanentError(f"experiment {ref}: {too_long}")
     experiment = st.resolved_experiment(obj)
     refused = tenancy.namespace_problems(
         experiment.spec, experiment.namespace, metric_names(experiment), ctx.settings

@@ -144,6 +144,12 @@ class Status:
     # apply, recorded before it patches anything, so traffic always equals a split some
     # recorded decision asked for; currentWeightDistribution is what was read back.
     desired_weights: tuple[VersionWeight, ...] = ()
+    # The clock (functions/core/sweep.py): when the experiment became Finishing (the finish
+    # deadline counts from it), and, when the decision that ended it is an abort (it could
+    # not go on: finish only restores the baseline), the abort's reason. The decision's
+    # action and message are `recommendation`; functions/core/sweep.py reads both as one.
+    finishing_time: datetime | None = None
+    abort_reason: str | None = None
 
     @classmethod
     def read(cls, obj: Mapping[str, Any]) -> Status:
@@ -174,6 +180,8 @@ class Status:
             version_recommended_for_promotion=_text(raw.get("versionRecommendedForPromotion")),
             conditions=tuple(c for c in conditions if c is not None),
             desired_weights=_weights(raw.get("desiredWeightDistribution")),
+            finishing_time=parse_time(raw.get("finishingTime")),
+            abort_reason=_text(raw.get("abortReason")),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -183,6 +191,7 @@ class Status:
             "startTime": self.start_time,
             "lastIterationTime": self.last_iteration_time,
             "lastUpdateTime": self.last_update_time,
+            "finishingTime": self.finishing_time,
         }
         fields: dict[str, Any] = {
             "stage": self.stage.value,
@@ -209,6 +218,7 @@ class Status:
                 {"name": w.name, "value": w.value} for w in self.desired_weights
             ]
             or None,
+            "abortReason": self.abort_reason,
         }
         return {k: v for k, v in fields.items() if v is not None}
 

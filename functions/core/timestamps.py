@@ -18,4 +18,17 @@ def parse_time(value: object) -> datetime | None:
     except ValueError:
         return None
     # A time without an offset cannot be compared with the clock's; it says nothing.
-    return parsed if parsed.tzinfo is not None else None
+    if parsed.tzinfo is None:
+        return None
+    try:
+        # In UTC, so writing it back (iso) cannot overflow: 9999-12-31T23:59:59-01:00 is
+        # past the last datetime Python has and says nothing either.
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        return None
+
+
+def elapsed(now: datetime, since: datetime) -> float:
+    """Seconds from `since` to `now` (negative when `since` is later). Never adds to a time,
+    so no stored or received time, however far off, can overflow it."""
+    return (now - since).total_seconds()

@@ -956,7 +956,7 @@ def test_each_sender_may_post_only_its_own_event_types_to_the_broker() -> None:
         ("ApiServerSource", apiserver["metadata"]["name"]): APISERVER_TYPES,
         ("PingSource", ping["metadata"]["name"]): {events.PING},
     }
-    assert len(FUNCTION_TYPES) == 6 and events.STARTED in FUNCTION_TYPES
+    assert len(FUNCTION_TYPES) == 7 and events.DELETING in FUNCTION_TYPES
     every_type = set().union(*emits.values())
     senders = []
     for policy in eventpolicies():
@@ -1065,6 +1065,8 @@ def test_settings_configmap_holds_exactly_the_settings_the_code_reads() -> None:
     # Where the SinkBinding mounts the broker's OIDC token (knative/eventing
     # pkg/apis/sources/v1/sinkbinding_lifecycle.go: volume "oidc-token" at /oidc; key `token`).
     assert settings.sink_token_file == data["ARBITER_SINK_TOKEN_FILE"] == "/oidc/token"
+    assert settings.max_experiment_seconds == Settings.max_experiment_seconds
+    assert settings.finish_deadline_seconds == Settings.finish_deadline_seconds
 
 
 # --- RBAC -----------------------------------------------------------------------------------

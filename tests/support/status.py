@@ -41,6 +41,8 @@ def full_status() -> Status:
             Condition(ConditionType.VERSIONS_READY, False, "Waiting", "waiting for b", T0),
         ),
         desired_weights=(VersionWeight("a", 70), VersionWeight("b", 30)),
+        finishing_time=T0.replace(minute=3, second=6),
+        abort_reason="MaxDurationExceeded",
     )
     unset = [f.name for f in dataclasses.fields(status) if not getattr(status, f.name)]
     assert not unset, f"full_status leaves {unset} unset"
