@@ -15,8 +15,8 @@ from typing import Any
 
 from cloudevents.http import CloudEvent
 
-from analytics.allocation import initial_weights
 from analytics.model import DeploymentPattern, Experiment, TestingPattern
+from analytics.split import initial_weights
 from functions.core import events, rollout
 from functions.core import status as st
 from functions.core.context import Context
