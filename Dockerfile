@@ -20,7 +20,11 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY analytics ./analytics
 COPY functions ./functions
-RUN pip install . && rm -rf build ./*.egg-info
+# `pip install .` is the runtime only ([project].dependencies; the local run's, benchmarks'
+# and tests' packages are extras), and packages only analytics and functions, the two
+# directories copied. The `arbiter` command it declares needs cli/ and those extras, so its
+# script goes. pip compiles the installed modules: each cold start reads bytecode.
+RUN pip install . && rm -rf build ./*.egg-info /usr/local/bin/arbiter
 
 # A fixed numeric uid, so the pods' runAsNonRoot can check it. The Knative Services run the
 # image with a read-only root filesystem and an emptyDir on /tmp, the one place the server

@@ -6,14 +6,14 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 SAMPLE ?= samples/local/canary-good.yaml
 
-.PHONY: install os-deps node-deps test pytest lint fmt typecheck run bench clean
+.PHONY: install os-deps node-deps test pytest lint fmt typecheck run bench coldstart clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,lint]'
+	$(PY) -m pip install --quiet -e '.[local,bench,test,lint]'
 	touch $(STAMP)
 
 # OS packages the real-server tests need (see README). Installed only where we can
@@ -62,6 +62,11 @@ run: install os-deps
 
 bench: install
 	$(VENV)/bin/arbiter bench --quick
+
+# Each function's time from process start to its first answered event, beside a bare
+# functions-framework function, and the installed size of the runtime (README "Cold start").
+coldstart: install
+	$(PY) -m local.coldstart --size
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -22,6 +22,7 @@ from analytics import bayes
 from analytics.assessment import ObjectiveAssessment, Verdict
 from analytics.evidence import Quantity
 from analytics.model import DeploymentPattern, Direction, ExperimentSpec, TestingPattern
+from analytics.split import initial_weights
 from analytics.winner import WinnerAssessment
 
 FloatArray = npt.NDArray[np.float64]
@@ -92,26 +93,6 @@ def top_two(p_best: npt.ArrayLike, beta: float = TOP_TWO_BETA) -> FloatArray:
     # A certain leader has no challenger: all of the (1 - beta) share goes back to it.
     shares = shares + (1.0 - beta) * np.where(p >= 1.0, 1.0, 0.0)
     return np.asarray(shares, dtype=np.float64)
-
-
-def initial_weights(spec: ExperimentSpec) -> dict[str, int] | None:
-    """The split an experiment starts from (None for Conformance)."""
-    if spec.version_info is None:
-        raise ValueError("spec.versionInfo is not resolved yet")
-    names = spec.version_info.names
-    if spec.strategy.testing_pattern is TestingPattern.CONFORMANCE:
-        return None
-    pattern = spec.strategy.deployment_pattern
-    k = len(names) - 1
-    if pattern is DeploymentPattern.BLUE_GREEN:
-        raw = [100.0] + [0.0] * k
-    elif pattern is DeploymentPattern.FIXED_SPLIT:
-        raw = [1.0] * len(names)
-    else:
-        w = spec.strategy.weights
-        first = min(w.max_candidate_weight_increment, w.max_candidate_weight)
-        raw = [100.0 - first] + [first / k] * k
-    return dict(zip(names, to_percentages(raw).tolist(), strict=True))
 
 
 def _prob_feasible(

@@ -17,7 +17,6 @@ The recommendation follows fixed rules, checked in order, and names the one that
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -27,21 +26,8 @@ from analytics import allocation, evidence
 from analytics.assessment import ObjectiveAssessment, Verdict, assess_versions
 from analytics.evidence import Quantity
 from analytics.model import DeploymentPattern, Experiment, ExperimentSpec, TestingPattern
+from analytics.recommendation import Action, Recommendation
 from analytics.winner import WinnerAssessment, assess_winner
-
-
-class Action(enum.Enum):
-    CONTINUE = "continue"
-    PROMOTE = "promote"
-    ROLLBACK = "rollback"
-
-
-@dataclass(frozen=True)
-class Recommendation:
-    action: Action
-    version: str | None
-    rule: str
-    message: str
 
 
 @dataclass(frozen=True)

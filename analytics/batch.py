@@ -30,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import special
 
-from analytics import allocation, assessment, bayes, sequential
+from analytics import allocation, assessment, bayes, sequential, split
 from analytics.measurements import Histogram as _ScalarHistogram
 from analytics.model import (
     DeploymentPattern,
@@ -508,7 +508,7 @@ def analyze(
     winner, winner_conclusive = _winner(spec, assessed.verdict, reward)
 
     if current_weights is None:
-        start = allocation.initial_weights(spec) or {n: 0 for n in names}
+        start = split.initial_weights(spec) or {n: 0 for n in names}
         current = np.broadcast_to(np.array([float(start[n]) for n in names]), (r, k))
     else:
         current = np.asarray(current_weights, dtype=np.float64)

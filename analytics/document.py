@@ -7,20 +7,12 @@ objective and condition, so `describe` can explain a verdict without recomputing
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
-from analytics.analysis import Analysis, Recommendation
+from analytics.analysis import Analysis
 from analytics.assessment import ObjectiveAssessment
-from analytics.measurements import Counts, Histogram, Measurement, Moments, NoData, PointValue
-
-
-def _number(x: float | None) -> float | str | None:
-    if x is None:
-        return None
-    if math.isinf(x):
-        return "+Inf" if x > 0 else "-Inf"
-    return round(x, 10)
+from analytics.measurements import json_number
+from analytics.recommendation import recommendation_to_dict
 
 
 def _objective(item: ObjectiveAssessment) -> dict[str, Any]:
@@ -28,8 +20,8 @@ def _objective(item: ObjectiveAssessment) -> dict[str, Any]:
         "metric": item.metric,
         "verdict": item.verdict.value,
         "conclusive": item.conclusive,
-        "estimate": _number(item.estimate),
-        "sampleSize": _number(item.sample_size),
+        "estimate": json_number(item.estimate),
+        "sampleSize": json_number(item.sample_size),
         "conditions": [
             {
                 "condition": c.description,
@@ -41,9 +33,9 @@ def _objective(item: ObjectiveAssessment) -> dict[str, Any]:
         ],
     }
     if item.interval is not None:
-        out["interval"] = [_number(item.interval[0]), _number(item.interval[1])]
+        out["interval"] = [json_number(item.interval[0]), json_number(item.interval[1])]
     if item.bucket_bound is not None:
-        out["bucketBound"] = _number(item.bucket_bound)
+        out["bucketBound"] = json_number(item.bucket_bound)
     return out
 
 
@@ -80,10 +72,10 @@ def to_dict(analysis: Analysis) -> dict[str, Any]:
                 "rewards": [
                     {
                         "version": r.version,
-                        "estimate": _number(r.estimate),
-                        "sampleSize": _number(r.sample_size),
+                        "estimate": json_number(r.estimate),
+                        "sampleSize": json_number(r.sample_size),
                         **(
-                            {"interval": [_number(r.interval[0]), _number(r.interval[1])]}
+                            {"interval": [json_number(r.interval[0]), json_number(r.interval[1])]}
                             if r.interval is not None
                             else {}
                         ),
@@ -93,33 +85,3 @@ def to_dict(analysis: Analysis) -> dict[str, Any]:
             },
         },
     }
-
-
-def recommendation_to_dict(rec: Recommendation) -> dict[str, Any]:
-    """A recommendation as status.recommendation and the `concluded` event carry it."""
-    out: dict[str, Any] = {"action": rec.action.value, "rule": rec.rule, "message": rec.message}
-    if rec.version is not None:
-        out["version"] = rec.version
-    return out
-
-
-def measurement_to_dict(m: Measurement) -> dict[str, Any]:
-    """A measurement in the `aggregatedMetrics` shape that analytics.parse reads back."""
-    if isinstance(m, NoData):
-        return {}
-    if isinstance(m, PointValue):
-        return {"value": m.value}
-    if isinstance(m, Counts):
-        return {"events": m.events, "trials": m.trials}
-    if isinstance(m, Moments):
-        out: dict[str, Any] = {"count": m.count, "sum": m.total}
-        if m.sum_of_squares is not None:
-            out["sumOfSquares"] = m.sum_of_squares
-        return out
-    if isinstance(m, Histogram):
-        return {
-            "buckets": [
-                {"le": _number(b), "count": c} for b, c in zip(m.bounds, m.cumulative, strict=True)
-            ]
-        }
-    raise TypeError(f"not a measurement: {m!r}")

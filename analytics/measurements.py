@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -134,3 +135,39 @@ class Histogram:
 
 
 Measurement = NoData | PointValue | Counts | Moments | Histogram
+
+
+def json_number(x: float | None) -> float | str | None:
+    """A number as JSON can carry it: infinities spelled as Prometheus spells them."""
+    if x is None:
+        return None
+    if math.isinf(x):
+        return "+Inf" if x > 0 else "-Inf"
+    return round(x, 10)
+
+
+def measurement_to_dict(m: Measurement) -> dict[str, Any]:
+    """A measurement in the `aggregatedMetrics` shape that analytics.parse reads back.
+
+    It lives here, beside the types, rather than with the Analysis document, so `iterate`
+    can write measurements without importing the statistics (numpy, scipy) it never runs.
+    """
+    if isinstance(m, NoData):
+        return {}
+    if isinstance(m, PointValue):
+        return {"value": m.value}
+    if isinstance(m, Counts):
+        return {"events": m.events, "trials": m.trials}
+    if isinstance(m, Moments):
+        out: dict[str, Any] = {"count": m.count, "sum": m.total}
+        if m.sum_of_squares is not None:
+            out["sumOfSquares"] = m.sum_of_squares
+        return out
+    if isinstance(m, Histogram):
+        return {
+            "buckets": [
+                {"le": json_number(b), "count": c}
+                for b, c in zip(m.bounds, m.cumulative, strict=True)
+            ]
+        }
+    raise TypeError(f"not a measurement: {m!r}")

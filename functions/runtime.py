@@ -1,8 +1,10 @@
 """How a stage runs inside functions-framework: wiring once per process, errors as HTTP.
 
 Each function process builds its Context (settings from the environment, the Kubernetes
-client for KUBECONFIG or the in-cluster account, Prometheus, the broker sink) on its first
-event and keeps it while warm; the local run's function processes do the same. A
+client for KUBECONFIG or the in-cluster account, the broker sink) on its first event and
+keeps it while warm; the local run's function processes do the same. The metrics source is
+built, and its client library imported, only when a stage first measures (only `iterate`
+does), so the other stages start as fast as the framework allows. A
 PermanentError answers 422 (Knative does not retry it; it goes to the dead-letter sink),
 a TransientError 503 (Knative retries with backoff); anything else is a bug and answers
 500 with the traceback in the log, never in the response.
@@ -13,19 +15,19 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from functools import cache
 
 from cloudevents.http import CloudEvent
 from werkzeug.exceptions import HTTPException, ServiceUnavailable, UnprocessableEntity
 
-from functions.adapters.direct import DirectMetricsSource
+from analytics.measurements import Measurement
 from functions.adapters.kubernetes import KubeExperimentStore, KubeObjects, api_client
-from functions.adapters.prometheus import PrometheusSource
 from functions.adapters.sink import FileToken, HttpEventSink
 from functions.core.context import Context
 from functions.core.errors import PermanentError, TransientError
+from functions.core.metrics import MetricSpec, MetricsSource
 from functions.core.settings import Settings
 
 log = logging.getLogger("arbiter")
@@ -37,6 +39,38 @@ class SystemClock:
 
     def sleep(self, seconds: float) -> None:
         time.sleep(seconds)
+
+
+def metrics_source(settings: Settings) -> MetricsSource:
+    """The configured metrics source: the versions' /metrics read directly when targets are
+    set (a local run without Prometheus), Prometheus otherwise."""
+    # Imported here: each pulls an HTTP metrics library that only `iterate` ever needs.
+    if settings.metrics_targets:
+        from functions.adapters.direct import DirectMetricsSource  # noqa: PLC0415
+
+        return DirectMetricsSource(settings.metrics_targets)
+    from functions.adapters.prometheus import PrometheusSource  # noqa: PLC0415
+
+    return PrometheusSource(
+        settings.prometheus_url,
+        timeout_s=settings.query_timeout_seconds,
+        retries=settings.query_retries,
+    )
+
+
+class LazyMetricsSource:
+    """A MetricsSource that builds the real one on the first measurement."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._source: MetricsSource | None = None
+
+    def measure(
+        self, spec: MetricSpec, variables: Mapping[str, str], at: datetime | None
+    ) -> Measurement:
+        if self._source is None:
+            self._source = metrics_source(self._settings)
+        return self._source.measure(spec, variables, at)
 
 
 _override: Context | None = None
@@ -62,13 +96,7 @@ def _default_context() -> Context:
     return Context(
         store=KubeExperimentStore(api),
         objects=KubeObjects(api),
-        metrics=DirectMetricsSource(settings.metrics_targets)
-        if settings.metrics_targets
-        else PrometheusSource(
-            settings.prometheus_url,
-            timeout_s=settings.query_timeout_seconds,
-            retries=settings.query_retries,
-        ),
+        metrics=LazyMetricsSource(settings),
         sink=HttpEventSink(settings.sink, token=FileToken(settings.sink_token_file)),
         clock=SystemClock(),
         settings=settings,

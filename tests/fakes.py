@@ -22,8 +22,7 @@ from typing import Any, Final
 import jsonpatch
 from cloudevents.http import CloudEvent
 
-from analytics.document import measurement_to_dict
-from analytics.measurements import Counts, Histogram, Measurement, PointValue
+from analytics.measurements import Counts, Histogram, Measurement, PointValue, measurement_to_dict
 from functions.core import assess, finish, iterate, start
 from functions.core.backends import Patch
 from functions.core.context import Context

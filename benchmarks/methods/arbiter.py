@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from analytics import allocation, batch
+from analytics import allocation, batch, split
 from benchmarks.methods.base import CONTINUE, EVERY_PATTERN, FloatArray, MethodInfo, Step
 from benchmarks.scenario import ERROR_METRIC, LATENCY_METRIC, REWARD_METRIC, Scenario
 from benchmarks.scrape import Observation
@@ -28,7 +28,7 @@ class Arbiter:
         self.spec = scenario.spec
         self.rng = rng
         self.n_samples = n_samples
-        start = allocation.initial_weights(self.spec) or {}
+        start = split.initial_weights(self.spec) or {}
         row = np.array([float(start[n]) for n in scenario.names])
         self.current = np.tile(row, (replicates, 1))
         self.metrics = {o.metric for o in self.spec.criteria.objectives} | {

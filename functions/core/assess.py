@@ -17,9 +17,10 @@ from dataclasses import replace
 import numpy as np
 from cloudevents.http import CloudEvent
 
-from analytics.analysis import Action, analyze
+from analytics.analysis import analyze
 from analytics.document import to_dict
 from analytics.model import DeploymentPattern, TestingPattern
+from analytics.recommendation import Action
 from functions.core import events, rollout, sweep
 from functions.core import status as st
 from functions.core.backends import model_for

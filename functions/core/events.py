@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Final, Generic, Protocol, Self, TypeVar
 
 from cloudevents.http import CloudEvent
 
-from analytics.analysis import Action, Recommendation
+from analytics.recommendation import Action, Recommendation
 from functions.core.errors import PermanentError
 from functions.core.timestamps import iso, parse_time
 

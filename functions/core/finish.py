@@ -25,8 +25,8 @@ from typing import Any
 
 from cloudevents.http import CloudEvent
 
-from analytics.analysis import Action
 from analytics.model import Experiment, TestingPattern
+from analytics.recommendation import Action
 from functions.core import events, ownership, rollout, sweep
 from functions.core import status as st
 from functions.core.backends import TrafficBackend, model_for

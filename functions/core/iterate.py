@@ -19,8 +19,7 @@ from typing import Any
 
 from cloudevents.http import CloudEvent
 
-from analytics.document import measurement_to_dict
-from analytics.measurements import Measurement
+from analytics.measurements import Measurement, measurement_to_dict
 from analytics.model import Experiment
 from functions.core import events, sweep
 from functions.core import status as st

@@ -23,7 +23,7 @@ from typing import Any, Final
 
 from functions.core.backends import Patch, TrafficBackend, get_path
 from functions.core.context import Context
-from functions.core.errors import NotFoundError
+from functions.core.errors import ConflictError, NotFoundError
 from functions.core.events import ExperimentRef
 from functions.core.resources import ObjectRef
 from functions.core.tenancy import RefusedError
@@ -36,6 +36,12 @@ HELD_BY: Final = "arbiter.dev/held-by"
 
 class NotHolderError(RefusedError):
     """The target is held by another experiment: this one may not move it."""
+
+
+# A conditional patch of the hold loses to any write in between, the target's own
+# controller's status updates included; that many fresh reads before the stage gives up
+# (a ConflictError, retried by the broker).
+_HOLD_ATTEMPTS: Final = 5
 
 
 def holder_value(ref: ExperimentRef) -> str:
@@ -70,15 +76,25 @@ def ensure_held(
     mine = holder_value(holder)
     wrote = False
     for ref in model.refs:
-        obj = objects[ref]
-        current = holder_of(obj)
-        if current == mine:
-            continue
-        if current is not None:
-            raise NotHolderError(f"{ref} is held by experiment {current}, not {mine}")
-        ctx.objects.patch(_hold_patch(ref, obj, mine))
-        log.info("%s now held by %s", ref, mine)
-        wrote = True
+        obj: Mapping[str, Any] = objects[ref]
+        for attempt in range(_HOLD_ATTEMPTS):
+            current = holder_of(obj)
+            if current == mine:
+                break
+            if current is not None:
+                raise NotHolderError(f"{ref} is held by experiment {current}, not {mine}")
+            try:
+                ctx.objects.patch(_hold_patch(ref, obj, mine))
+            except ConflictError:
+                # The object changed since it was read: its controller writing status, or
+                # another start taking it. Read it again and decide again.
+                if attempt == _HOLD_ATTEMPTS - 1:
+                    raise
+                obj = ctx.objects.get(ref)
+                continue
+            log.info("%s now held by %s", ref, mine)
+            wrote = True
+            break
     return wrote
 
 
@@ -86,13 +102,21 @@ def release(ctx: Context, model: TrafficBackend, holder: ExperimentRef) -> None:
     """Drop `holder`'s annotation from the objects it holds (others' are left alone)."""
     mine = holder_value(holder)
     for ref in model.refs:
-        try:
-            obj = ctx.objects.get(ref)
-        except NotFoundError:
-            continue
-        if holder_of(obj) == mine:
-            ctx.objects.patch(_hold_patch(ref, obj, None))
+        for attempt in range(_HOLD_ATTEMPTS):
+            try:
+                obj = ctx.objects.get(ref)
+            except NotFoundError:
+                break
+            if holder_of(obj) != mine:
+                break
+            try:
+                ctx.objects.patch(_hold_patch(ref, obj, None))
+            except ConflictError:
+                if attempt == _HOLD_ATTEMPTS - 1:
+                    raise
+                continue
             log.info("%s released by %s", ref, mine)
+            break
 
 
 def has_finalizer(obj: Mapping[str, Any]) -> bool:

@@ -22,8 +22,8 @@ from typing import Any, Final
 
 from cloudevents.http import CloudEvent
 
-from analytics.allocation import initial_weights
 from analytics.model import DeploymentPattern, Experiment, TestingPattern
+from analytics.split import initial_weights
 from functions.core import events, ownership, rollout, sweep, tenancy
 from functions.core import status as st
 from functions.core.backends import model_for

@@ -18,10 +18,9 @@ from datetime import datetime
 from enum import Enum, StrEnum
 from typing import Any, Final, TypeVar
 
-from analytics.analysis import Action, Recommendation
-from analytics.document import recommendation_to_dict
 from analytics.model import Experiment
 from analytics.parse import SpecError, parse_experiment
+from analytics.recommendation import Action, Recommendation, recommendation_to_dict
 from functions.core.errors import ConflictError, NotFoundError, PermanentError
 from functions.core.events import ExperimentRef
 from functions.core.ports import ExperimentStore

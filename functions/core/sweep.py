@@ -35,8 +35,8 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any, Final
 
-from analytics.analysis import Recommendation
 from analytics.model import Duration
+from analytics.recommendation import Recommendation
 from functions.core import events, ownership
 from functions.core import status as st
 from functions.core.context import Context

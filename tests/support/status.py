@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from datetime import UTC, datetime
 
-from analytics.analysis import Action, Recommendation
+from analytics.recommendation import Action, Recommendation
 from functions.core.status import (
     Condition,
     ConditionType,

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from analytics import allocation, evidence
+from analytics import allocation, evidence, split
 from analytics.assessment import assess_versions
 from analytics.model import Experiment
 from analytics.winner import assess_winner
@@ -56,6 +56,8 @@ def test_to_percentages(weights: list[float], expected: list[int]) -> None:
     result = allocation.to_percentages(weights)
     assert result.tolist() == expected
     assert result.dtype.kind == "i"
+    # start's numpy-free copy of the rounding gives the same split.
+    assert split.percentages(weights) == expected
 
 
 def test_to_percentages_rounds_a_batch_in_one_call(rng: np.random.Generator) -> None:
@@ -134,7 +136,7 @@ def test_initial_weights(
     e = make_experiment(
         pattern, deployment=deployment, candidates=candidates, rewards=rewards, weights=weights
     )
-    initial = allocation.initial_weights(e.spec)
+    initial = split.initial_weights(e.spec)
     assert initial is not None
     assert list(initial.values()) == expected
     assert list(initial) == ["baseline", *candidates]
@@ -142,7 +144,7 @@ def test_initial_weights(
 
 def test_conformance_has_no_weights(make_experiment: Factory, rng: np.random.Generator) -> None:
     e = make_experiment("Conformance", objectives=ERRORS, data={"error-rate": {"baseline": GOOD}})
-    assert allocation.initial_weights(e.spec) is None
+    assert split.initial_weights(e.spec) is None
     assert next_weights(e, rng) is None
 
 
@@ -210,7 +212,7 @@ def test_fixed_split_without_current_weights_keeps_the_initial_split(
     make_experiment: Factory, rng: np.random.Generator
 ) -> None:
     e = canary(make_experiment, GOOD, deployment="FixedSplit")
-    assert next_weights(e, rng) == allocation.initial_weights(e.spec)
+    assert next_weights(e, rng) == split.initial_weights(e.spec)
 
 
 @pytest.mark.parametrize(

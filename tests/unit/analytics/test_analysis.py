@@ -8,8 +8,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from analytics.analysis import Action, Analysis, analyze
+from analytics.analysis import Analysis, analyze
 from analytics.model import Experiment
+from analytics.recommendation import Action
 
 Factory = Callable[..., Experiment]
 ERRORS = [{"metric": "error-rate", "upperLimit": 0.01}]

@@ -12,7 +12,15 @@ import pytest
 
 from analytics import document
 from analytics.analysis import analyze
-from analytics.measurements import Counts, Histogram, Measurement, Moments, NoData, PointValue
+from analytics.measurements import (
+    Counts,
+    Histogram,
+    Measurement,
+    Moments,
+    NoData,
+    PointValue,
+    measurement_to_dict,
+)
 from analytics.model import Experiment
 from analytics.parse import parse_experiment
 
@@ -145,6 +153,6 @@ def test_reward_evidence(make_experiment: Factory) -> None:
 def test_measurements_round_trip_through_the_parser(
     measurement: Measurement, make_document: Callable[..., dict[str, Any]]
 ) -> None:
-    fields = json.loads(json.dumps(document.measurement_to_dict(measurement), allow_nan=False))
+    fields = json.loads(json.dumps(measurement_to_dict(measurement), allow_nan=False))
     doc = make_document(data={"m": {"baseline": fields}})
     assert parse_experiment(doc).status.measurements["m"]["baseline"] == measurement

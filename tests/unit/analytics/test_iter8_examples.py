@@ -12,9 +12,10 @@ from typing import Any
 import numpy as np
 
 from analytics import model
-from analytics.analysis import Action, analyze
+from analytics.analysis import analyze
 from analytics.document import to_dict
 from analytics.parse import ITER8_API_VERSION, parse_experiment
+from analytics.recommendation import Action
 
 
 def iter8_experiment(

@@ -18,10 +18,12 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from analytics import allocation, evidence
-from analytics.analysis import Action, analyze
+from analytics.analysis import analyze
 from analytics.assessment import ObjectiveAssessment, Verdict, assess_versions
 from analytics.model import Experiment
 from analytics.parse import parse_experiment
+from analytics.recommendation import Action
+from analytics.split import initial_weights, percentages
 from analytics.winner import assess_winner
 
 PROPERTY = settings(max_examples=100, deadline=None)
@@ -168,7 +170,7 @@ def test_progressive_weights_sum_to_100_within_both_caps(experiment: Experiment,
     assert all(isinstance(w, int) and 0 <= w <= 100 for w in weights.values())
     assert sum(weights.values()) == 100
     caps = spec.strategy.weights
-    before = experiment.status.current_weights or allocation.initial_weights(spec)
+    before = experiment.status.current_weights or initial_weights(spec)
     assert before is not None
     candidates = names[1:]
     for c in candidates:
@@ -194,7 +196,7 @@ def test_every_analysis_gives_integer_weights_summing_to_100(
     pattern = experiment.spec.strategy.deployment_pattern.value
     action = result.recommendation.action
     if action is Action.CONTINUE and pattern == "FixedSplit":
-        before = experiment.status.current_weights or allocation.initial_weights(experiment.spec)
+        before = experiment.status.current_weights or initial_weights(experiment.spec)
         assert weights == before
     if action is Action.CONTINUE and pattern == "BlueGreen":
         # All or nothing: the baseline keeps everything until the candidate is validated.
@@ -354,3 +356,23 @@ def test_assessments_do_not_depend_on_list_order(data: st.DataObject) -> None:
         set(wb.best_versions),
         set(wb.feasible),
     )
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.floats(0, 100, allow_nan=False),
+            st.integers(0, 100).map(float),
+            st.sampled_from([0.0, 1.0, 0.5, 99.5, 100.0 / 3]),
+        ),
+        min_size=1,
+        max_size=7,
+    ),
+    st.sampled_from([100, 10, 1000]),
+)
+def test_start_rounds_a_split_exactly_as_the_analysis_does(
+    weights: list[float], total: int
+) -> None:
+    # start rounds its first split without numpy; it must agree with the vectorised rounding
+    # the analysis uses, or the first assessment would "move" traffic nobody asked to move.
+    assert percentages(weights, total) == allocation.to_percentages(weights, total).tolist()

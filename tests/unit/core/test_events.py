@@ -9,7 +9,7 @@ import pytest
 from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent, from_http
 
-from analytics.analysis import Action, Recommendation
+from analytics.recommendation import Action, Recommendation
 from functions.core import events
 from functions.core.errors import PermanentError
 from functions.core.events import ExperimentRef

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from analytics.analysis import Action, Recommendation
+from analytics.recommendation import Action, Recommendation
 from functions.core.status import (
     ACTIVE,
     TERMINAL,

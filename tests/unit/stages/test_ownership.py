@@ -14,7 +14,7 @@ import pytest
 
 from functions.core import finish, ownership, rollout
 from functions.core.backends import Patch, model_for
-from functions.core.errors import ConflictError, TransientError
+from functions.core.errors import TransientError
 from functions.core.events import CONCLUDED, DUE, FINISHED, MEASURED, STARTED, ExperimentRef
 from functions.core.resources import KNATIVE, KSERVE, ObjectRef
 from functions.core.settings import Settings
@@ -397,7 +397,8 @@ def test_two_starts_racing_cannot_both_take_the_target() -> None:
     model = model_for(resolved_experiment(a).spec, NS)
     seen = rollout.fetch(w.ctx, model)  # both read the target free
     ownership.ensure_held(w.ctx, model, ExperimentRef(NS, "a", "uid-a"), seen)
-    with pytest.raises(ConflictError):
+    # b's conditional take loses (409); it reads the target again and finds a holding it.
+    with pytest.raises(ownership.NotHolderError, match="held by experiment demo/a/uid-a"):
         ownership.ensure_held(w.ctx, model, ExperimentRef(NS, "b", "uid-b"), seen)
     assert holder(w) == "demo/a/uid-a"
 
