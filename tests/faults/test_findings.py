@@ -112,6 +112,11 @@ def conformance(namespace: str, target: str, iterations: int) -> dict[str, Any]:
     doc = world.canary(namespace, "iris-conformance", target=target, iterations=iterations)
     doc["spec"]["strategy"] = {"testingPattern": "Conformance"}
     doc["spec"]["versionInfo"] = {"baseline": {"name": world.BASELINE}}
+    # a limit at the baseline's own error rate (1 in 201): undecided for as long as it runs
+    doc["spec"]["criteria"] = {
+        "requestCount": "request-count",
+        "objectives": [{"metric": "error-rate", "upperLimit": "0.005"}],
+    }
     return doc
 
 
