@@ -60,6 +60,7 @@ def _delete_experiment(when: str) -> Callable[[Harness, Exp, int], Exp]:
         now = stage(h, e)
         ready = now == "Finishing" if when == "Finishing" else _iterations(h, e) >= 1
         if not e.deleted and ready and now in c.ACTIVE:
+            h.faults_injected += 1
             h.delete_experiment(e.namespace, e.name)
             h.drain()
             return replace(e, deleted=True)
@@ -74,6 +75,7 @@ def _delete_target(when: str) -> Callable[[Harness, Exp, int], Exp]:
         ready = now == "Finishing" if when == "Finishing" else _iterations(h, e) >= 1
         group = c.VSVC if e.kind == "vsvc" else c.ISVC
         if ready and now in c.ACTIVE and h.server.get(*group, *e.target) is not None:
+            h.faults_injected += 1
             h.delete_target(group, *e.target)
         return e
 
