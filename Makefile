@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 SAMPLE ?= samples/local/canary-good.yaml
 
-.PHONY: install os-deps node-deps test pytest lint fmt typecheck run bench coldstart clean
+.PHONY: install os-deps node-deps test pytest faults lint fmt typecheck run bench coldstart clean
 
 install: $(STAMP)
 
@@ -43,6 +43,10 @@ test: install os-deps node-deps lint pytest
 
 pytest: install
 	$(PY) -m pytest -q
+
+# The whole fault matrix (tests/faults), in parallel shards, ending with one table.
+faults: install os-deps
+	$(PY) tests/faults/run.py
 
 lint: install
 	$(VENV)/bin/ruff check .
