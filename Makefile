@@ -29,6 +29,17 @@ os-deps:
 		echo 'os-deps: prometheus/promtool missing; the real-Prometheus tests will fail until you run:' >&2; \
 		echo '  sudo apt-get install --no-install-recommends prometheus' >&2; \
 	fi
+	@# The headless browser the report test renders `arbiter report`'s page in.
+	@if command -v chromium >/dev/null 2>&1; then \
+		true; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo 'os-deps: installing chromium (Debian package, without recommends)'; \
+		apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
+	else \
+		echo 'os-deps: chromium missing; the report browser test will fail until you run:' >&2; \
+		echo '  sudo apt-get install --no-install-recommends chromium' >&2; \
+	fi
 
 # The Knative manifest validator (tools/knative-validate), pinned by its package-lock.
 KNATIVE_VALIDATE := tools/knative-validate

@@ -7,30 +7,48 @@ message names the file and field; never a traceback).
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import sys
 from collections.abc import Sequence
 
-from cli import analyze, bench, run
+from cli import analyze, bench, completion, describe, report, run, watch
 
 
 class UsageError(Exception):
     """Bad input from the person at the keyboard: exit code 2 with this message."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def version() -> str:
+    try:
+        return importlib.metadata.version("arbiter")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def build_parser(prog: str = "arbiter") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="arbiter",
+        prog=prog,
         description="Metrics-driven canary, A/B and A/B/n experiments for KServe models.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     analyze.register(commands)
     bench.register(commands)
     run.register(commands)
+    describe.register(commands)
+    watch.register(commands)
+    report.register(commands)
+    completion.register(commands, parser)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+def kubectl_main() -> int:
+    """`kubectl arbiter ...`: kubectl runs the `kubectl-arbiter` script on PATH as a plugin."""
+    return main(prog="kubectl-arbiter")
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "arbiter") -> int:
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     try:
         code: int = args.handler(args)

@@ -26,6 +26,7 @@ from analytics import analysis
 from analytics.document import to_dict
 from analytics.parse import SpecError, parse_experiment
 from analytics.quantity import quote
+from analytics.recommendation import Action
 from cli import args as args_types
 from functions.core.status import resolved_document
 
@@ -109,6 +110,11 @@ def register(commands: Any) -> None:
         type=args_types.seed,
         default=None,
         help="seed for the posterior sampling behind A/B/n weights (printed when omitted)",
+    )
+    p.add_argument(
+        "--exit-code",
+        action="store_true",
+        help="exit 1 when the recommendation is rollback (0 continue or promote, 2 bad file)",
     )
     p.set_defaults(handler=run)
 
@@ -195,4 +201,5 @@ def run(args: argparse.Namespace) -> int:
     except BrokenPipeError:
         # `arbiter analyze f | head` closed the pipe: not an error of ours.
         sys.stderr.close()
-    return 0
+    rollback = result.recommendation.action is Action.ROLLBACK
+    return 1 if getattr(args, "exit_code", False) and rollback else 0

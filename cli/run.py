@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cli import args as args_types
+from cli import report
 from cli.analyze import InputError
 from local.harness import LocalRun, Options, RunError
 from local.sample import SampleError, load
@@ -66,7 +67,11 @@ def run(args: argparse.Namespace) -> int:
         direct_metrics=args.direct_metrics,
     )
     try:
-        return LocalRun(sample, options).run()
+        code = LocalRun(sample, options).run()
+        if args.output is not None and (args.output / "experiment.json").is_file():
+            # The run's output folder gets the same page `arbiter report DIR` writes.
+            report.write(report.from_run_folder(args.output), args.output / "report.html")
+        return code
     except RunError as e:
         print(f"arbiter run: {e}")
         return 1

@@ -132,6 +132,12 @@ def assess(ctx: Context, ref: ExperimentRef, iteration: int, measured: events.Me
     )
     if current:
         status = status.with_split(current)
+    # The iteration as `arbiter report` plots it: a bounded history kept in the status.
+    names = [v.name for v in spec.version_info.versions] if spec.version_info else []
+    entry = st.history_entry(
+        iteration, now, names, status.split, report["evidence"], analysis.recommendation
+    )
+    status = replace(status, history=st.with_history(status.history, entry))
     if action is not Action.CONTINUE:
         status = replace(status, stage=Stage.FINISHING, finishing_time=now)
     ctx.store.write_status(obj, status.to_dict())

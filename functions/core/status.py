@@ -12,7 +12,9 @@ so later stages never re-resolve them.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import Enum, StrEnum
@@ -149,6 +151,8 @@ class Status:
     # action and message are `recommendation`; functions/core/sweep.py reads both as one.
     finishing_time: datetime | None = None
     abort_reason: str | None = None
+    # The last iterations, oldest first, as `history_entry` shapes them (bounded: see below).
+    history: tuple[Mapping[str, Any], ...] = ()
 
     @classmethod
     def read(cls, obj: Mapping[str, Any]) -> Status:
@@ -181,6 +185,7 @@ class Status:
             desired_weights=_weights(raw.get("desiredWeightDistribution")),
             finishing_time=parse_time(raw.get("finishingTime")),
             abort_reason=_text(raw.get("abortReason")),
+            history=tuple(dict(h) for h in _items(raw.get("history")) if isinstance(h, Mapping)),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -218,6 +223,7 @@ class Status:
             ]
             or None,
             "abortReason": self.abort_reason,
+            "history": [dict(h) for h in self.history] or None,
         }
         return {k: v for k, v in fields.items() if v is not None}
 
@@ -319,6 +325,73 @@ def _recommendation(value: object) -> Recommendation | None:
         _text(value.get("rule")) or "",
         _text(value.get("message")) or "",
     )
+
+
+# Per-iteration history: what `arbiter report` plots for an experiment on a cluster, where
+# the status is the only record. Bounded twice, so the status stays far below etcd's object
+# limit however long an experiment runs: at most HISTORY_MAX_ENTRIES entries, and the oldest
+# dropped while the entries' JSON exceeds HISTORY_MAX_BYTES (many versions or objectives
+# make each entry larger). Numbers keep 4 significant digits; a verdict is 1, -1 or 0.
+HISTORY_MAX_ENTRIES: Final = 200
+HISTORY_MAX_BYTES: Final = 48 * 1024
+_VERDICT_CODE: Final = {"satisfied": 1, "violated": -1, "undecided": 0}
+VERDICT_OF_CODE: Final = {code: verdict for verdict, code in _VERDICT_CODE.items()}
+
+
+def _short_number(x: object) -> float | int | None:
+    if isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x):
+        return None
+    return x if isinstance(x, int) else float(f"{x:.4g}")
+
+
+def history_entry(
+    iteration: int,
+    at: datetime,
+    versions: Sequence[str],
+    split: Mapping[str, int],
+    evidence: Mapping[str, Any],
+    recommendation: Recommendation,
+) -> dict[str, Any]:
+    """One iteration: the split in force after it (percent per version, in `versions`
+    order), each version's [estimate, low, high, verdict code] per objective (in the
+    spec's order; low/high null without an interval), the action, and the rule that fired
+    when the action is not continue."""
+    per_version = evidence.get("versions") or {}
+    estimates = []
+    for v in versions:
+        items = [i for i in _items(per_version.get(v)) if isinstance(i, Mapping)]
+        estimates.append(
+            [
+                [
+                    _short_number(i.get("estimate")),
+                    *[_short_number(x) for x in (_items(i.get("interval")) or [None, None])[:2]],
+                    _VERDICT_CODE.get(str(i.get("verdict")), 0),
+                ]
+                for i in items
+            ]
+        )
+    return {
+        "iteration": iteration,
+        "time": iso(at),
+        "split": [split.get(v, 0) for v in versions] if split else [],
+        "estimates": estimates,
+        "action": recommendation.action.value,
+        # The rule only where it decided something: the page's timeline names it.
+        **({} if recommendation.action is Action.CONTINUE else {"rule": recommendation.rule}),
+    }
+
+
+def with_history(
+    history: Sequence[Mapping[str, Any]], entry: Mapping[str, Any]
+) -> tuple[Mapping[str, Any], ...]:
+    """`history` with `entry` appended (replacing a redelivered iteration), then bounded."""
+    kept = [h for h in history if h.get("iteration") != entry.get("iteration")]
+    kept = [*kept, entry][-HISTORY_MAX_ENTRIES:]
+    size = len(json.dumps(kept, separators=(",", ":")))
+    while len(kept) > 1 and size > HISTORY_MAX_BYTES:
+        size -= len(json.dumps(kept[0], separators=(",", ":"))) + 1
+        kept = kept[1:]
+    return tuple(kept)
 
 
 def ref_of(obj: Mapping[str, Any]) -> ExperimentRef:

@@ -310,6 +310,14 @@ _NOT_READ_BY_THE_PARSER = {
     "status.desiredWeightDistribution": parse.Bound(max_items=parse.MAX_VERSIONS),
     "status.desiredWeightDistribution[].name": parse.Bound(max_length=253),
     "status.desiredWeightDistribution[].value": parse.Bound(minimum=0, maximum=100),
+    # The per-iteration history `arbiter report` plots: core writes it, nothing parses it.
+    "status.history": parse.Bound(max_items=st.HISTORY_MAX_ENTRIES),
+    "status.history[].iteration": parse.Bound(minimum=0),
+    "status.history[].split": parse.Bound(max_items=parse.MAX_VERSIONS),
+    "status.history[].split[]": parse.Bound(minimum=0, maximum=100),
+    "status.history[].estimates": parse.Bound(max_items=parse.MAX_VERSIONS),
+    "status.history[].estimates[][]": parse.Bound(max_items=4),
+    "status.history[].rule": parse.Bound(max_length=253),
 }
 
 

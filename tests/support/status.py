@@ -43,6 +43,16 @@ def full_status() -> Status:
         desired_weights=(VersionWeight("a", 70), VersionWeight("b", 30)),
         finishing_time=T0.replace(minute=3, second=6),
         abort_reason="MaxDurationExceeded",
+        history=(
+            {
+                "iteration": 3,
+                "time": "2026-01-01T00:03:00Z",
+                "split": [70, 30],
+                "estimates": [[[0.01, 0.005, 0.02, 1]], [[0.02, None, None, 0]]],
+                "action": "promote",
+                "rule": "all-objectives-met",
+            },
+        ),
     )
     unset = [f.name for f in dataclasses.fields(status) if not getattr(status, f.name)]
     assert not unset, f"full_status leaves {unset} unset"
