@@ -316,6 +316,7 @@ _NOT_READ_BY_THE_PARSER = {
     "status.history[].split": parse.Bound(max_items=parse.MAX_VERSIONS),
     "status.history[].split[]": parse.Bound(minimum=0, maximum=100),
     "status.history[].estimates": parse.Bound(max_items=parse.MAX_VERSIONS),
+    "status.history[].estimates[]": parse.Bound(max_items=parse.MAX_OBJECTIVES),
     "status.history[].estimates[][]": parse.Bound(max_items=4),
     "status.history[].rule": parse.Bound(max_length=253),
 }
