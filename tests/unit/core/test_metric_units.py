@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from analytics.measurements import Counts, Histogram, Moments, NoData, PointValue
+from functions.adapters.direct import _matches
 from functions.core.metrics import MetricError, MetricSpec, to_units
 from functions.core.status import Status
 
@@ -102,3 +103,11 @@ def test_the_status_says_which_libraries_measured() -> None:
     assert status("knative-1.19", "kserve-modelserver", None).metrics_library == (
         "knative-1.19, kserve-modelserver"
     )
+
+
+def test_the_direct_reader_understands_the_negative_regex_matcher() -> None:
+    """knative-1.19's error-rate-non-2xx selects http_response_status_code!~"2.."."""
+    non_2xx = [("http_response_status_code", "!~", "2..")]
+    assert _matches({"http_response_status_code": "404"}, non_2xx)
+    assert _matches({"http_response_status_code": "503"}, non_2xx)
+    assert not _matches({"http_response_status_code": "200"}, non_2xx)
