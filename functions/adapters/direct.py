@@ -3,9 +3,10 @@
 `arbiter run` uses it when no `prometheus` binary is installed. It scrapes every target
 with prometheus_client's parser and evaluates the shapes the Metric library uses —
 `sum(increase(NAME{matchers}[...]))`, `sum by (le) (increase(NAME_bucket{...}[...]))` and
-`A or 0 * B` — as the counters' current totals: the simulated versions start at zero just
-before the experiment, so a total is the increase over the experiment (plus the few
-requests served while `start` set the first split). Anything else in a template is
+`A or 0 * B`, with label matchers =, !=, =~ and !~ — as the counters' current totals: the
+simulated versions start at zero just before the experiment, so a total is the increase over
+the experiment (plus the few requests served while `start` set the first split); values are
+converted to the Metric's units as Prometheus' are (`to_units`). Anything else in a template is
 refused with a MetricQueryError naming it, so a metric never silently reads wrong.
 """
 
@@ -27,6 +28,7 @@ from functions.core.metrics import (
     MetricType,
     TransientMetricsError,
     queries_for,
+    to_units,
 )
 
 _SUM: Final = re.compile(
@@ -34,7 +36,7 @@ _SUM: Final = re.compile(
     r"\s*\{(?P<matchers>[^}]*)\}\s*\[[^\]]+\]\s*\)\s*\)\s*$",
     re.DOTALL,
 )
-_MATCHER: Final = re.compile(r'\s*(\w+)\s*(=~|!=|=)\s*"((?:[^"\\]|\\.)*)"\s*,?')
+_MATCHER: Final = re.compile(r'\s*(\w+)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"\s*,?')
 _TIMEOUT: Final = 5.0
 
 Sample = tuple[str, dict[str, str], float]
@@ -64,6 +66,8 @@ def _matches(labels: Mapping[str, str], matchers: Sequence[tuple[str, str, str]]
         if op == "!=" and actual == value:
             return False
         if op == "=~" and re.fullmatch(value, actual) is None:
+            return False
+        if op == "!~" and re.fullmatch(value, actual) is not None:
             return False
     return True
 
@@ -118,6 +122,10 @@ class DirectMetricsSource:
     def measure(
         self, spec: MetricSpec, variables: Mapping[str, str], at: datetime | None
     ) -> Measurement:
+        """As PrometheusSource.measure, values converted to the spec's units."""
+        return to_units(spec, self._measure(spec, variables))
+
+    def _measure(self, spec: MetricSpec, variables: Mapping[str, str]) -> Measurement:
         queries = {role: " ".join(q.split()) for role, q in queries_for(spec, variables).items()}
         samples = self._scrape()
         values = {role: self._evaluate(q, samples) for role, q in queries.items()}

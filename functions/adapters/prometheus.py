@@ -6,7 +6,8 @@ the way Knative's retries need them: a connection error, a timeout or a 5xx (als
 429) is retried a bounded number of times with exponential backoff and then raised as
 `TransientMetricsError`; any other 4xx is a query Prometheus will never accept, raised at
 once as `MetricQueryError` naming the metric, the template field and the query. An empty
-vector or NaN is `NoData`, never zero.
+vector or NaN is `NoData`, never zero. Values are converted to the Metric's declared units
+(`functions.core.metrics.to_units`), histogram bucket bounds included.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from functions.core.metrics import (
     MetricType,
     TransientMetricsError,
     queries_for,
+    to_units,
 )
 
 log = logging.getLogger(__name__)
@@ -95,8 +97,13 @@ class PrometheusSource:
         Moments(count, sum, sumOfSquares), Histogram the cumulative buckets by `le`. Any
         query with no series or a NaN makes the whole measurement NoData, with the reason.
         `at` is the evaluation time (a naive datetime is taken as UTC); None is the server's
-        now.
+        now. Values are converted from the spec's queryUnits to its units (`to_units`).
         """
+        return to_units(spec, self._measure(spec, variables, at))
+
+    def _measure(
+        self, spec: MetricSpec, variables: Mapping[str, str], at: datetime | None
+    ) -> Measurement:
         if at is not None and at.utcoffset() is None:
             at = at.replace(tzinfo=UTC)  # naive means UTC here, never the host's local time
         queries = queries_for(spec, variables)

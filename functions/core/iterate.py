@@ -134,7 +134,13 @@ def _measure_all(
             except MetricError as e:
                 raise PermanentError(f"metric {name!r}: {'; '.join(e.problems)}") from None
             per_version[version.name] = measurement_to_dict(m)
-        data[name] = {"data": per_version}
+        # Which library measured, and in which units, travel with the measurements into
+        # status.analysis.aggregatedMetrics (Status.metrics_library reads them back).
+        data[name] = {
+            "data": per_version,
+            "library": spec.library or "custom",
+            **({"units": spec.units} if spec.units else {}),
+        }
     return data
 
 

@@ -6,18 +6,26 @@ queries are rendered with, and renders them strictly: an unknown variable is an 
 it (never an empty string in a query), and every value is escaped for a PromQL double-quoted
 string. `MetricsSource` is the port the iterate stage reads measurements through; the
 Prometheus adapter implements it. Nothing here does I/O.
+
+Units: `spec.units` is what a measurement's values (and so an objective's limits) mean;
+`spec.queryUnits`, when the queries' results are in other units (a queue-proxy of Knative
+1.19+ reports seconds where the library's limits are milliseconds), makes `to_units` scale
+every value that carries units — a Histogram's bucket bounds, a Mean's sum (and sum of
+squares), a Gauge — so `upperLimit: 250` means 250 ms whichever library measured.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
+from decimal import Decimal
 from enum import StrEnum
 from string import Template
 from typing import Any, Final, Protocol
 
-from analytics.measurements import Measurement
+from analytics.measurements import Histogram, Measurement, Moments, PointValue
 from functions.core.errors import PermanentError, TransientError
 from functions.core.resources import METRIC
 
@@ -46,7 +54,28 @@ ROLES: Final[Mapping[MetricType, tuple[tuple[str, bool], ...]]] = {
     MetricType.MEAN: (("sum", True), ("count", True), ("sumOfSquares", False)),
 }
 
-_SPEC_FIELDS: Final = ("description", "units", "provider", "type", *TEMPLATE_FIELDS)
+_SPEC_FIELDS: Final = (
+    "description",
+    "units",
+    "queryUnits",
+    "provider",
+    "type",
+    *TEMPLATE_FIELDS,
+)
+
+# Units queryUnits can convert between, as exact factors to one second (Decimal, so that
+# 0.075 s becomes exactly 75 ms and a bucket bound still matches the limit written for it).
+TIME_UNITS: Final[Mapping[str, Decimal]] = {
+    "nanoseconds": Decimal("1e-9"),
+    "microseconds": Decimal("1e-6"),
+    "milliseconds": Decimal("0.001"),
+    "seconds": Decimal(1),
+}
+# Types whose values carry no units (counts and rates), so queryUnits has nothing to scale.
+_UNITLESS: Final = frozenset({"Counter", "Ratio"})
+
+# The Metric label naming the library a Metric comes from (config/metrics/<library>/).
+LIBRARY_LABEL: Final = "arbiter.dev/metrics-library"
 
 # The variables every query may use, whatever the version declares.
 BUILTINS: Final = ("name", "namespace", "revision", "elapsed", "interval")
@@ -88,7 +117,11 @@ class MetricSpec:
     sum_of_squares: str | None = None
     description: str = ""
     units: str | None = None
+    # The units of the queries' results when they differ from `units` (see to_units).
+    query_units: str | None = None
     provider: str = "prometheus"
+    # The `arbiter.dev/metrics-library` label: which library the Metric belongs to.
+    library: str | None = None
 
     @property
     def ref(self) -> str:
@@ -140,12 +173,32 @@ class MetricSpec:
                 problem(f"spec.{key}", f"unknown field (known: {', '.join(_SPEC_FIELDS)})")
 
         texts: dict[str, str] = {}
-        for field in ("description", "units"):
+        for field in ("description", "units", "queryUnits"):
             value = spec.get(field)
             if value is not None and not isinstance(value, str):
                 problem(f"spec.{field}", f"must be a string, got {value!r}")
             elif value is not None:
                 texts[field] = value
+        if "queryUnits" in texts:
+            known_units = ", ".join(TIME_UNITS)
+            if texts["queryUnits"] not in TIME_UNITS:
+                problem(
+                    "spec.queryUnits",
+                    f"must be one of {known_units}, got {texts['queryUnits']!r}",
+                )
+            elif texts.get("units") not in TIME_UNITS:
+                problem(
+                    "spec.units",
+                    f"must be one of {known_units} when spec.queryUnits is set (the units "
+                    f"the values are converted to), got {texts.get('units')!r}",
+                )
+            if spec.get("type") in _UNITLESS:
+                problem(
+                    "spec.queryUnits",
+                    f"a {spec.get('type')} is a count, which has no units to convert; remove it",
+                )
+        labels = metadata.get("labels")
+        library = labels.get(LIBRARY_LABEL) if isinstance(labels, Mapping) else None
         provider = spec.get("provider", "prometheus")
         if provider not in PROVIDERS:
             problem("spec.provider", f"must be one of {', '.join(PROVIDERS)}, got {provider!r}")
@@ -204,8 +257,17 @@ class MetricSpec:
             sum_of_squares=templates.get("sumOfSquares"),
             description=texts.get("description", ""),
             units=texts.get("units"),
+            query_units=texts.get("queryUnits"),
             provider=str(provider),
+            library=library if isinstance(library, str) and library else None,
         )
+
+    @property
+    def scale(self) -> Decimal:
+        """What a query result is multiplied by to be in `units` (1 without queryUnits)."""
+        if self.query_units is None or self.units is None:
+            return Decimal(1)
+        return TIME_UNITS[self.query_units] / TIME_UNITS[self.units]
 
 
 def _template_of(spec: MetricSpec, role: str) -> str | None:
@@ -325,6 +387,35 @@ def queries_for(spec: MetricSpec, variables: Mapping[str, str]) -> dict[str, str
     if problems:
         raise MetricError(problems)
     return out
+
+
+def scaled(value: float, factor: Decimal) -> float:
+    """`value * factor` computed in decimal from the value's shortest repr, so a bound read
+    as 0.075 (seconds) becomes exactly 75.0 (milliseconds), not 75.00000000000001."""
+    if factor == 1 or not math.isfinite(value):
+        return value
+    return float(Decimal(repr(value)) * factor)
+
+
+def to_units(spec: MetricSpec, measurement: Measurement) -> Measurement:
+    """The measurement with every value that carries units converted from the spec's
+    queryUnits to its units: Histogram bounds, a Mean's sum (sum of squares by the factor
+    squared) and a Gauge's value. Counts and NoData are unit-free and returned as they are."""
+    factor = spec.scale
+    if factor == 1:
+        return measurement
+    if isinstance(measurement, Histogram):
+        return replace(measurement, bounds=tuple(scaled(b, factor) for b in measurement.bounds))
+    if isinstance(measurement, Moments):
+        squares = measurement.sum_of_squares
+        return replace(
+            measurement,
+            total=scaled(measurement.total, factor),
+            sum_of_squares=None if squares is None else scaled(squares, factor * factor),
+        )
+    if isinstance(measurement, PointValue) and spec.type is MetricType.GAUGE:
+        return replace(measurement, value=scaled(measurement.value, factor))
+    return measurement
 
 
 class MetricsSource(Protocol):

@@ -205,6 +205,7 @@ class Status:
             "observedGeneration": self.observed_generation,
             "completedIterations": self.completed_iterations,
             "transientFailures": self.transient_failures,
+            "metricsLibrary": self.metrics_library,
             "versions": [
                 {"name": v.name, **({} if v.revision is None else {"revision": v.revision})}
                 for v in self.versions
@@ -226,6 +227,20 @@ class Status:
             "history": [dict(h) for h in self.history] or None,
         }
         return {k: v for k, v in fields.items() if v is not None}
+
+    @property
+    def metrics_library(self) -> str | None:
+        """Which Metric library measured the last iteration: the `library` iterate records
+        with each metric in analysis.aggregatedMetrics (its arbiter.dev/metrics-library
+        label, "custom" when it has none), each once, in metric order; None before any.
+        Derived, so it can never disagree with the measurements it describes."""
+        aggregated = (self.analysis or {}).get("aggregatedMetrics")
+        data = aggregated.get("data") if isinstance(aggregated, Mapping) else None
+        if not isinstance(data, Mapping):
+            return None
+        names = [e.get("library") for e in data.values() if isinstance(e, Mapping)]
+        listed = dict.fromkeys(n for n in names if isinstance(n, str) and n)
+        return ", ".join(listed) or None
 
     @property
     def iterations_done(self) -> int:

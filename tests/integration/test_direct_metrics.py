@@ -19,7 +19,7 @@ from local.servers import ModelVersion, Profile
 ROOT = Path(__file__).resolve().parents[2]
 LIBRARY = {
     p.stem: MetricSpec.parse(yaml.safe_load(p.read_text()))
-    for p in (ROOT / "config" / "metrics").glob("*.yaml")
+    for p in (ROOT / "config" / "metrics" / "knative-1.18").glob("*.yaml")
     if yaml.safe_load(p.read_text()).get("kind") == "Metric"
 }
 

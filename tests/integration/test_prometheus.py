@@ -322,6 +322,7 @@ EXPECTED: dict[str, tuple[Measurement, Measurement]] = {
     "request-count": (PointValue(600), PointValue(600)),
     "error-count": (PointValue(0), PointValue(60)),
     "error-rate": (Counts(0, 600), Counts(60, 600)),
+    "error-rate-non-2xx": (Counts(0, 600), Counts(60, 600)),
     "mean-latency": (Moments(600, 22320), Moments(600, 86640)),
     "latency": (Histogram(BOUNDS, BASELINE_BUCKETS), Histogram(BOUNDS, CANDIDATE_BUCKETS)),
     # histogram_quantile: rank 570 of 600 falls in (50, 100] at 90/120 for the baseline and
@@ -330,7 +331,7 @@ EXPECTED: dict[str, tuple[Measurement, Measurement]] = {
 }
 # library folder -> (namespace, baseline revision, candidate revision) in the history
 LIBRARIES = {
-    LIBRARY: (NAMESPACE, KSERVE_BASELINE, KSERVE_CANDIDATE),
+    LIBRARY / "knative-1.18": (NAMESPACE, KSERVE_BASELINE, KSERVE_CANDIDATE),
     LIBRARY / "kfserving-v1alpha2": (KFSERVING_NAMESPACE, KFSERVING_DEFAULT, KFSERVING_CANARY),
 }
 FILES = sorted(
@@ -342,7 +343,7 @@ def load(path: Path) -> MetricSpec:
     return MetricSpec.parse(yaml.safe_load(path.read_text()))
 
 
-def test_the_library_is_the_six_metrics_twice() -> None:
+def test_the_library_is_the_seven_metrics_twice() -> None:
     names = sorted(load(p).name for p in FILES)
     assert names == sorted([*EXPECTED, *(f"kfserving-{n}" for n in EXPECTED)])
 
@@ -373,7 +374,7 @@ def test_only_the_v1alpha2_library_ignores_a_transformer_revision(
 ) -> None:
     """Same namespace and series; only the KFServing queries pin the predictor configuration."""
     transformer = variables(KFSERVING_TRANSFORMER, KFSERVING_NAMESPACE)
-    kserve = load(LIBRARY / "request-count.yaml")
+    kserve = load(LIBRARY / "knative-1.18" / "request-count.yaml")
     kfserving = load(LIBRARY / "kfserving-v1alpha2" / "request-count.yaml")
     assert source.measure(kserve, transformer, WHEN) == PointValue(600)
     assert isinstance(source.measure(kfserving, transformer, WHEN), NoData)

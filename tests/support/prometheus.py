@@ -22,6 +22,7 @@ No pytest here: `tests/support/prometheus_fixtures.py` wraps it in a session fix
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import shutil
 import subprocess
@@ -150,9 +151,16 @@ class PrometheusTSDB:
     """
 
     def __init__(
-        self, workdir: Path, *, prometheus: str = PROMETHEUS, promtool: str = PROMTOOL
+        self,
+        workdir: Path,
+        *,
+        prometheus: str = PROMETHEUS,
+        promtool: str = PROMTOOL,
+        scrape_configs: Sequence[Mapping[str, object]] = (),
     ) -> None:
         self.workdir = Path(workdir)
+        # Jobs to scrape besides the backfill (none by default: exact history only).
+        self.scrape_configs = [dict(job) for job in scrape_configs]
         self.storage = self.workdir / "tsdb"
         self._prometheus = prometheus
         self._promtool = promtool
@@ -198,8 +206,8 @@ class PrometheusTSDB:
         if self._process is not None:
             return self.url
         config = self.workdir / "prometheus.yml"
-        # No scrape targets: every sample comes from the backfill.
-        config.write_text("scrape_configs: []\n")
+        # By default no scrape targets: every sample comes from the backfill.
+        config.write_text(json.dumps({"scrape_configs": self.scrape_configs}))
         self.storage.mkdir(parents=True, exist_ok=True)
         problem = ""
         for _ in range(3):  # another process may take the free port before Prometheus binds
@@ -300,6 +308,15 @@ CANDIDATE_TRAFFIC: Final = (
     Traffic("deployment-a", 500, {700.0: 1}),
 )
 
+# A revision that rejects input: per step 7 answered 200, 2 answered 404 and 1 503, so over
+# the history 600 requests, 120 4xx and 60 5xx (error-rate 0.1, error-rate-non-2xx 0.3).
+KSERVE_REJECTING: Final = "sklearn-iris-predictor-00003"
+REJECTING_TRAFFIC: Final = (
+    Traffic("deployment-a", 200, {8.0: 7}),
+    Traffic("deployment-a", 404, {8.0: 2}),
+    Traffic("deployment-a", 503, {40.0: 1}),
+)
+
 
 def _add_revision(
     om: OpenMetrics,
@@ -330,6 +347,65 @@ def _add_revision(
         )
 
 
+# Knative Serving >= 1.19: the OpenTelemetry queue-proxy histogram, in seconds, as
+# config/prometheus/knative-1.19 leaves it (namespace and revision relabelled onto it).
+OTEL_QUEUE_PROXY: Final = "kn_serving_invocation_duration_seconds"
+# Upper bounds in seconds, the same instants as BUCKETS (a subset of the queue-proxy's own,
+# pkg/queue/request_metric.go latencyBounds).
+OTEL_BUCKETS: Final = (0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, math.inf)
+# The KServe model server's predict histogram (python/kserve/kserve/metrics.py), seconds, as
+# config/prometheus/kserve-modelserver leaves it.
+MODEL_SERVER: Final = "request_predict_seconds"
+
+
+def _add_otel_revision(
+    om: OpenMetrics, namespace: str, configuration: str, revision: str, traffic: Sequence[Traffic]
+) -> None:
+    """The same traffic as `_add_revision` writes, in the shapes Knative >= 1.19 and the KServe
+    model server give it once scraped with config/prometheus/: seconds, the namespace and
+    revision as k8s_namespace_name and kn_revision_name. The model server has no status code
+    (it times every predict call, failed or not), so its series are one per pod."""
+    per_pod: dict[str, dict[float, int]] = {}
+    for t in traffic:
+        merged = per_pod.setdefault(t.pod, {})
+        for ms, n in t.per_step.items():
+            merged[ms] = merged.get(ms, 0) + n
+    series = [
+        (
+            OTEL_QUEUE_PROXY,
+            t.pod,
+            {
+                "http_response_status_code": str(t.code),
+                "otel_scope_name": "knative.dev/serving/pkg/queue",
+            },
+            t.per_step,
+        )
+        for t in traffic
+    ] + [(MODEL_SERVER, pod, {"model_name": ISVC}, steps) for pod, steps in per_pod.items()]
+    for name, pod, own, per_step in series:
+        labels = {
+            **own,
+            "k8s_namespace_name": namespace,
+            "kn_revision_name": revision,
+            "kn_configuration_name": configuration,
+            "k8s_pod_name": f"{revision}-{pod}",
+        }
+        per_bucket = {
+            s: sum(n for ms, n in per_step.items() if ms <= ms_bound)
+            for s, ms_bound in zip(OTEL_BUCKETS, BUCKETS, strict=True)
+        }
+        per_sum_ms = sum(ms * n for ms, n in per_step.items())
+        om.histogram(
+            name,
+            labels,
+            (
+                # The sum divided last: each is the double nearest the exact seconds.
+                (T0 + i * STEP, {b: i * n for b, n in per_bucket.items()}, i * per_sum_ms / 1000)
+                for i in range(STEPS + 1)
+            ),
+        )
+
+
 def queue_proxy_history() -> OpenMetrics:
     """Ten minutes of queue-proxy histograms, counters starting at 0 at T0.
 
@@ -337,10 +413,17 @@ def queue_proxy_history() -> OpenMetrics:
     latency sum 22320 ms; each candidate 600 requests, 60 of them 5xx, sum 86640 ms. A
     transformer revision in the KFServing namespace serves traffic no predictor query may
     count. `zero` is a gauge that is 0 throughout (so `zero / zero` is NaN).
+    The KServe namespace also holds the same traffic in the Knative >= 1.19 and model-server
+    shapes (`_add_otel_revision`), so every library reads the same requests, and a third
+    revision, KSERVE_REJECTING, whose 4xx tell error-rate from error-rate-non-2xx.
     """
     om = OpenMetrics()
     _add_revision(om, NAMESPACE, f"{ISVC}-predictor", KSERVE_BASELINE, BASELINE_TRAFFIC)
     _add_revision(om, NAMESPACE, f"{ISVC}-predictor", KSERVE_CANDIDATE, CANDIDATE_TRAFFIC)
+    _add_otel_revision(om, NAMESPACE, f"{ISVC}-predictor", KSERVE_BASELINE, BASELINE_TRAFFIC)
+    _add_otel_revision(om, NAMESPACE, f"{ISVC}-predictor", KSERVE_CANDIDATE, CANDIDATE_TRAFFIC)
+    for add in (_add_revision, _add_otel_revision):
+        add(om, NAMESPACE, f"{ISVC}-predictor", KSERVE_REJECTING, REJECTING_TRAFFIC)
     for configuration, revision, traffic in (
         (f"{ISVC}-predictor-default", KFSERVING_DEFAULT, BASELINE_TRAFFIC),
         (f"{ISVC}-predictor-canary", KFSERVING_CANARY, CANDIDATE_TRAFFIC),

@@ -96,8 +96,8 @@ def test_every_problem_is_reported_at_once() -> None:
     assert sorted(found) == sorted(
         [
             "metrics/m: apiVersion: must be arbiter.dev/v1alpha1, got 'iter8.tools/v2alpha2'",
-            "metrics/m: spec.jqExpression: unknown field (known: description, units, provider,"
-            " type, query, numerator, denominator, sum, count, sumOfSquares)",
+            "metrics/m: spec.jqExpression: unknown field (known: description, units, queryUnits,"
+            " provider, type, query, numerator, denominator, sum, count, sumOfSquares)",
             "metrics/m: spec.units: must be a string, got 5",
             "metrics/m: spec.provider: must be one of prometheus, got 'datadog'",
             "metrics/m: spec.query: must be a non-empty PromQL template",

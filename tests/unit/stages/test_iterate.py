@@ -277,3 +277,18 @@ def test_a_template_that_does_not_render_fails_permanently_naming_the_metric() -
     [concluded] = w.sink.since(mark)
     assert payload(concluded)["reason"] == "MetricUnavailable"
     assert "'latency'" in payload(concluded)["message"]
+
+
+def test_each_measurement_says_which_library_measured_it_and_in_which_units() -> None:
+    """The library and units travel with the measurements into status.analysis, from which
+    status.metricsLibrary is derived (functions/core/status.py)."""
+    w = scripted_world(NS)
+    obj = running(w)
+    w.clock.advance(INTERVAL)
+    mark = len(w.sink.events)
+    assert w.deliver("iterate", event(DUE, obj, 1)) == 200
+    [measured] = w.sink.since(mark)
+    by_metric = payload(measured)["aggregatedMetrics"]["data"]
+    assert {m: e["library"] for m, e in by_metric.items()} == dict.fromkeys(METRICS, "knative-1.18")
+    assert by_metric["latency"]["units"] == "milliseconds"
+    assert "units" not in by_metric["error-rate"]
