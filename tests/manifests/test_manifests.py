@@ -310,6 +310,9 @@ _NOT_READ_BY_THE_PARSER = {
     "status.desiredWeightDistribution": parse.Bound(max_items=parse.MAX_VERSIONS),
     "status.desiredWeightDistribution[].name": parse.Bound(max_length=253),
     "status.desiredWeightDistribution[].value": parse.Bound(minimum=0, maximum=100),
+    # The measurement record: iterate writes it, assess compares digests.
+    "status.measurement.iteration": parse.Bound(minimum=0, maximum=parse.MAX_ITERATIONS),
+    "status.measurement.digest": parse.Bound(max_length=64, pattern="^[0-9a-f]{64}$"),
 }
 
 

@@ -9,6 +9,7 @@ from analytics.recommendation import Action, Recommendation
 from functions.core.status import (
     Condition,
     ConditionType,
+    MeasurementRecord,
     Outcome,
     Stage,
     Status,
@@ -43,6 +44,9 @@ def full_status() -> Status:
         desired_weights=(VersionWeight("a", 70), VersionWeight("b", 30)),
         finishing_time=T0.replace(minute=3, second=6),
         abort_reason="MaxDurationExceeded",
+        measurement=MeasurementRecord(
+            3, T0.replace(minute=3), T0.replace(minute=3, second=1), "0" * 64, failed=True
+        ),
     )
     unset = [f.name for f in dataclasses.fields(status) if not getattr(status, f.name)]
     assert not unset, f"full_status leaves {unset} unset"
