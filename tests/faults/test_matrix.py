@@ -121,22 +121,7 @@ def faults() -> dict[str, Fault]:
 
 SCENARIOS = ("canary", "abn", "bluegreen")
 # (scenario, fault) -> the finding today's code fails it with
-XFAIL: dict[tuple[str, str], str] = {
-    **{
-        (s, "lose-concluded"): "F3: one lost concluded leaves the experiment Finishing"
-        for s in SCENARIOS
-    },
-    **{
-        (s, f"delete-target-{when}"): "F3: a deleted target leaves the experiment unended"
-        for s in SCENARIOS
-        for when in ("running", "finishing")
-    },
-    **{
-        (s, f): "F9: duplicated delivery multiplies deliveries"
-        for s in SCENARIOS
-        for f in ("dup2", "dup4-threads")
-    },
-}
+XFAIL: dict[tuple[str, str], str] = {}
 SMOKE = {("canary", "clean"), ("canary-reset", "clean"), ("abn", "kill-after-patch")}
 
 
