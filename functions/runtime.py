@@ -6,8 +6,10 @@ keeps it while warm; the local run's function processes do the same. The metrics
 built, and its client library imported, only when a stage first measures (only `iterate`
 does), so the other stages start as fast as the framework allows. A
 PermanentError answers 422 (Knative does not retry it; it goes to the dead-letter sink),
-a TransientError 503 (Knative retries with backoff); anything else is a bug and answers
-500 with the traceback in the log, never in the response.
+a TransientError 503 (Knative retries with backoff). Anything else is a bug: the stages
+record one that happens while handling a known experiment on that experiment and answer
+422 (`functions.core.decisions.guarded`); one that escapes them is answered 500 on purpose
+here, with the traceback in the log, never in the response.
 """
 
 from __future__ import annotations
@@ -20,7 +22,12 @@ from datetime import UTC, datetime
 from functools import cache
 
 from cloudevents.http import CloudEvent
-from werkzeug.exceptions import HTTPException, ServiceUnavailable, UnprocessableEntity
+from werkzeug.exceptions import (
+    HTTPException,
+    InternalServerError,
+    ServiceUnavailable,
+    UnprocessableEntity,
+)
 
 from analytics.measurements import Measurement
 from functions.adapters.kubernetes import KubeExperimentStore, KubeObjects, api_client
@@ -115,3 +122,8 @@ def run(handler: Callable[[Context, CloudEvent], None], event: CloudEvent) -> No
     except TransientError as e:
         log.warning("%s %s: transient, to be retried: %s", event["type"], event["id"], e)
         raise ServiceUnavailable(description=str(e)) from None
+    except Exception:
+        log.exception("%s %s: unexpected error", event["type"], event["id"])
+        raise InternalServerError(
+            description="unexpected error; the traceback is in the function's log"
+        ) from None

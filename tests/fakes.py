@@ -15,7 +15,7 @@ import copy
 import itertools
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
@@ -23,7 +23,7 @@ import jsonpatch
 from cloudevents.http import CloudEvent
 
 from analytics.measurements import Counts, Histogram, Measurement, PointValue, measurement_to_dict
-from functions.core import assess, finish, iterate, start
+from functions.core import assess, events, finish, iterate, start, sweep
 from functions.core.backends import Patch
 from functions.core.context import Context
 from functions.core.errors import (
@@ -37,6 +37,7 @@ from functions.core.events import PING, TRIGGERS, ExperimentRef, make_event
 from functions.core.metrics import MetricSpec
 from functions.core.resources import KFSERVING, KNATIVE, KSERVE, ObjectRef
 from functions.core.settings import Settings
+from functions.core.status import MeasurementRecord, Status
 from local.controllers import kfserving_status, knative_status, kserve_status
 from local.harness import seed_metric_library
 
@@ -408,6 +409,29 @@ def deleted(obj: Mapping[str, Any]) -> CloudEvent:
 
 def ping() -> CloudEvent:
     return CloudEvent({"type": PING, "source": "/apis/v1/pingsources/arbiter"}, {})
+
+
+def recorded(store: FakeStore, ev: CloudEvent) -> CloudEvent:
+    """`ev`, an `experiment.measured`, recorded in its experiment's status as iterate records
+    what it measured before it emits it (iteration, time and digest); returns `ev`."""
+    request = events.parse(ev, events.Measured)
+    stored = store.stored(request.ref.namespace, request.ref.name)
+    at = request.payload.measured_at
+    record = MeasurementRecord(request.iteration, at, at, request.payload.digest)
+    store.write_status(stored, {**(stored.get("status") or {}), "measurement": record.to_dict()})
+    return ev
+
+
+def decided(
+    store: FakeStore, obj: Mapping[str, Any], decision: events.Concluded, iteration: int = 3
+) -> CloudEvent:
+    """`decision` recorded in the experiment's status after `iteration` iterations (stage
+    Finishing), as assess, an abort or the clock records one; returns the
+    `experiment.concluded` that announces it."""
+    stored = store.stored(obj["metadata"]["namespace"], obj["metadata"]["name"])
+    status = replace(Status.read(stored), completed_iterations=iteration)
+    store.write_status(stored, sweep.with_decision(status, decision, T0).to_dict())
+    return events.make(decision, ref(stored), iteration, stage="assess")
 
 
 def aggregated(

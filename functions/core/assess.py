@@ -2,10 +2,17 @@
 
 On `experiment.measured` it runs the same analysis as `arbiter analyze`, moves traffic to
 the next split (read back before it counts), records the iteration in status, and emits
-`experiment.assessed` — or `experiment.concluded` once a recommendation to promote or roll
-back fires. A new split is recorded in status (desiredWeightDistribution) before it is
-applied. The randomness of the split is seeded by (uid, iteration), so a redelivered
-event recomputes exactly the same decision.
+`experiment.assessed`. Once a recommendation to promote or roll back fires, it records that
+decision in status (stage Finishing) in the same write, then emits `experiment.concluded`.
+A new split is recorded in status (desiredWeightDistribution) before it is applied. The
+randomness of the split is seeded by (uid, iteration), so a redelivered event recomputes
+exactly the same decision.
+
+The measurements are believed only when they are what iterate recorded: the iteration
+after the completed ones, with the digest in `status.measurement`. Anything else is stale
+(acknowledged and ignored) or forged (refused, 422; the experiment is left alone). An
+iteration already recorded is acknowledged without sending its follow-up again: a re-send
+per duplicate would multiply every later event.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import replace
+from typing import Final
 
 import numpy as np
 from cloudevents.http import CloudEvent
@@ -21,15 +29,17 @@ from analytics.analysis import analyze
 from analytics.document import to_dict
 from analytics.model import DeploymentPattern, TestingPattern
 from analytics.recommendation import Action
-from functions.core import events, rollout, sweep
+from functions.core import events, failures, rollout, sweep
 from functions.core import status as st
 from functions.core.backends import model_for
 from functions.core.context import Context
-from functions.core.errors import PermanentError
-from functions.core.events import ExperimentRef
+from functions.core.errors import InvalidEventError
+from functions.core.events import Request
 from functions.core.status import Stage, Status
 
 log = logging.getLogger(__name__)
+
+STAGE: Final = "assess"
 
 
 def rng_for(uid: str, iteration: int) -> np.random.Generator:
@@ -39,41 +49,53 @@ def rng_for(uid: str, iteration: int) -> np.random.Generator:
 
 def handle(ctx: Context, event: CloudEvent) -> None:
     measured = events.parse(event, events.Measured)
-    ref, iteration = measured.ref, measured.iteration
-    try:
-        st.retry_on_conflict(lambda: assess(ctx, ref, iteration, measured.payload))
-    except PermanentError as e:
-        # Measurements the analysis cannot use would leave the experiment running with
-        # nobody to end it: end it the safe way (finish restores the baseline) and say why.
-        conclusion = events.Concluded.abort("AnalysisFailed", str(e))
-        ctx.sink.emit(events.make(conclusion, ref, iteration, stage="assess"))
-        raise
+    failures.guarded(
+        ctx,
+        STAGE,
+        measured.ref,
+        "AnalysisFailed",
+        lambda: st.retry_on_conflict(lambda: assess(ctx, measured)),
+    )
 
 
-def _follow_up(status: Status, ref: ExperimentRef, iteration: int) -> CloudEvent:
-    # The decision as recorded, whoever recorded it (the clock may have: MaxDurationExceeded).
-    decision = sweep.recorded_decision(status)
-    if decision is not None:
-        return events.make(decision, ref, iteration, stage="assess")
-    return events.make(events.Assessed(), ref, iteration, stage="assess")
+def _believed(status: Status, request: Request[events.Measured]) -> bool:
+    """Whether the measurements are the ones iterate recorded for the iteration after the
+    completed ones: True to use them, False when they are stale; InvalidEventError when
+    nothing recorded could have produced them."""
+    iteration, measured = request.iteration, request.payload
+    record = status.measurement
+    at = measured.measured_at
+    if record is not None and record.iteration == iteration:
+        if record.digest is not None and record.digest == measured.digest:
+            return True
+        # Measured again since (a lost event is asked for again one interval on): an
+        # earlier measurement of the same iteration is stale, not forged.
+        newer = record.measured_at or record.requested_at
+        if at is not None and newer is not None and at < newer:
+            return False
+    recorded = "nothing" if record is None else record.to_dict()
+    raise InvalidEventError(
+        f"event {request.id}: {events.MEASURED} for {request.ref} iteration {iteration} "
+        f"is not what iterate recorded (status.measurement: {recorded}); ignored"
+    )
 
 
-def assess(ctx: Context, ref: ExperimentRef, iteration: int, measured: events.Measured) -> None:
+def assess(ctx: Context, request: Request[events.Measured]) -> None:
+    ref, iteration, measured = request.ref, request.iteration, request.payload
     obj = st.current(ctx.store, ref)
     if obj is None:
         return
     status = Status.read(obj)
     completed = status.iterations_done
     stage = status.stage
-    if iteration == completed and stage in (Stage.RUNNING, Stage.FINISHING):
-        # Already recorded; the follow-up may have been lost after the write: send it again
-        # (same id, so a receiver that saw it already can tell).
-        ctx.sink.emit(_follow_up(status, st.ref_of(obj), iteration))
-        return
     if stage is not Stage.RUNNING or iteration != completed + 1:
+        # Recorded already (its follow-up went out with the write), stale or early.
         log.info(
             "assess: %s iteration %d ignored (stage %s, done %d)", ref, iteration, stage, completed
         )
+        return
+    if not _believed(status, request):
+        log.info("assess: %s iteration %d: a superseded measurement, ignored", ref, iteration)
         return
 
     aggregated = dict(measured.aggregated_metrics)
@@ -97,20 +119,23 @@ def assess(ctx: Context, ref: ExperimentRef, iteration: int, measured: events.Me
     )
     if moves and weights is not None:
         # Write-ahead: record the split asked for before applying it. A redelivery of this
-        # event recomputes the same decision (seeded), so the record stays true.
-        status = status.with_desired(weights)
-        obj = ctx.store.write_status(obj, status.to_dict())
+        # event recomputes the same decision (seeded), so the record stays true, and is not
+        # written again (a write per copy would make concurrent copies lose every race).
+        if status.desired != weights:
+            status = status.with_desired(weights)
+            obj = ctx.store.write_status(obj, status.to_dict())
         current = rollout.set_split(
             ctx, model_for(spec, experiment.namespace), weights, holder=st.ref_of(obj)
         )
 
     now = ctx.clock.now()
+    taken = status.measurement.measured_at if status.measurement else None
     status = replace(
         status,
         completed_iterations=iteration,
-        # The event's time is a hint: never later than now (a time far ahead would stop
-        # the clock from ever finding the next iteration due).
-        last_iteration_time=min(measured.measured_at or now, now),
+        # When iterate measured (as recorded); never later than now, so a clock ahead of
+        # ours cannot stop the next iteration from ever coming due.
+        last_iteration_time=min(taken or now, now),
         last_update_time=now,
         transient_failures=0,
         analysis={
@@ -138,7 +163,10 @@ def assess(ctx: Context, ref: ExperimentRef, iteration: int, measured: events.Me
         iteration, now, names, status.split, report["evidence"], analysis.recommendation
     )
     status = replace(status, history=st.with_history(status.history, entry))
+    follow_up: events.Payload = events.Assessed()
     if action is not Action.CONTINUE:
-        status = replace(status, stage=Stage.FINISHING, finishing_time=now)
+        # The decision is recorded (stage Finishing) before experiment.concluded says it.
+        follow_up = events.Concluded.recommended(analysis.recommendation)
+        status = sweep.with_decision(status, follow_up, now)
     ctx.store.write_status(obj, status.to_dict())
-    ctx.sink.emit(_follow_up(status, st.ref_of(obj), iteration))
+    ctx.sink.emit(events.make(follow_up, st.ref_of(obj), iteration, stage=STAGE))

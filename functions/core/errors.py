@@ -1,7 +1,8 @@
 """The failure vocabulary shared by the stages and the adapters behind their ports.
 
 The split decides how Knative treats an event: a `PermanentError` is answered 4xx (not
-retried; it goes to the dead-letter sink and, when an experiment is known, into its status),
+retried; it goes to the dead-letter sink and, when an experiment is at fault, into its
+status; an `InvalidEventError` is the event's fault and changes no status),
 a `TransientError` is answered 5xx so the broker retries it. Adapters translate their
 libraries' exceptions into these; the stages never see an HTTP or client exception.
 """
@@ -15,6 +16,12 @@ class ArbiterError(Exception):
 
 class PermanentError(ArbiterError):
     """Retrying will not help: a bad spec, a bad event, a missing metric."""
+
+
+class InvalidEventError(PermanentError):
+    """The event itself is refused: malformed, without the experiment's uid and iteration, or
+    saying what the status does not record. The experiment it names is not at fault, so its
+    status is left alone (anyone who can post to the broker could otherwise end it)."""
 
 
 class TransientError(ArbiterError):

@@ -4,22 +4,31 @@ or accepts.
 The Trigger manifests in `eventing/` filter on these very strings; a test cross-checks them.
 `make_event` and `experiment_ref` are the only places that build or read the attributes;
 each of Arbiter's own event types has one payload class, and `make` and `parse` are the only
-places that turn payloads into event data and back. Data that does not parse is refused
-with a PermanentError naming the field, so the runtime answers 4xx and nobody retries it.
+places that turn payloads into event data and back. An event that does not parse, or an
+Arbiter event without the experiment's uid and iteration, is refused with an
+InvalidEventError naming the attribute or field, so the runtime answers 4xx, nobody retries
+it, and no experiment's status changes because of it.
+
+Event data is a hint, never the truth: each stage acts on what the experiment's status
+records. The one payload whose data a stage uses, `experiment.measured`, is believed only
+when its digest is the one iterate recorded in status before emitting it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
+from functools import cached_property
 from typing import Any, ClassVar, Final, Generic, Protocol, Self, TypeVar
 
 from cloudevents.http import CloudEvent
 
 from analytics.recommendation import Action, Recommendation
-from functions.core.errors import PermanentError
+from functions.core.errors import InvalidEventError
 from functions.core.timestamps import iso, parse_time
 
 SOURCE: Final = "arbiter.dev/functions"
@@ -123,7 +132,7 @@ def experiment_ref(event: CloudEvent) -> ExperimentRef | None:
     if str(attrs.get("type", "")).startswith("dev.knative.apiserver."):
         ref = _object_ref(event.get_data())
         if ref is None:
-            raise PermanentError(
+            raise InvalidEventError(
                 f"event {attrs.get('id')}: ApiServerSource data is not an object with "
                 "metadata.name; is the source in Resource mode?"
             )
@@ -132,19 +141,24 @@ def experiment_ref(event: CloudEvent) -> ExperimentRef | None:
 
 
 def iteration_of(event: CloudEvent) -> int:
-    """The iteration an Arbiter event carries; a missing or bad one is a permanent error."""
+    """The iteration an Arbiter event carries; a missing or bad one refuses the event."""
     raw = event.get_attributes().get(EXT_ITERATION)
-    try:
-        value = int(str(raw))
-    except ValueError:
-        raise PermanentError(
+    if raw is None:
+        raise InvalidEventError(
             f"event {event.get_attributes().get('id')}: extension attribute "
-            f"{EXT_ITERATION!r} must be an integer, got {raw!r}"
-        ) from None
-    if value < 0:
-        raise PermanentError(f"event {event['id']}: {EXT_ITERATION} must be >= 0, got {value}")
-    return value
+            f"{EXT_ITERATION!r} is required"
+        )
+    text = str(raw)
+    if not text.isascii() or not text.isdigit() or len(text) > _MAX_ITERATION_DIGITS:
+        raise InvalidEventError(
+            f"event {event.get_attributes().get('id')}: extension attribute "
+            f"{EXT_ITERATION!r} must be a non-negative integer, got {raw!r}"
+        )
+    return int(text)
 
+
+# An iteration is a count of intervals; nine digits is far past any experiment's length.
+_MAX_ITERATION_DIGITS: Final = 9
 
 E = TypeVar("E", bound=Enum)
 
@@ -163,12 +177,14 @@ class Data:
         if raw is None:
             return cls(event_id, {})
         if not isinstance(raw, Mapping):
-            raise PermanentError(f"event {event_id}: data must be a JSON object")
+            raise InvalidEventError(f"event {event_id}: data must be a JSON object")
         return cls(event_id, raw)
 
-    def refuse(self, key: str, expected: str) -> PermanentError:
+    def refuse(self, key: str, expected: str) -> InvalidEventError:
         got = repr(self.raw[key]) if key in self.raw else "nothing"
-        return PermanentError(f"event {self.event_id}: data.{key} must be {expected}, got {got}")
+        return InvalidEventError(
+            f"event {self.event_id}: data.{key} must be {expected}, got {got[:200]}"
+        )
 
     def text(self, key: str) -> str | None:
         value = self.raw.get(key)
@@ -252,6 +268,29 @@ class Assessed(_Empty):
     TYPE: ClassVar[str] = ASSESSED
 
 
+def _canonical(value: object) -> object:
+    """`value` with every number as a float, so a re-encoding that writes 1206.0 as 1206 (as
+    a broker in another language may) digests the same."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int | float):
+        try:
+            return float(value)
+        except OverflowError:
+            return value
+    if isinstance(value, Mapping):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_canonical(v) for v in value]
+    return repr(value)
+
+
+def digest(data: Mapping[str, Any]) -> str:
+    """sha256 of the canonical JSON of event data: sorted keys, no spaces, numbers as floats."""
+    text = json.dumps(_canonical(data), sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 @dataclass(frozen=True)
 class Deleting(_Empty):
     """The experiment is being deleted and still holds its target: restore the baseline."""
@@ -262,11 +301,18 @@ class Deleting(_Empty):
 @dataclass(frozen=True)
 class Measured:
     """Every metric of every version for one iteration, in `aggregatedMetrics` shape (which
-    the analysis validates), and when they were read."""
+    the analysis validates), and when they were read.
+
+    iterate records the data's `digest` in status before it emits the event; assess uses
+    the data only when it is what iterate recorded."""
 
     TYPE: ClassVar[str] = MEASURED
     aggregated_metrics: Mapping[str, Any]
     measured_at: datetime | None = None
+
+    @cached_property
+    def digest(self) -> str:
+        return digest(self.to_data())
 
     def to_data(self) -> dict[str, Any]:
         data: dict[str, Any] = {}
@@ -277,7 +323,14 @@ class Measured:
 
     @classmethod
     def from_data(cls, data: Data) -> Self:
-        return cls(dict(data.mapping("aggregatedMetrics")), data.time("measuredAt"))
+        measured = cls(dict(data.mapping("aggregatedMetrics")), data.time("measuredAt"))
+        try:
+            measured.digest  # noqa: B018 - computed here, so odd data is the event's fault
+        except (RecursionError, ValueError, TypeError) as e:
+            raise InvalidEventError(
+                f"event {data.event_id}: data has no canonical form ({type(e).__name__})"
+            ) from None
+        return measured
 
 
 _CONCLUSIONS: Final = (Action.PROMOTE, Action.ROLLBACK)
@@ -285,8 +338,10 @@ _CONCLUSIONS: Final = (Action.PROMOTE, Action.ROLLBACK)
 
 @dataclass(frozen=True)
 class Concluded:
-    """End the experiment: promote `version`, or roll back. `failed` marks an experiment that
-    could not go on (finish then only ever rolls back, and says `reason`)."""
+    """The experiment's end was decided: promote `version`, or roll back. `failed` marks an
+    experiment that could not go on. Sent only once the decision is recorded in status
+    (functions/core/sweep.py: `with_decision`, `recorded_decision`), which is what finish
+    acts on; the event is its echo."""
 
     TYPE: ClassVar[str] = CONCLUDED
     action: Action
@@ -378,11 +433,18 @@ def make(payload: Payload, ref: ExperimentRef, iteration: int, *, stage: str) ->
 
 
 def parse(event: CloudEvent, kind: type[P]) -> Request[P]:
-    """The event as a `kind` request; a PermanentError for anything that is not one."""
+    """The event as a `kind` request; an InvalidEventError for anything that is not one,
+    including an event without the experiment's uid or iteration (it could be about any
+    namesake, at any point of its run)."""
     event_id = str(event.get_attributes().get("id"))
     if event["type"] != kind.TYPE:
-        raise PermanentError(f"event {event_id}: type {event['type']}, expected {kind.TYPE}")
+        raise InvalidEventError(f"event {event_id}: type {event['type']}, expected {kind.TYPE}")
     ref = experiment_ref(event)
     if ref is None:
-        raise PermanentError(f"event {event_id}: {kind.TYPE} without an experiment")
+        raise InvalidEventError(f"event {event_id}: {kind.TYPE} without an experiment")
+    if not ref.uid:
+        raise InvalidEventError(
+            f"event {event_id}: {kind.TYPE} about {ref} without extension attribute "
+            f"{EXT_UID!r}; Arbiter's events name the experiment's uid"
+        )
     return Request(event_id, ref, iteration_of(event), kind.from_data(Data.of(event)))

@@ -1,4 +1,9 @@
-"""The finish stage: promote the recommended version or restore the baseline, and close.
+"""The finish stage: carry out the decision recorded in status, and close.
+
+`experiment.concluded` only wakes finish: it acts on the decision status records (stage
+Finishing, functions/core/sweep.py `recorded_decision`) for the iteration it was recorded
+at, and never on the event's own action or version; any other conclusion (none recorded,
+another iteration, an experiment that has ended) is acknowledged and ignored.
 
 Promotion and rollback are separate paths; an experiment that failed (a bad metric, too
 many transient failures) only ever rolls back. The outcome counts once the objects report
@@ -21,13 +26,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any
+from typing import Any, Final
 
 from cloudevents.http import CloudEvent
 
 from analytics.model import Experiment, TestingPattern
 from analytics.recommendation import Action
-from functions.core import events, ownership, rollout, sweep
+from functions.core import events, failures, ownership, rollout, sweep
 from functions.core import status as st
 from functions.core.backends import TrafficBackend, model_for
 from functions.core.context import Context
@@ -37,6 +42,8 @@ from functions.core.status import ACTIVE, TERMINAL, ConditionType, Outcome, Stag
 from functions.core.tenancy import RefusedError
 
 log = logging.getLogger(__name__)
+
+STAGE: Final = "finish"
 
 
 def handle(ctx: Context, event: CloudEvent) -> None:
@@ -51,7 +58,14 @@ def handle(ctx: Context, event: CloudEvent) -> None:
         restore_deleted(ctx, events.parse(event, events.Deleting).ref)
         return
     concluded = events.parse(event, events.Concluded)
-    st.retry_on_conflict(lambda: finish(ctx, concluded.ref, concluded.iteration, concluded.payload))
+    ref, iteration = concluded.ref, concluded.iteration
+    failures.guarded(
+        ctx,
+        STAGE,
+        ref,
+        "FinishFailed",
+        lambda: st.retry_on_conflict(lambda: finish(ctx, ref, iteration, concluded.payload)),
+    )
 
 
 def deleted(ctx: Context, obj: dict[str, Any]) -> None:
@@ -76,18 +90,35 @@ def deleted(ctx: Context, obj: dict[str, Any]) -> None:
     ctx.sink.emit(events.make(gone, ref, status.iterations_done, stage="finish"))
 
 
-def finish(ctx: Context, ref: ExperimentRef, iteration: int, concluded: events.Concluded) -> None:
+def finish(ctx: Context, ref: ExperimentRef, iteration: int, hint: events.Concluded) -> None:
     obj = st.current(ctx.store, ref)
     if obj is None:
         return
     status = Status.read(obj)
     if status.stage in TERMINAL:
-        _let_go(ctx, obj)  # in case the release was lost after the terminal write
-        ctx.sink.emit(_finished(obj, status))  # repeat: re-announce, change nothing
+        # A repeat: its announcement went out with the end. Only make sure the release
+        # happened (it may have been lost after the terminal write); send nothing again.
+        _let_go(ctx, obj)
         return
-    if status.stage not in ACTIVE:
-        log.info("finish: %s is %s; nothing to conclude", ref, status.stage)
+    concluded = sweep.recorded_decision(status)
+    if status.stage is not Stage.FINISHING or concluded is None:
+        log.info("finish: %s is %s with no decision recorded; ignored", ref, status.stage)
         return
+    if iteration != status.iterations_done:
+        log.info(
+            "finish: %s: the decision was recorded at iteration %d, not %d; ignored",
+            ref,
+            status.iterations_done,
+            iteration,
+        )
+        return
+    if hint != concluded:
+        log.warning(
+            "finish: %s: the event says %s, the status records %s; acting on the status",
+            ref,
+            hint.to_data(),
+            concluded.to_data(),
+        )
     try:
         experiment = _experiment_to_restore(obj)
     except PermanentError as e:
@@ -142,6 +173,9 @@ def finish(ctx: Context, ref: ExperimentRef, iteration: int, concluded: events.C
     ).with_condition(
         ConditionType.FAILED if failed else ConditionType.COMPLETED, True, reason, message, now
     )
+    if not failed and any(c.type is ConditionType.FAILED for c in status.conditions):
+        # An earlier attempt failed and said so (functions/core/failures.py); this one did not.
+        status = status.with_condition(ConditionType.FAILED, False, reason, message, now)
     if split:
         status = status.with_split(split)
     obj = ctx.store.write_status(obj, status.to_dict())

@@ -1,42 +1,61 @@
 """The iterate stage: find the experiments whose interval is due and measure them.
 
-A ping (or `experiment.started`) runs the clock (functions/core/sweep.py): one
-`experiment.due` per due experiment, so many experiments on one tick are measured by
+A ping (or `experiment.started`) runs the clock (functions/core/sweep.py): for each due
+experiment the request for iteration completed + 1 is recorded in `status.measurement`,
+then one `experiment.due` is emitted, so many experiments on one tick are measured by
 parallel deliveries, not one after another in one request; every other experiment holding
-its target is re-driven too. On `experiment.due` it reads every metric of every version
-from the metrics source and emits one `experiment.measured` carrying them. It writes
-nothing but the count of transient failures; the measurements travel in the event, and
-`assess` records them with the iteration.
+its target is re-driven too.
+
+On `experiment.due` it reads every metric of every version, records when, and the digest of
+what it read, in `status.measurement`, and only then emits `experiment.measured` carrying
+the data: assess believes the data only when its digest is the recorded one. A due event
+for an iteration measured less than an interval ago is a repeat: acknowledged, and nothing
+is sent again (a measurement lost on its way is asked for again one interval on).
+
+A measurement that cannot be taken for good (a missing Metric, a template that does not
+render) ends the experiment the safe way (`failures.guarded`). A transient failure is
+counted once per request in `status.transientFailures`, however often the broker delivers
+the event; past ARBITER_MAX_TRANSIENT_FAILURES failed requests in a row, the decision to roll
+back is recorded and announced.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 from cloudevents.http import CloudEvent
 
 from analytics.measurements import Measurement, measurement_to_dict
 from analytics.model import Experiment
-from functions.core import events, sweep
+from functions.core import events, failures, sweep
 from functions.core import status as st
 from functions.core.context import Context
 from functions.core.errors import NotFoundError, PermanentError, TransientError
 from functions.core.events import ExperimentRef
 from functions.core.metrics import MetricError, MetricSpec, variables_for
-from functions.core.status import Stage, Status
+from functions.core.status import MeasurementRecord, Stage, Status
 from functions.core.tenancy import metric_allowed
 
 log = logging.getLogger(__name__)
+
+STAGE: Final = "iterate"
 
 
 def handle(ctx: Context, event: CloudEvent) -> None:
     if event["type"] == events.DUE:
         due = events.parse(event, events.Due)
-        measure(ctx, due.ref, due.iteration)
+        failures.guarded(
+            ctx,
+            STAGE,
+            due.ref,
+            "MetricUnavailable",
+            lambda: measure(ctx, due.ref, due.iteration),
+        )
         return
     # A ping (or experiment.started): the clock re-drives every experiment that holds its
     # target, each on its own (functions/core/sweep.py).
@@ -81,32 +100,62 @@ def measure(ctx: Context, ref: ExperimentRef, iteration: int) -> None:
     if obj is None:
         return
     status = Status.read(obj)
-    if status.stage is not Stage.RUNNING:
-        return
     completed = status.iterations_done
-    if iteration != completed + 1:
-        log.info("iterate: %s iteration %d is stale (done: %d)", ref, iteration, completed)
+    if status.stage is not Stage.RUNNING or iteration != completed + 1:
+        log.info(
+            "iterate: %s iteration %d ignored (stage %s, done %d)",
+            ref,
+            iteration,
+            status.stage,
+            completed,
+        )
         return
-    experiment = st.resolved_experiment(obj)
+    interval = sweep.interval_seconds(obj)
     now = ctx.clock.now()
+    record = status.measurement
+    if measured_lately(record, iteration, now, interval):
+        log.info("iterate: %s iteration %d already measured; not sent again", ref, iteration)
+        return
+    # The request this delivery serves: the recorded one, or (none recorded, or its
+    # measurement gone stale) a new one made now.
+    pending = record is not None and record.iteration == iteration and record.digest is None
+    requested_at = (record.requested_at if pending and record else None) or now
+    experiment = st.resolved_experiment(obj)
     started = status.start_time or now
     try:
         data = _measure_all(ctx, obj, experiment, started, now)
-    except PermanentError as e:
-        _abort(ctx, obj, iteration, "MetricUnavailable", str(e))
-        raise
     except TransientError as e:
-        failures = st.retry_on_conflict(lambda: _count_failure(ctx, ref))
-        if failures > ctx.settings.max_transient_failures:
-            message = (
-                f"{failures} transient failures in a row (ARBITER_MAX_TRANSIENT_FAILURES="
-                f"{ctx.settings.max_transient_failures}); last: {e}"
-            )
-            _abort(ctx, obj, iteration, "TransientFailures", message)
-            return
-        raise
+        _failed_transiently(ctx, obj, iteration, requested_at, now, e)
+        return
     measured = events.Measured({"data": data}, measured_at=now)
-    ctx.sink.emit(events.make(measured, st.ref_of(obj), iteration, stage="iterate"))
+    taken = MeasurementRecord(iteration, requested_at, now, measured.digest)
+    if st.update(ctx.store, obj, functools.partial(_record, taken=taken, interval=interval)):
+        ctx.sink.emit(events.make(measured, st.ref_of(obj), iteration, stage=STAGE))
+    else:
+        log.info("iterate: %s iteration %d was recorded by another delivery", ref, iteration)
+
+
+def measured_lately(
+    record: MeasurementRecord | None, iteration: int, now: datetime, interval: float
+) -> bool:
+    """True when `iteration` was measured less than an interval ago (a repeat)."""
+    return (
+        record is not None
+        and record.iteration == iteration
+        and record.digest is not None
+        and record.is_fresh(now, interval)
+    )
+
+
+def _record(status: Status, taken: MeasurementRecord, interval: float) -> Status | None:
+    iteration = taken.iteration
+    if status.stage is not Stage.RUNNING or iteration != status.iterations_done + 1:
+        return None
+    if taken.measured_at is None or measured_lately(
+        status.measurement, iteration, taken.measured_at, interval
+    ):
+        return None
+    return replace(status, measurement=taken)
 
 
 def _measure_all(
@@ -144,15 +193,47 @@ def _measure_all(
     return data
 
 
-def _count_failure(ctx: Context, ref: ExperimentRef) -> int:
-    obj = ctx.store.get(ref)
-    status = Status.read(obj)
-    failures = (status.transient_failures or 0) + 1
-    ctx.store.write_status(obj, replace(status, transient_failures=failures).to_dict())
-    return failures
+def _failed_transiently(
+    ctx: Context,
+    obj: dict[str, Any],
+    iteration: int,
+    requested_at: datetime,
+    now: datetime,
+    error: TransientError,
+) -> None:
+    """Count the failure once for this request, then leave the event to the broker's retries;
+    past the limit, record and announce the safe ending instead."""
+    change = functools.partial(
+        _count_failure,
+        request=MeasurementRecord(iteration, requested_at, failed=True),
+        limit=ctx.settings.max_transient_failures,
+        now=now,
+        error=error,
+    )
+    counted = st.update(ctx.store, obj, change)
+    decision = None if counted is None else sweep.recorded_decision(counted)
+    if counted is not None and decision is not None and counted.stage is Stage.FINISHING:
+        ctx.sink.emit(events.make(decision, st.ref_of(obj), counted.iterations_done, stage=STAGE))
+        return
+    raise error
 
 
-def _abort(ctx: Context, obj: Mapping[str, Any], iteration: int, reason: str, message: str) -> None:
-    """End the experiment the safe way: finish restores the baseline, never promotes."""
-    conclusion = events.Concluded.abort(reason, message)
-    ctx.sink.emit(events.make(conclusion, st.ref_of(obj), iteration, stage="iterate"))
+def _count_failure(
+    status: Status, request: MeasurementRecord, limit: int, now: datetime, error: Exception
+) -> Status | None:
+    """The status counting this request's failure, or None if it is counted already (a
+    redelivery of the same event) or the experiment moved on."""
+    iteration = request.iteration
+    if status.stage is not Stage.RUNNING or iteration != status.iterations_done + 1:
+        return None
+    if status.measurement == request:
+        return None
+    failures_in_a_row = (status.transient_failures or 0) + 1
+    status = replace(status, transient_failures=failures_in_a_row, measurement=request)
+    if failures_in_a_row <= limit:
+        return status
+    message = (
+        f"{failures_in_a_row} measurement requests in a row failed transiently "
+        f"(ARBITER_MAX_TRANSIENT_FAILURES={limit}); last: {error}"
+    )
+    return failures.aborted(status, "TransientFailures", message, now)

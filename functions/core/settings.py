@@ -22,8 +22,10 @@ class Settings:
     query_retries: int = 2
     # How long start waits for the candidate to become Ready before failing the experiment.
     ready_timeout_seconds: float = 600.0
-    # Transient failures in a row (Prometheus or traffic unreachable) before the experiment
-    # is ended the safe way: traffic back to the baseline.
+    # Failed measurement requests in a row (Prometheus or the API server unreachable through
+    # every delivery of the request's event; each request counts once, and there is at most
+    # one per interval) before the experiment is ended the safe way: traffic back to the
+    # baseline.
     max_transient_failures: int = 5
     # How long finish and assess wait for an applied split to show in the object's status.
     readback_timeout_seconds: float = 30.0

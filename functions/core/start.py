@@ -24,7 +24,7 @@ from cloudevents.http import CloudEvent
 
 from analytics.model import DeploymentPattern, Experiment, TestingPattern
 from analytics.split import initial_weights
-from functions.core import events, ownership, rollout, sweep, tenancy
+from functions.core import events, failures, ownership, rollout, sweep, tenancy
 from functions.core import status as st
 from functions.core.backends import model_for
 from functions.core.context import Context
@@ -54,7 +54,7 @@ def handle(ctx: Context, event: CloudEvent) -> None:
         # experiment wait one more ping, never take a target someone holds.
         listed = ctx.store.list()
         refs = [st.ref_of(obj) for obj in listed if _unstarted(Status.read(obj))]
-    failures: list[str] = []
+    failed: list[str] = []
     for r in refs:
         try:
             st.retry_on_conflict(functools.partial(start_one, ctx, r, listed))
@@ -64,17 +64,17 @@ def handle(ctx: Context, event: CloudEvent) -> None:
             # The next ping tries again; the others go on now.
             log.warning("start: %s: transient, next ping retries: %s", r, e)
         except PermanentError as e:
+            _record(ctx, r, e)
             if single:
                 raise
-            _record(ctx, r, e)
-            failures.append(f"{r}: {e}")
+            failed.append(f"{r}: {e}")
         except Exception as e:  # one experiment never stops the others
             _record(ctx, r, e)
             if single:
                 raise PermanentError(f"experiment {r}: {type(e).__name__}: {e}") from e
-            failures.append(f"{r}: {e}")
-    if failures:
-        log.warning("start: %d experiment(s) could not start: %s", len(failures), failures)
+            failed.append(f"{r}: {e}")
+    if failed:
+        log.warning("start: %d experiment(s) could not start: %s", len(failed), failed)
 
 
 def _unstarted(status: Status) -> bool:
@@ -95,8 +95,8 @@ def _target_key(target: str, namespace: str) -> str:
 
 
 def _record(ctx: Context, ref: ExperimentRef, error: Exception) -> None:
-    """A sweep's failure on one experiment, recorded on it (unless start_one already ended
-    it with its own condition); never raises."""
+    """A failure on one experiment, recorded on it by its stage (functions/core/failures.py;
+    nothing when start_one already ended it with its own condition); never raises."""
     if isinstance(error, PermanentError):
         reason = "CannotStart"
     else:
@@ -104,7 +104,7 @@ def _record(ctx: Context, ref: ExperimentRef, error: Exception) -> None:
         log.error("start: %s", ref, exc_info=error)
     message = f"start could not proceed: {type(error).__name__}: {error}"
     try:
-        st.retry_on_conflict(lambda: sweep.mark_failed(ctx, ref, reason, message))
+        failures.record(ctx, ref, reason, message, stage="start")
     except Exception:  # nothing more to do for it on this ping
         log.exception("start: %s: could not record the failure", ref)
 
@@ -162,9 +162,11 @@ def start_one(
     if status.stage in TERMINAL:
         return
     if status.stage in ACTIVE:
-        if status.stage is Stage.RUNNING and not status.iterations_done:
-            # The first split may have been recorded but not applied, or the announcement
-            # lost after the write: finish both.
+        if _unstarted(status):
+            # The first split was recorded but not applied: apply it, and announce the
+            # start this delivery completes. A start already complete is not announced
+            # again (a repeat per duplicate would multiply every later event; were the
+            # first announcement lost, the clock measures the experiment when it is due).
             obj = _apply_first_split(ctx, obj)
             ctx.sink.emit(events.make(events.Started(), st.ref_of(obj), 0, stage="start"))
         return

@@ -4,9 +4,15 @@ The status is the only state Arbiter keeps. `Status` is its one typed form: `Sta
 takes a stored object and never fails (a malformed value reads as its default, so a bad
 write cannot wedge an experiment), `to_dict` is the exact JSON the status subresource
 stores. Every write replaces it whole, conditional on the resourceVersion it was read at;
-`retry_on_conflict` re-runs a read-modify-write that lost a race. `resolved_experiment`
-turns a stored object into the analytics' Experiment with the versions `start` resolved,
-so later stages never re-resolve them.
+`retry_on_conflict` re-runs a read-modify-write that lost a race, and `update` does the
+same for a change that needs only the status. `resolved_experiment` turns a stored object
+into the analytics' Experiment with the versions `start` resolved, so later stages never
+re-resolve them.
+
+What a stage hands on is recorded here before the event that says so: the measurement
+(`measurement`: what iterate was asked to measure, and the digest of what it measured) and
+the decision that ends the experiment (`recommendation` and `abortReason` while Finishing,
+read as one by functions/core/sweep.py).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Any, Final, TypeVar
 from analytics.model import Experiment
 from analytics.parse import SpecError, parse_experiment
 from analytics.recommendation import Action, Recommendation, recommendation_to_dict
+from functions.core.backends import model_for
 from functions.core.errors import ConflictError, NotFoundError, PermanentError
 from functions.core.events import ExperimentRef
 from functions.core.ports import ExperimentStore
@@ -119,6 +126,49 @@ class VersionWeight:
 
 
 @dataclass(frozen=True)
+class MeasurementRecord:
+    """One iteration's measurement as iterate records it: asked for (`requested_at`), taken
+    (`measured_at` and the `digest` of the `experiment.measured` data), or `failed`
+    transiently (counted once in transientFailures, however often the event is delivered)."""
+
+    iteration: int
+    requested_at: datetime | None = None
+    measured_at: datetime | None = None
+    digest: str | None = None
+    failed: bool = False
+
+    @classmethod
+    def read(cls, raw: object) -> MeasurementRecord | None:
+        if not isinstance(raw, Mapping):
+            return None
+        iteration = _count(raw.get("iteration"))
+        if iteration is None:
+            return None
+        return cls(
+            iteration,
+            parse_time(raw.get("requestedAt")),
+            parse_time(raw.get("measuredAt")),
+            _text(raw.get("digest")) or None,
+            raw.get("failed") is True,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        fields = {
+            "iteration": self.iteration,
+            "requestedAt": None if self.requested_at is None else iso(self.requested_at),
+            "measuredAt": None if self.measured_at is None else iso(self.measured_at),
+            "digest": self.digest,
+            "failed": self.failed or None,
+        }
+        return {k: v for k, v in fields.items() if v is not None}
+
+    def is_fresh(self, now: datetime, seconds: float) -> bool:
+        """Asked for or taken less than `seconds` ago: another request would be a repeat."""
+        since = self.measured_at or self.requested_at
+        return since is not None and (now - since).total_seconds() < seconds
+
+
+@dataclass(frozen=True)
 class Status:
     """An Experiment's status. Optional fields are None until a stage first writes them, and
     are then left out of `to_dict`, as they were never written."""
@@ -153,6 +203,9 @@ class Status:
     abort_reason: str | None = None
     # The last iterations, oldest first, as `history_entry` shapes them (bounded: see below).
     history: tuple[Mapping[str, Any], ...] = ()
+    # iterate (functions/core/iterate.py): the measurement asked for and taken, recorded
+    # before the event that carries it, so assess can tell it from a forgery.
+    measurement: MeasurementRecord | None = None
 
     @classmethod
     def read(cls, obj: Mapping[str, Any]) -> Status:
@@ -186,6 +239,7 @@ class Status:
             finishing_time=parse_time(raw.get("finishingTime")),
             abort_reason=_text(raw.get("abortReason")),
             history=tuple(dict(h) for h in _items(raw.get("history")) if isinstance(h, Mapping)),
+            measurement=MeasurementRecord.read(raw.get("measurement")),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -225,6 +279,7 @@ class Status:
             or None,
             "abortReason": self.abort_reason,
             "history": [dict(h) for h in self.history] or None,
+            "measurement": None if self.measurement is None else self.measurement.to_dict(),
         }
         return {k: v for k, v in fields.items() if v is not None}
 
@@ -432,11 +487,15 @@ def current(store: ExperimentStore, ref: ExperimentRef) -> Obj | None:
 
 
 def spec_problems(obj: Mapping[str, Any]) -> list[str]:
-    """Problems with the experiment's spec (empty when it parses)."""
+    """Problems with the experiment's spec (empty when it parses and names the objects that
+    carry its traffic: a CRD-valid spec may still name half a weightObjRef)."""
     try:
-        parse_experiment(_without_status(obj), require_versions=False)
+        experiment = parse_experiment(_without_status(obj), require_versions=False)
+        model_for(experiment.spec, experiment.namespace).refs  # noqa: B018 - validates
     except SpecError as e:
         return list(e.problems)
+    except PermanentError as e:
+        return [str(e)]
     return []
 
 
@@ -477,6 +536,31 @@ def resolved_experiment(obj: Mapping[str, Any]) -> Experiment:
         return parse_experiment(resolved_document(obj), require_versions=False)
     except SpecError as e:
         raise PermanentError("; ".join(e.problems)) from None
+
+
+def update(
+    store: ExperimentStore, obj: Obj, change: Callable[[Status], Status | None]
+) -> Status | None:
+    """Write `change(status)` conditionally; after a lost race, re-read and apply `change`
+    again. Returns what was written, or None when `change` (or the experiment being gone)
+    says there is nothing to write. For changes that need only the status, not I/O."""
+    ref = ref_of(obj)
+    for attempt in range(CONFLICT_ATTEMPTS):
+        status = change(Status.read(obj))
+        if status is None:
+            return None
+        try:
+            store.write_status(obj, status.to_dict())
+        except ConflictError:
+            if attempt == CONFLICT_ATTEMPTS - 1:
+                raise
+            fresh = current(store, ref)
+            if fresh is None:
+                return None
+            obj = fresh
+            continue
+        return status
+    raise AssertionError("unreachable")
 
 
 def retry_on_conflict(action: Callable[[], T], attempts: int = CONFLICT_ATTEMPTS) -> T:

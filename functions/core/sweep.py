@@ -5,13 +5,18 @@ retry window), so no experiment may depend on one event arriving. On every ping 
 lists the experiments once and, for each one that holds its target, sends the event that
 moves it on, derived from its status alone:
 
-- Running: `experiment.due` once its interval has passed; past its maximum duration
+- Running: `experiment.due` once its interval has passed, the request recorded in
+  `status.measurement` first, and not again while a request (or its measurement) is less
+  than an interval old, so duplicated pings hand each iteration out once and a measurement
+  lost on its way is asked for again one interval on; past its maximum duration
   (ARBITER_MAX_EXPERIMENT_SECONDS from its start) the decision to roll back is recorded
   (reason MaxDurationExceeded) and `experiment.concluded` sent.
-- Finishing: `experiment.concluded` again, for the decision recorded in status (once it
-  has been Finishing for a read-back timeout, so as not to race the first); finish is
-  idempotent, and past ARBITER_FINISH_DEADLINE_SECONDS it makes a last attempt to restore
-  the baseline and ends the experiment Failed, never leaving it Finishing.
+- Finishing: `experiment.concluded` again, for the decision recorded in status at the
+  iteration it was recorded (once it has been Finishing for a read-back timeout, so as not
+  to race the first); finish acts on that decision alone, and past
+  ARBITER_FINISH_DEADLINE_SECONDS it makes a last attempt to restore the baseline and ends
+  the experiment Failed, never leaving it Finishing. One Finishing without a decision gets
+  the decision to roll back recorded first.
 - being deleted (its finalizer holds it): `experiment.deleting`, so finish restores the
   baseline even when the delete event was lost.
 
@@ -28,6 +33,7 @@ received number, however large, can overflow.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 from collections.abc import Mapping
@@ -42,7 +48,14 @@ from functions.core import status as st
 from functions.core.context import Context
 from functions.core.errors import ConflictError, PermanentError, TransientError
 from functions.core.settings import Settings
-from functions.core.status import TERMINAL, ConditionType, Outcome, Stage, Status
+from functions.core.status import (
+    TERMINAL,
+    ConditionType,
+    MeasurementRecord,
+    Outcome,
+    Stage,
+    Status,
+)
 from functions.core.timestamps import elapsed
 
 log = logging.getLogger(__name__)
@@ -78,15 +91,21 @@ def with_decision(status: Status, decision: events.Concluded, now: datetime) -> 
     )
 
 
-def conclude(ctx: Context, ref: events.ExperimentRef, decision: events.Concluded) -> None:
-    """Record `decision` in status (if the experiment still runs), then announce it."""
+def conclude(
+    ctx: Context,
+    ref: events.ExperimentRef,
+    decision: events.Concluded,
+    stages: tuple[Stage, ...] = (Stage.RUNNING,),
+) -> None:
+    """Record `decision` in status (if the experiment is in one of `stages` with none
+    recorded), then announce the decision recorded."""
 
     def record() -> Status | None:
         obj = st.current(ctx.store, ref)
         if obj is None:
             return None
         status = Status.read(obj)
-        if status.stage is not Stage.RUNNING:
+        if status.stage not in stages or recorded_decision(status) is not None:
             return status  # decided already (or ended): the recorded decision stands
         status = with_decision(status, decision, ctx.clock.now())
         ctx.store.write_status(obj, status.to_dict())
@@ -216,13 +235,28 @@ def _drive_running(ctx: Context, obj: Mapping[str, Any], status: Status, now: da
         )
         conclude(ctx, ref, events.Concluded.abort("MaxDurationExceeded", message))
         return
+    change = functools.partial(requested, interval=interval_seconds(obj), now=now)
+    request = st.update(ctx.store, dict(obj), change)
+    if request is not None and request.measurement is not None:
+        iteration = request.measurement.iteration
+        ctx.sink.emit(events.make(events.Due(), ref, iteration, stage=STAGE))
+
+
+def requested(status: Status, interval: float, now: datetime) -> Status | None:
+    """The status asking for the next iteration's measurement; None when the interval has
+    not passed, or it was asked for (or taken) less than an interval ago."""
+    if status.stage is not Stage.RUNNING:
+        return None
     last = status.last_iteration_time or status.start_time
-    interval = interval_seconds(obj)
     since = None if last is None else elapsed(now, last)
     # A last time further ahead than one interval is no time the clock gave: measure now.
-    if since is None or since >= interval or since < -interval:
-        due = events.make(events.Due(), ref, status.iterations_done + 1, stage=STAGE)
-        ctx.sink.emit(due)
+    if since is not None and -interval <= since < interval:
+        return None
+    iteration = status.iterations_done + 1
+    record = status.measurement
+    if record is not None and record.iteration == iteration and record.is_fresh(now, interval):
+        return None
+    return replace(status, measurement=MeasurementRecord(iteration, requested_at=now))
 
 
 def _drive_finishing(ctx: Context, obj: Mapping[str, Any], status: Status, now: datetime) -> None:
@@ -241,10 +275,17 @@ def _drive_finishing(ctx: Context, obj: Mapping[str, Any], status: Status, now: 
         return
     decision = recorded_decision(status)
     if decision is None:
-        # Finishing with no decision recorded: nothing to promote; restore the baseline.
-        decision = events.Concluded.abort(
-            "NoDecisionRecorded", "Finishing without a recorded decision: baseline restored"
+        # Finishing with no decision recorded: nothing to promote; record the decision to
+        # restore the baseline, as finish acts on recorded decisions only.
+        conclude(
+            ctx,
+            ref,
+            events.Concluded.abort(
+                "NoDecisionRecorded", "Finishing without a recorded decision: baseline restored"
+            ),
+            stages=(Stage.FINISHING,),
         )
+        return
     ctx.sink.emit(events.make(decision, ref, status.iterations_done, stage=STAGE))
 
 

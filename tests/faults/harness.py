@@ -44,8 +44,10 @@ RETRIED: frozenset[int] = frozenset({404, 408, 409, 429})
 BACKOFF_S = 0.5
 
 
-class Killed(Exception):  # noqa: N818 - it names what happened to the function
-    """The function process died mid-event: the broker sees no answer."""
+class Killed(BaseException):
+    """The function process died mid-event: the broker sees no answer. A BaseException, as
+    no handler of a dying process runs: the stages' `except Exception` (recording a bug on
+    the experiment) must not see it."""
 
 
 @dataclass
@@ -379,6 +381,8 @@ class Harness:
             self._inflight.killed = False
             try:
                 status: int | None = self.pipeline.deliver(stage, event)
+            except Killed:
+                status = None
             finally:
                 self._inflight.event = None
             if self._inflight.killed:

@@ -44,9 +44,6 @@ def conditions(h: Harness, e: Exp) -> list[dict[str, Any]]:
 # -- F1: event data is a hint, status is the truth -------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True, reason="F1: a concluded without experimentuid promotes a bad canary"
-)
 def test_f1_a_concluded_without_uid_is_refused_and_promotes_nothing(harness: Harness) -> None:
     h = harness
     _, e = setup(h, "canary-bad")
@@ -61,7 +58,6 @@ def test_f1_a_concluded_without_uid_is_refused_and_promotes_nothing(harness: Har
     assert h.status(e.namespace, e.name).get("outcome") != "Promoted"
 
 
-@pytest.mark.xfail(strict=True, reason="F1: a forged measured with good-looking data promotes")
 def test_f1_a_forged_measured_does_not_promote(harness: Harness) -> None:
     h = harness
     # good-looking measurements: what a healthy candidate's last look measured
@@ -78,7 +74,6 @@ def test_f1_a_forged_measured_does_not_promote(harness: Harness) -> None:
     assert h.status(e.namespace, e.name).get("outcome") != "Promoted"
 
 
-@pytest.mark.xfail(strict=True, reason="F1: a stale concluded rollback ends the experiment")
 def test_f1_a_stale_concluded_rollback_is_ignored(harness: Harness) -> None:
     h = harness
     _, e = setup(h, "canary")
@@ -313,7 +308,6 @@ def test_f7_a_400_digit_limit_is_a_4xx_with_a_condition(harness: Harness) -> Non
 # -- F8: one failing event is one failure, however often it is delivered ----------------------
 
 
-@pytest.mark.xfail(strict=True, reason="F8: one event's six deliveries abort the experiment")
 def test_f8_one_failing_events_retries_do_not_abort(harness: Harness) -> None:
     h = harness
     window = h.retries + 1
@@ -327,7 +321,6 @@ def test_f8_one_failing_events_retries_do_not_abort(harness: Harness) -> None:
 # -- F9: duplicates cost at most k times the clean run ----------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="F9: duplicated delivery multiplies deliveries")
 @pytest.mark.parametrize(
     ("copies", "concurrent"), [(2, False), (4, True)], ids=["x2", "x4-threads"]
 )

@@ -121,13 +121,7 @@ def faults() -> dict[str, Fault]:
 
 SCENARIOS = ("canary", "abn", "bluegreen")
 # (scenario, fault) -> the finding today's code fails it with
-XFAIL: dict[tuple[str, str], str] = {
-    **{
-        (s, f): "F9: duplicated delivery multiplies deliveries"
-        for s in SCENARIOS
-        for f in ("dup2", "dup4-threads")
-    },
-}
+XFAIL: dict[tuple[str, str], str] = {}
 SMOKE = {("canary", "clean"), ("canary-reset", "clean"), ("abn", "kill-after-patch")}
 
 

@@ -10,10 +10,12 @@ contract the Trigger manifests encode.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import math
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -86,13 +88,19 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield db.url
 
 
-@pytest.fixture
-def cluster() -> Iterator[tuple[KubeApiServer, client.ApiClient]]:
+@contextlib.contextmanager
+def emulated_cluster() -> Iterator[tuple[KubeApiServer, client.ApiClient]]:
     with KubeApiServer() as server:
         api = server.api_client()
         with TrafficControllers(api, period_s=0.05):
             yield server, api
         api.close()
+
+
+@pytest.fixture
+def cluster() -> Iterator[tuple[KubeApiServer, client.ApiClient]]:
+    with emulated_cluster() as pair:
+        yield pair
 
 
 def inference_service(namespace: str) -> dict[str, Any]:
@@ -273,9 +281,8 @@ def test_repeated_and_stale_events_are_acknowledged_and_change_nothing(
         after = server.get(*EXPERIMENTS, "good", "iris-canary")
         assert after is not None
         assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
-        # the repeat re-announces the step it already recorded (same ids), nothing new
-        again = [e["id"] for e in p.sink.emitted[emitted:]]
-        assert set(again) <= {e["id"] for e in p.sink.emitted[:emitted]}
+        # a step found recorded is acknowledged, and its follow-up is not sent again
+        assert p.sink.emitted[emitted:] == []
     finally:
         p.close()
 
@@ -376,7 +383,14 @@ def test_measurements_the_analysis_cannot_use_end_the_experiment_safely(
                 }
             }
         }
-        p.publish(events.make_event(events.MEASURED, ref, 1, broken))
+        # as iterate would have recorded them: authentic, and unusable
+        measured = events.make_event(events.MEASURED, ref, 1, broken)
+        digest = events.parse(measured, events.Measured).payload.digest
+        record = {"iteration": 1, "requestedAt": "2026-01-01T00:02:00Z", "digest": digest}
+        store = KubeExperimentStore(api)
+        current = store.get(ref)
+        store.write_status(current, {**current["status"], "measurement": record})
+        p.publish(measured)
     finally:
         p.close()
     assert 422 in p.answers("assess")
@@ -386,3 +400,158 @@ def test_measurements_the_analysis_cannot_use_end_the_experiment_safely(
     assert failed["reason"] == "AnalysisFailed" and "mixes histogram" in failed["message"]
     isvc = server.get(*ISVC, "good", "iris") or {}
     assert isvc["spec"]["predictor"]["canaryTrafficPercent"] == 0, "baseline restored"
+
+
+def forged_promotion(namespace: str) -> CloudEvent:
+    """What the issue posted to the broker: a conclusion naming the experiment by namespace,
+    name and iteration only (no uid), promoting the candidate."""
+    return CloudEvent(
+        {
+            "type": events.CONCLUDED,
+            "source": "somebody",
+            "id": "forged-1",
+            events.EXT_NAMESPACE: namespace,
+            events.EXT_NAME: "iris-canary",
+            events.EXT_ITERATION: "7",
+        },
+        {"action": "promote", "version": "iris-predictor-00002"},
+    )
+
+
+def test_forged_events_promote_nothing_and_the_measurements_decide(
+    cluster: tuple[KubeApiServer, client.ApiClient], prometheus: str
+) -> None:
+    server, api = cluster
+    obj = seed(server, "bad")  # the candidate answers 10 % of its requests with errors
+    p = pipeline(api, prometheus)
+    try:
+        p.publish(apiserver_event("add", obj))
+        running = server.get(*EXPERIMENTS, "bad", "iris-canary") or {}
+        assert running["status"]["stage"] == "Running"
+        # 1. a conclusion without the uid: refused before anything is read
+        p.publish(forged_promotion("bad"))
+        assert p.deliveries[-1].stage == "finish" and p.deliveries[-1].status == 422
+        assert "experimentuid" in p.deliveries[-1].body
+        # 2. measurements iterate never took, showing a flawless candidate
+        ref = events.ExperimentRef("bad", "iris-canary", running["metadata"]["uid"])
+        flawless = {
+            "measuredAt": "2026-01-01T00:01:30Z",
+            "aggregatedMetrics": {
+                "data": {
+                    "request-count": {
+                        "data": {
+                            "iris-predictor-00001": {"value": 1e4},
+                            "iris-predictor-00002": {"value": 1e4},
+                        }
+                    },
+                    "error-rate": {
+                        "data": {
+                            "iris-predictor-00001": {"events": 0, "trials": 1e4},
+                            "iris-predictor-00002": {"events": 0, "trials": 1e4},
+                        }
+                    },
+                }
+            },
+        }
+        p.publish(events.make_event(events.MEASURED, ref, 1, flawless))
+        assert p.deliveries[-1].stage == "assess" and p.deliveries[-1].status == 422
+        after = server.get(*EXPERIMENTS, "bad", "iris-canary") or {}
+        assert after["metadata"]["resourceVersion"] == running["metadata"]["resourceVersion"]
+        assert canary_history(server, "bad") == [0, 20], "nothing was promoted"
+        # the experiment goes on, and its own measurements roll the candidate back
+        final = run_to_end(p, server, "bad")
+    finally:
+        p.close()
+    assert (final["status"]["stage"], final["status"]["outcome"]) == ("Completed", "RolledBack")
+    assert canary_history(server, "bad") == [0, 20, 0]
+
+
+def test_a_stale_rollback_for_an_earlier_iteration_is_ignored(
+    cluster: tuple[KubeApiServer, client.ApiClient], prometheus: str
+) -> None:
+    server, api = cluster
+    obj = seed(server, "good")
+    p = pipeline(api, prometheus)
+    try:
+        p.publish(apiserver_event("add", obj))
+        clock = p.ctx.clock
+        assert isinstance(clock, ManualClock)
+        for _ in range(2):
+            clock.advance(INTERVAL)
+            p.ping()
+        at_two = server.get(*EXPERIMENTS, "good", "iris-canary") or {}
+        assert (at_two["status"]["stage"], at_two["status"]["completedIterations"]) == (
+            "Running",
+            2,
+        )
+        ref = events.ExperimentRef("good", "iris-canary", at_two["metadata"]["uid"])
+        stale = events.make_event(
+            events.CONCLUDED, ref, 1, {"action": "rollback", "version": "iris-predictor-00001"}
+        )
+        p.publish(stale)
+        assert p.deliveries[-1].stage == "finish" and p.deliveries[-1].status == 200
+        after = server.get(*EXPERIMENTS, "good", "iris-canary") or {}
+        assert after["metadata"]["resourceVersion"] == at_two["metadata"]["resourceVersion"]
+        final = run_to_end(p, server, "good")
+    finally:
+        p.close()
+    assert (final["status"]["stage"], final["status"]["outcome"]) == ("Completed", "Promoted")
+
+
+def concurrent_copies(p: Pipeline, event: CloudEvent, copies: int) -> None:
+    """Route `event` and everything it causes as a broker delivering each event `copies`
+    times at once: every wave's deliveries run on their own threads, together."""
+    p.sink.queue.append(event)
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        while p.sink.queue:
+            wave = list(p.sink.queue)
+            p.sink.queue.clear()
+            jobs = [
+                pool.submit(p.deliver, stage, copy.deepcopy(e))
+                for e in wave
+                for stage, types in events.TRIGGERS.items()
+                if e["type"] in types
+                for _ in range(copies)
+            ]
+            for job in jobs:
+                job.result()
+
+
+def delivered_with_copies(
+    server: KubeApiServer, api: client.ApiClient, url: str, namespace: str, copies: int
+) -> tuple[int, tuple[Any, ...]]:
+    p = pipeline(api, url)
+    try:
+        obj = server.get(*EXPERIMENTS, namespace, "iris-canary")
+        assert obj is not None
+        concurrent_copies(p, apiserver_event("add", obj), copies)
+        clock = p.ctx.clock
+        assert isinstance(clock, ManualClock)
+        for _ in range(12):
+            status = (server.get(*EXPERIMENTS, namespace, "iris-canary") or {})["status"]
+            if status["stage"] in ("Completed", "Failed"):
+                break
+            clock.advance(INTERVAL)
+            ping = CloudEvent({"type": events.PING, "source": "/apis/v1/pingsources/x"}, {})
+            concurrent_copies(p, ping, copies)
+    finally:
+        p.close()
+    assert set(p.answers()) == {200}, [d for d in p.deliveries if d.status != 200]
+    outcome = (status["stage"], status.get("outcome"), status["completedIterations"])
+    return len(p.deliveries), outcome
+
+
+@pytest.mark.parametrize("namespace", ["bad", "good"], ids=["rolled-back", "promoted"])
+def test_concurrent_duplicates_cost_at_most_k_times_the_clean_deliveries(
+    prometheus: str, namespace: str
+) -> None:
+    """The issue measured 16 deliveries clean and 1,564 with four concurrent copies."""
+    runs = {}
+    for copies in (1, 4):
+        with emulated_cluster() as (server, api):
+            seed(server, namespace)
+            runs[copies] = delivered_with_copies(server, api, prometheus, namespace, copies)
+    (clean, outcome), (delivered, same) = runs[1], runs[4]
+    assert outcome[:2] == ("Completed", "RolledBack" if namespace == "bad" else "Promoted")
+    assert same == outcome, "the copies changed the experiment"
+    assert delivered <= 4 * clean, f"{delivered} deliveries, clean {clean}"

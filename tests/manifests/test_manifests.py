@@ -319,6 +319,9 @@ _NOT_READ_BY_THE_PARSER = {
     "status.history[].estimates[]": parse.Bound(max_items=parse.MAX_OBJECTIVES),
     "status.history[].estimates[][]": parse.Bound(max_items=4),
     "status.history[].rule": parse.Bound(max_length=253),
+    # The measurement record: iterate writes it, assess compares digests.
+    "status.measurement.iteration": parse.Bound(minimum=0, maximum=parse.MAX_ITERATIONS),
+    "status.measurement.digest": parse.Bound(max_length=64, pattern="^[0-9a-f]{64}$"),
 }
 
 

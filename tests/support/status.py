@@ -9,6 +9,7 @@ from analytics.recommendation import Action, Recommendation
 from functions.core.status import (
     Condition,
     ConditionType,
+    MeasurementRecord,
     Outcome,
     Stage,
     Status,
@@ -52,6 +53,9 @@ def full_status() -> Status:
                 "action": "promote",
                 "rule": "all-objectives-met",
             },
+        ),
+        measurement=MeasurementRecord(
+            3, T0.replace(minute=3), T0.replace(minute=3, second=1), "0" * 64, failed=True
         ),
     )
     unset = [f.name for f in dataclasses.fields(status) if not getattr(status, f.name)]

@@ -14,6 +14,7 @@ from functions.core.status import (
     TERMINAL,
     Condition,
     ConditionType,
+    MeasurementRecord,
     Outcome,
     Stage,
     Status,
@@ -120,6 +121,8 @@ def test_fields_never_written_stay_out_of_the_stored_form() -> None:
         ("recommendation", "promote", None),
         ("versionRecommendedForPromotion", 2, None),
         ("conditions", "Ready", ()),
+        ("measurement", {"iteration": -1, "digest": "d"}, None),
+        ("measurement", "measured", None),
     ],
 )
 def test_a_malformed_stored_value_reads_as_its_default(field: str, bad: Any, default: Any) -> None:
@@ -223,3 +226,12 @@ def test_the_resolved_versions_fill_an_experiment_without_version_info() -> None
         "baseline": {"name": "a", "variables": [{"name": "revision", "value": "a-1"}]},
         "candidates": [{"name": "b", "variables": [{"name": "revision", "value": "b-2"}]}],
     }
+
+
+def test_a_measurement_record_is_fresh_for_less_than_the_interval() -> None:
+    requested = MeasurementRecord(4, requested_at=T0)
+    assert requested.is_fresh(T0 + timedelta(seconds=59), 60)
+    assert not requested.is_fresh(T0 + timedelta(seconds=60), 60)
+    taken = MeasurementRecord(4, T0, T0 + timedelta(seconds=30), "d" * 64)
+    assert taken.is_fresh(T0 + timedelta(seconds=89), 60), "counted from when it was taken"
+    assert not MeasurementRecord(4).is_fresh(T0, 60)

@@ -8,7 +8,16 @@ from typing import Any
 
 from cloudevents.http import CloudEvent
 
-from functions.core.events import ASSESSED, CONCLUDED, EXT_ITERATION, EXT_UID, FINISHED, MEASURED
+from analytics.analysis import Action
+from functions.core.events import (
+    ASSESSED,
+    CONCLUDED,
+    EXT_ITERATION,
+    EXT_UID,
+    FINISHED,
+    MEASURED,
+    Concluded,
+)
 from functions.core.status import CONFLICT_ATTEMPTS
 from tests.fakes import (
     BASELINE_REVISION,
@@ -20,10 +29,12 @@ from tests.fakes import (
     aggregated,
     canary_percent,
     condition,
+    decided,
     event,
     experiment,
     kserve_world,
     payload,
+    recorded,
     serve,
     served,
 )
@@ -41,12 +52,14 @@ def running(w: World, **spec: Any) -> dict[str, Any]:
 
 
 def measured(
+    w: World,
     obj: dict[str, Any],
     iteration: int,
     candidate: tuple[int, int] | None = GOOD,
+    record: bool = True,
 ) -> CloudEvent:
-    """What iterate emits at `iteration` with the baseline serving GOOD (and the candidate,
-    unless the experiment has none)."""
+    """What iterate records and emits at `iteration` with the baseline serving GOOD (and the
+    candidate, unless the experiment has none); `record=False`: what it could not emit."""
     base = served(*GOOD, iteration)
     cand = served(*candidate, iteration) if candidate is not None else None
     data = aggregated(
@@ -56,7 +69,8 @@ def measured(
         },
         T0 + timedelta(seconds=iteration * INTERVAL),
     )
-    return event(MEASURED, obj, iteration, data)
+    ev = event(MEASURED, obj, iteration, data)
+    return recorded(w.store, ev) if record else ev
 
 
 def weights(status: dict[str, Any]) -> dict[str, int]:
@@ -70,7 +84,8 @@ def test_an_iteration_is_recorded_and_traffic_moves_by_at_most_the_increment() -
     w.store.write_status(stored, {**stored["status"], "transientFailures": 2})
     w.clock.advance(INTERVAL)
     mark = len(w.sink.events)
-    assert w.deliver("assess", measured(obj, 1)) == 200
+    first = measured(w, obj, 1)
+    assert w.deliver("assess", first) == 200
     status = w.store.status(NS, NAME)
     assert status["stage"] == "Running"
     assert status["completedIterations"] == 1
@@ -86,7 +101,7 @@ def test_an_iteration_is_recorded_and_traffic_moves_by_at_most_the_increment() -
         "weights",
         "evidence",
     }
-    assert analysis["aggregatedMetrics"] == payload(measured(obj, 1))["aggregatedMetrics"]
+    assert analysis["aggregatedMetrics"] == payload(first)["aggregatedMetrics"]
     # from 80/20: up by the increment (20), no more, and the objects report it
     assert weights(status) == {BASELINE_REVISION: 60, CANDIDATE_REVISION: 40}
     assert canary_percent(w.objects) == 40
@@ -141,7 +156,7 @@ def test_a_violated_objective_concludes_with_a_rollback_at_the_first_look() -> N
     obj = running(w)
     w.clock.advance(INTERVAL)
     mark = len(w.sink.events)
-    assert w.deliver("assess", measured(obj, 1, candidate=BAD)) == 200
+    assert w.deliver("assess", measured(w, obj, 1, candidate=BAD)) == 200
     status = w.store.status(NS, NAME)
     assert (status["stage"], status["completedIterations"]) == ("Finishing", 1)
     assert status["recommendation"]["rule"] == "objective-violated"
@@ -155,6 +170,9 @@ def test_a_violated_objective_concludes_with_a_rollback_at_the_first_look() -> N
     assert concluded["type"] == CONCLUDED and concluded[EXT_ITERATION] == "1"
     data = payload(concluded)
     assert (data["action"], data["version"]) == ("rollback", BASELINE_REVISION)
+    # the decision is in status before the event says it: Finishing at iteration 1
+    assert status["recommendation"]["action"] == "rollback"
+    assert status["finishingTime"] == "2026-01-01T00:02:00Z" and "abortReason" not in status
 
     w.publish(concluded)
     status = w.store.status(NS, NAME)
@@ -165,41 +183,42 @@ def test_a_violated_objective_concludes_with_a_rollback_at_the_first_look() -> N
     assert weights(status)[BASELINE_REVISION] == 100
 
 
-def test_a_repeated_measurement_writes_nothing_and_re_announces_the_same_follow_up() -> None:
+def test_a_repeated_measurement_writes_nothing_and_sends_nothing_again() -> None:
     w = kserve_world(NS)
     obj = running(w)
-    w.deliver("assess", measured(obj, 1))
+    once = measured(w, obj, 1)
+    w.deliver("assess", once)
     before = w.store.stored(NS, NAME)
     mark, patches = len(w.sink.events), len(w.objects.patches)
-    assert w.deliver("assess", measured(obj, 1)) == 200
+    assert w.deliver("assess", once) == 200
     assert w.store.stored(NS, NAME) == before
     assert len(w.objects.patches) == patches
-    [again] = w.sink.since(mark)
-    assert again["type"] == ASSESSED and again["id"] == w.sink.events[mark - 1]["id"]
+    assert w.sink.since(mark) == [], "a follow-up per duplicate would multiply every event"
 
 
-def test_a_repeated_concluding_measurement_re_announces_the_conclusion() -> None:
+def test_a_repeated_concluding_measurement_leaves_the_decision_to_finish() -> None:
     w = kserve_world(NS)
     obj = running(w)
-    w.deliver("assess", measured(obj, 1, candidate=BAD))
-    first = w.sink.events[-1]
-    writes = len(w.store.writes)
-    assert w.deliver("assess", measured(obj, 1, candidate=BAD)) == 200
-    again = w.sink.events[-1]
-    assert (again["type"], again["id"]) == (CONCLUDED, first["id"])
-    assert payload(again) == payload(first)
-    assert len(w.store.writes) == writes
+    once = measured(w, obj, 1, candidate=BAD)
+    w.deliver("assess", once)
+    writes, mark = len(w.store.writes), len(w.sink.events)
+    assert w.deliver("assess", once) == 200
+    assert w.sink.since(mark) == [] and len(w.store.writes) == writes
+    status = w.store.status(NS, NAME)
+    assert (status["stage"], status["completedIterations"]) == ("Finishing", 1)
+    assert status["recommendation"]["action"] == "rollback"
 
 
 def test_stale_and_early_measurements_are_acknowledged_and_ignored() -> None:
     w = kserve_world(NS)
     obj = running(w)
-    w.deliver("assess", measured(obj, 1))
-    w.deliver("assess", measured(obj, 2))
+    w.deliver("assess", measured(w, obj, 1))
+    w.deliver("assess", measured(w, obj, 2))
+    late_and_early = [measured(w, obj, iteration) for iteration in (1, 4)]
     before = w.store.stored(NS, NAME)
     mark = len(w.sink.events)
-    for iteration in (1, 4):
-        assert w.deliver("assess", measured(obj, iteration)) == 200
+    for ev in late_and_early:
+        assert w.deliver("assess", ev) == 200
     assert w.store.stored(NS, NAME) == before
     assert w.sink.since(mark) == []
 
@@ -207,10 +226,12 @@ def test_stale_and_early_measurements_are_acknowledged_and_ignored() -> None:
 def test_a_measurement_after_the_end_changes_nothing() -> None:
     w = kserve_world(NS)
     obj = running(w)
-    w.publish(event(CONCLUDED, obj, 0, {"action": "rollback"}))
+    late = measured(w, obj, 1)
+    w.publish(decided(w.store, obj, Concluded(Action.ROLLBACK, "stop"), iteration=0))
+    assert w.store.status(NS, NAME)["stage"] == "Completed"
     before = w.store.stored(NS, NAME)
     mark = len(w.sink.events)
-    assert w.deliver("assess", measured(obj, 1)) == 200
+    assert w.deliver("assess", late) == 200
     assert w.store.stored(NS, NAME) == before
     assert w.sink.since(mark) == []
 
@@ -219,8 +240,9 @@ def test_a_measurement_about_an_earlier_namesake_changes_nothing() -> None:
     w = kserve_world(NS)
     obj = running(w)
     earlier = {**obj, "metadata": {**obj["metadata"], "uid": "some-earlier-uid"}}
+    ev = measured(w, earlier, 1)
     writes, patches, mark = len(w.store.writes), len(w.objects.patches), len(w.sink.events)
-    assert w.deliver("assess", measured(earlier, 1)) == 200
+    assert w.deliver("assess", ev) == 200
     assert (len(w.store.writes), len(w.objects.patches)) == (writes, patches)
     assert w.sink.since(mark) == []
 
@@ -228,9 +250,10 @@ def test_a_measurement_about_an_earlier_namesake_changes_nothing() -> None:
 def test_a_lost_write_race_is_retried_and_the_iteration_recorded_once() -> None:
     w = kserve_world(NS)
     obj = running(w)
+    ev = measured(w, obj, 1)
     writes, patches, mark = len(w.store.writes), len(w.objects.patches), len(w.sink.events)
     w.store.conflict(2)
-    assert w.deliver("assess", measured(obj, 1)) == 200
+    assert w.deliver("assess", ev) == 200
     status = w.store.status(NS, NAME)
     assert status["completedIterations"] == 1
     assert weights(status) == {BASELINE_REVISION: 60, CANDIDATE_REVISION: 40}
@@ -243,9 +266,10 @@ def test_a_lost_write_race_is_retried_and_the_iteration_recorded_once() -> None:
 def test_a_write_that_keeps_losing_is_left_to_the_broker_and_concludes_nothing() -> None:
     w = kserve_world(NS)
     obj = running(w)
+    ev = measured(w, obj, 1)
     mark = len(w.sink.events)
     w.store.conflict(CONFLICT_ATTEMPTS)
-    assert w.deliver("assess", measured(obj, 1)) == 503
+    assert w.deliver("assess", ev) == 503
     assert w.store.status(NS, NAME)["completedIterations"] == 0
     assert w.sink.since(mark) == []
 
@@ -255,12 +279,12 @@ def test_a_split_not_yet_reported_is_not_recorded_and_the_redelivery_completes_i
     obj = running(w)
     w.objects.lagging = True
     mark = len(w.sink.events)
-    assert w.deliver("assess", measured(obj, 1)) == 503
+    assert w.deliver("assess", measured(w, obj, 1)) == 503
     assert w.clock.slept >= w.settings.readback_timeout_seconds
     assert w.store.status(NS, NAME)["completedIterations"] == 0
     assert w.sink.since(mark) == []
     w.objects.lagging = False
-    assert w.deliver("assess", measured(obj, 1)) == 200
+    assert w.deliver("assess", measured(w, obj, 1)) == 200
     status = w.store.status(NS, NAME)
     assert status["completedIterations"] == 1
     assert weights(status)[CANDIDATE_REVISION] == 40
@@ -283,8 +307,12 @@ def test_measurements_the_analysis_cannot_use_end_the_experiment_safely() -> Non
         }
     }
     mark = len(w.sink.events)
-    assert w.deliver("assess", event(MEASURED, obj, 1, broken)) == 422
-    assert w.store.status(NS, NAME)["completedIterations"] == 0
+    # as iterate recorded them: the data is authentic, the analysis cannot use it
+    assert w.deliver("assess", recorded(w.store, event(MEASURED, obj, 1, broken))) == 422
+    status = w.store.status(NS, NAME)
+    assert status["completedIterations"] == 0
+    assert (status["stage"], status["abortReason"]) == ("Finishing", "AnalysisFailed")
+    assert condition(status, "Failed")["reason"] == "AnalysisFailed", "said at once"
     [concluded] = w.sink.since(mark)
     data = payload(concluded)
     assert (data["action"], data["failed"], data["reason"]) == ("rollback", True, "AnalysisFailed")
@@ -321,7 +349,7 @@ def test_conformance_and_fixed_split_record_iterations_without_moving_traffic() 
             spec["versionInfo"] = version_info
         obj = running(w, **spec)
         patches = len(w.objects.patches)
-        assert w.deliver("assess", measured(obj, 1, candidate)) == 200, strategy
+        assert w.deliver("assess", measured(w, obj, 1, candidate)) == 200, strategy
         assert w.store.status(NS, NAME)["completedIterations"] == 1, strategy
         assert len(w.objects.patches) == patches, strategy
 
@@ -336,5 +364,5 @@ def test_measurements_naming_a_version_the_experiment_lacks_are_refused() -> Non
         versionInfo={"baseline": {"name": BASELINE_REVISION}},
     )
     writes = len(w.store.writes)
-    assert w.deliver("assess", measured(obj, 1, GOOD)) == 422
+    assert w.deliver("assess", measured(w, obj, 1, GOOD, record=False)) == 422
     assert len(w.store.writes) == writes

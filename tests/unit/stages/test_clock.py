@@ -20,6 +20,7 @@ from functions.core.events import (
     CONCLUDED,
     DELETING,
     DUE,
+    EXT_ITERATION,
     FINISHED,
     MEASURED,
     PING,
@@ -397,7 +398,7 @@ def test_a_pending_experiment_stored_with_an_absurd_interval_fails_at_start() ->
     assert stage(w, A, "other") == "Running"
 
 
-def test_a_measured_event_from_year_9999_is_a_hint_not_a_time_and_the_clock_goes_on() -> None:
+def test_a_measured_event_from_year_9999_is_refused_and_the_clock_goes_on() -> None:
     w = world("demo", "other")
     two_running(w)
     sink(w).lose(MEASURED)  # demo's real measurement of iteration 1, held back ...
@@ -405,8 +406,10 @@ def test_a_measured_event_from_year_9999_is_a_hint_not_a_time_and_the_clock_goes
     (held,) = sink(w).lost
     assert held["experimentnamespace"] == "demo"
     forged = {**(held.get_data() or {}), "measuredAt": "9999-12-31T23:59:59Z"}
-    # ... and delivered stamped in year 9999.
-    assert w.deliver("assess", event(MEASURED, w.store.stored("demo", A), 1, forged)) == 200
+    # ... a copy stamped in year 9999 is not what iterate recorded ...
+    assert w.deliver("assess", event(MEASURED, w.store.stored("demo", A), 1, forged)) == 422
+    # ... and the measurement itself is recorded at the time iterate took it.
+    assert w.deliver("assess", held) == 200
 
     last = Status.read(w.store.stored("demo", A)).last_iteration_time
     assert last is not None
@@ -516,7 +519,7 @@ def test_a_ping_right_after_the_decision_does_not_race_the_first_announcement() 
     assert stage(w) == "Completed"
 
 
-def test_a_repeated_measurement_re_sends_the_decision_the_clock_recorded() -> None:
+def test_a_repeated_measurement_sends_nothing_and_the_clock_re_sends_its_decision() -> None:
     w = world()
     good_versions(w)
     add(w)
@@ -530,8 +533,11 @@ def test_a_repeated_measurement_re_sends_the_decision_the_clock_recorded() -> No
     mark = len(w.sink.events)
     repeat = event(MEASURED, w.store.stored(NS, A), 1, {"aggregatedMetrics": {"data": {}}})
     assert w.deliver("assess", repeat) == 200
+    assert w.sink.since(mark) == [], "a re-send per duplicate would multiply the events"
+    w.clock.advance(w.settings.readback_timeout_seconds)
+    assert w.deliver("iterate", ping()) == 200
     (again,) = w.sink.since(mark)
-    assert again["type"] == CONCLUDED
+    assert again["type"] == CONCLUDED and again[EXT_ITERATION] == "1"
     data = again.get_data()
     assert isinstance(data, dict)
     assert (data["failed"], data["reason"]) == (True, "MaxDurationExceeded")

@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from functions.core.events import CONCLUDED, EXT_ITERATION, FINISHED, STARTED
+from analytics.analysis import Action
+from functions.core.events import CONCLUDED, EXT_ITERATION, FINISHED, STARTED, Concluded
 from functions.core.resources import KNATIVE, KSERVE, ObjectRef
 from functions.core.status import CONFLICT_ATTEMPTS
 from tests.fakes import (
@@ -16,6 +17,7 @@ from tests.fakes import (
     added,
     canary_percent,
     condition,
+    decided,
     deleted,
     event,
     experiment,
@@ -35,7 +37,13 @@ def running(w: World, name: str = NAME, **spec: Any) -> dict[str, Any]:
 
 
 def concluded(obj: dict[str, Any], **data: Any) -> Any:
+    """A conclusion at iteration 3 saying `data`, whatever the status records."""
     return event(CONCLUDED, obj, 3, data)
+
+
+def conclude(w: World, obj: dict[str, Any], action: str, **fields: Any) -> Any:
+    """The decision recorded at iteration 3 (stage Finishing), and the event announcing it."""
+    return decided(w.store, obj, Concluded(Action(action), **fields))
 
 
 def weights(status: dict[str, Any]) -> dict[str, int]:
@@ -50,15 +58,12 @@ def set_status(w: World, name: str = NAME, **fields: Any) -> None:
 def test_a_promotion_moves_all_traffic_to_the_winner_and_completes() -> None:
     w = kserve_world(NS)
     obj = running(w)
-    set_status(w, completedIterations=3, stage="Finishing")
+    set_status(w, completedIterations=3)
+    ev = conclude(
+        w, obj, "promote", version=CANDIDATE_REVISION, rule="winner-found", message="promote it"
+    )
     mark = len(w.sink.events)
-    data = {
-        "action": "promote",
-        "version": CANDIDATE_REVISION,
-        "rule": "winner-found",
-        "message": "promote it",
-    }
-    assert w.deliver("finish", concluded(obj, **data)) == 200
+    assert w.deliver("finish", ev) == 200
     status = w.store.status(NS, NAME)
     assert (status["stage"], status["outcome"]) == ("Completed", "Promoted")
     assert status["versionRecommendedForPromotion"] == CANDIDATE_REVISION
@@ -87,7 +92,7 @@ def test_a_rollback_restores_the_baseline_and_completes() -> None:
     w = kserve_world(NS)
     obj = running(w)
     assert canary_percent(w.objects) == 20
-    assert w.deliver("finish", concluded(obj, action="rollback")) == 200
+    assert w.deliver("finish", conclude(w, obj, "rollback")) == 200
     status = w.store.status(NS, NAME)
     assert (status["stage"], status["outcome"]) == ("Completed", "RolledBack")
     assert status["versionRecommendedForPromotion"] == BASELINE_REVISION
@@ -102,14 +107,16 @@ def test_a_rollback_restores_the_baseline_and_completes() -> None:
 def test_a_failed_experiment_only_ever_rolls_back(action: str) -> None:
     w = kserve_world(NS)
     obj = running(w)
-    data = {
-        "action": action,
-        "version": CANDIDATE_REVISION,
-        "failed": True,
-        "reason": "TransientFailures",
-        "message": "6 transient failures in a row",
-    }
-    assert w.deliver("finish", concluded(obj, **data)) == 200
+    ev = conclude(
+        w,
+        obj,
+        action,
+        version=CANDIDATE_REVISION,
+        failed=True,
+        reason="TransientFailures",
+        message="6 transient failures in a row",
+    )
+    assert w.deliver("finish", ev) == 200
     status = w.store.status(NS, NAME)
     assert (status["stage"], status["outcome"]) == ("Failed", "Aborted")
     assert status["versionRecommendedForPromotion"] == BASELINE_REVISION
@@ -123,7 +130,7 @@ def test_a_failed_experiment_only_ever_rolls_back(action: str) -> None:
 def test_a_promotion_naming_no_version_rolls_back() -> None:
     w = kserve_world(NS)
     obj = running(w)
-    assert w.deliver("finish", concluded(obj, action="promote")) == 200
+    assert w.deliver("finish", conclude(w, obj, "promote")) == 200
     assert w.store.status(NS, NAME)["outcome"] == "RolledBack"
     assert canary_percent(w.objects) == 0
 
@@ -145,8 +152,8 @@ def test_conformance_is_validated_or_not_without_moving_traffic(
         strategy={"testingPattern": "Conformance", "deploymentPattern": "Progressive"},
         versionInfo={"baseline": {"name": "current"}},
     )
-    data = {"action": action, "version": "current", "failed": failed}
-    assert w.deliver("finish", concluded(obj, **data)) == 200
+    ev = conclude(w, obj, action, version="current", failed=failed)
+    assert w.deliver("finish", ev) == 200
     status = w.store.status(NS, NAME)
     assert status["outcome"] == outcome
     assert status["stage"] == ("Failed" if failed else "Completed")
@@ -154,18 +161,18 @@ def test_conformance_is_validated_or_not_without_moving_traffic(
     assert w.objects.patches == []
 
 
-def test_a_repeated_conclusion_writes_nothing_and_re_announces_the_same_finish() -> None:
+def test_a_repeated_conclusion_writes_nothing_and_sends_nothing_again() -> None:
     w = kserve_world(NS)
     obj = running(w)
-    w.deliver("finish", concluded(obj, action="rollback"))
+    once = conclude(w, obj, "rollback")
+    w.deliver("finish", once)
     before = w.store.stored(NS, NAME)
     patches, mark = len(w.objects.patches), len(w.sink.events)
-    assert w.deliver("finish", concluded(obj, action="promote", version=CANDIDATE_REVISION)) == 200
+    for again in (once, concluded(obj, action="promote", version=CANDIDATE_REVISION)):
+        assert w.deliver("finish", again) == 200
     assert w.store.stored(NS, NAME) == before
     assert len(w.objects.patches) == patches
-    [again] = w.sink.since(mark)
-    assert again["id"] == w.sink.events[mark - 1]["id"]
-    assert payload(again) == payload(w.sink.events[mark - 1])
+    assert w.sink.since(mark) == [], "a finish per duplicate would multiply the events"
 
 
 def test_a_conclusion_for_an_experiment_not_holding_its_target_is_ignored() -> None:
@@ -192,9 +199,10 @@ def test_a_conclusion_about_an_earlier_namesake_changes_nothing() -> None:
 def test_a_lost_write_race_is_retried_and_the_outcome_recorded_once() -> None:
     w = kserve_world(NS)
     obj = running(w)
+    ev = conclude(w, obj, "rollback")
     writes, mark = len(w.store.writes), len(w.sink.events)
     w.store.conflict(3)
-    assert w.deliver("finish", concluded(obj, action="rollback")) == 200
+    assert w.deliver("finish", ev) == 200
     assert w.store.status(NS, NAME)["outcome"] == "RolledBack"
     assert len(w.store.writes) == writes + 1
     assert [e["type"] for e in w.sink.since(mark)] == [FINISHED]
@@ -203,25 +211,27 @@ def test_a_lost_write_race_is_retried_and_the_outcome_recorded_once() -> None:
 def test_a_write_that_keeps_losing_leaves_the_experiment_to_the_redelivery() -> None:
     w = kserve_world(NS)
     obj = running(w)
+    ev = conclude(w, obj, "rollback")
     mark = len(w.sink.events)
     w.store.conflict(CONFLICT_ATTEMPTS)
-    assert w.deliver("finish", concluded(obj, action="rollback")) == 503
-    assert w.store.status(NS, NAME)["stage"] == "Running"
+    assert w.deliver("finish", ev) == 503
+    assert w.store.status(NS, NAME)["stage"] == "Finishing"
     assert w.sink.since(mark) == []
-    assert w.deliver("finish", concluded(obj, action="rollback")) == 200
+    assert w.deliver("finish", ev) == 200
     assert w.store.status(NS, NAME)["outcome"] == "RolledBack"
 
 
 def test_an_outcome_not_yet_reported_by_the_objects_is_not_recorded() -> None:
     w = kserve_world(NS)
     obj = running(w)
+    ev = conclude(w, obj, "rollback")
     w.objects.lagging = True
     mark = len(w.sink.events)
-    assert w.deliver("finish", concluded(obj, action="rollback")) == 503
-    assert w.store.status(NS, NAME)["stage"] == "Running"
+    assert w.deliver("finish", ev) == 503
+    assert w.store.status(NS, NAME)["stage"] == "Finishing"
     assert w.sink.since(mark) == []
     w.objects.lagging = False
-    assert w.deliver("finish", concluded(obj, action="rollback")) == 200
+    assert w.deliver("finish", ev) == 200
     assert w.store.status(NS, NAME)["outcome"] == "RolledBack"
 
 
@@ -300,7 +310,7 @@ def test_a_knative_service_is_promoted_by_its_traffic_block() -> None:
     }
     obj = running(w, versionInfo=info)
     assert w.store.status(NS, NAME)["stage"] == "Running"
-    assert w.deliver("finish", concluded(obj, action="promote", version="iris-00002")) == 200
+    assert w.deliver("finish", conclude(w, obj, "promote", version="iris-00002")) == 200
     assert w.store.status(NS, NAME)["outcome"] == "Promoted"
     traffic = w.objects.stored(service)["status"]["traffic"]
     assert {t["revisionName"]: t["percent"] for t in traffic} == {

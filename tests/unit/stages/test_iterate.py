@@ -15,6 +15,7 @@ from functions.core.events import (
     EXT_NAMESPACE,
     EXT_UID,
     MEASURED,
+    digest,
 )
 from functions.core.metrics import MetricError
 from functions.core.settings import Settings
@@ -26,6 +27,7 @@ from tests.fakes import (
     World,
     added,
     canary_percent,
+    condition,
     event,
     experiment,
     kserve_world,
@@ -72,12 +74,20 @@ def test_a_ping_fans_out_one_due_event_per_running_experiment_whose_interval_pas
     mark, writes = len(w.sink.events), len(w.store.writes)
     assert w.deliver("iterate", ping()) == 200
     emitted = w.sink.since(mark)
-    # the tick only hands out work: one due event per due experiment, nothing measured
+    # the tick only hands out work: one due event per due experiment, nothing measured,
+    # each request recorded first so that a repeated ping does not hand it out again
     assert [e["type"] for e in emitted] == [DUE, DUE]
     assert {e[EXT_NAMESPACE] for e in emitted} == {NS, "other"}
     assert {e[EXT_ITERATION] for e in emitted} == {"1"}
     assert w.metrics.calls == []
-    assert len(w.store.writes) == writes
+    assert len(w.store.writes) == writes + 2
+    for ns in (NS, "other"):
+        assert w.store.status(ns, NAME)["measurement"] == {
+            "iteration": 1,
+            "requestedAt": "2026-01-01T00:02:00Z",
+        }
+    assert w.deliver("iterate", ping()) == 200
+    assert len(w.sink.since(mark)) == 2, "asked for already"
 
 
 def test_a_ping_before_the_interval_passes_hands_out_nothing() -> None:
@@ -103,7 +113,7 @@ def test_the_due_iteration_follows_the_completed_ones() -> None:
     assert due[EXT_ITERATION] == "4" and due[EXT_UID] == obj["metadata"]["uid"]
 
 
-def test_a_due_experiment_is_measured_per_metric_and_version_and_nothing_is_written() -> None:
+def test_a_due_experiment_is_measured_per_metric_and_version_and_the_digest_recorded() -> None:
     w = scripted_world(NS)
     obj = running(w)
     w.clock.advance(INTERVAL)
@@ -123,7 +133,14 @@ def test_a_due_experiment_is_measured_per_metric_and_version_and_nothing_is_writ
         "le": "+Inf",
         "count": 1206.0,
     }
-    assert len(w.store.writes) == writes
+    # what was measured is recorded before it is announced: when, and the data's digest
+    assert len(w.store.writes) == writes + 1
+    assert w.store.status(NS, NAME)["measurement"] == {
+        "iteration": 1,
+        "requestedAt": "2026-01-01T00:02:00Z",
+        "measuredAt": "2026-01-01T00:02:00Z",
+        "digest": digest(data),
+    }
     # every query is rendered for the target and the version's resolved revision
     assert len(w.metrics.calls) == len(METRICS) * 2
     variables = {(name, v["revision"]): v for name, v, _ in w.metrics.calls}
@@ -146,16 +163,40 @@ def test_a_version_without_data_is_measured_as_empty_never_as_zero() -> None:
     }
 
 
-def test_a_repeated_due_event_re_announces_the_same_measurement_and_writes_nothing() -> None:
+def test_a_repeated_due_event_measures_nothing_and_sends_nothing_again() -> None:
     w = scripted_world(NS)
     obj = running(w)
     w.clock.advance(INTERVAL)
-    mark, writes = len(w.sink.events), len(w.store.writes)
+    mark = len(w.sink.events)
     w.deliver("iterate", event(DUE, obj, 1))
+    writes, calls = len(w.store.writes), len(w.metrics.calls)
+    w.clock.advance(INTERVAL - 1)
     assert w.deliver("iterate", event(DUE, obj, 1)) == 200
-    first, again = w.sink.since(mark)
-    assert again["id"] == first["id"] and payload(again) == payload(first)
-    assert len(w.store.writes) == writes
+    assert [e["type"] for e in w.sink.since(mark)] == [MEASURED]
+    assert (len(w.store.writes), len(w.metrics.calls)) == (writes, calls)
+
+
+def test_a_measurement_lost_on_its_way_is_asked_for_again_one_interval_on() -> None:
+    w = scripted_world(NS)
+    running(w)
+    w.clock.advance(INTERVAL)
+    w.deliver("iterate", ping())
+    [due] = w.sink.events[-1:]
+    w.deliver("iterate", due)  # measured, recorded; its event never reaches assess
+    first = w.sink.events[-1]
+    mark = len(w.sink.events)
+    w.clock.advance(INTERVAL - 1)
+    w.deliver("iterate", ping())
+    assert w.sink.since(mark) == [], "less than an interval: still on its way"
+    w.clock.advance(1)
+    w.deliver("iterate", ping())
+    [again] = w.sink.since(mark)
+    assert again["type"] == DUE and again[EXT_ITERATION] == "1"
+    w.deliver("iterate", again)
+    remeasured = w.sink.events[-1]
+    assert remeasured["type"] == MEASURED and payload(remeasured) != payload(first)
+    record = w.store.status(NS, NAME)["measurement"]
+    assert record["digest"] == digest(payload(remeasured))
 
 
 def test_stale_and_early_due_events_are_acknowledged_and_ignored() -> None:
@@ -227,14 +268,27 @@ def test_a_count_that_keeps_losing_races_is_still_transient() -> None:
 def test_past_the_transient_limit_the_experiment_is_concluded_with_a_rollback() -> None:
     w = scripted_world(NS)
     w.settings = Settings(max_transient_failures=2, readback_timeout_seconds=1)
-    obj = running(w)
-    w.clock.advance(INTERVAL)
+    running(w)
     mark = len(w.sink.events)
-    w.metrics.fail(TransientError("prometheus unreachable"), times=3)
-    assert [w.deliver("iterate", event(DUE, obj, 1)) for _ in range(3)] == [503, 503, 200]
-    assert w.store.status(NS, NAME)["transientFailures"] == 3
-    [concluded] = w.sink.since(mark)
-    assert concluded["type"] == CONCLUDED and concluded[EXT_ITERATION] == "1"
+    w.metrics.fail(TransientError("prometheus unreachable"), times=100)
+    # each interval's request fails, however often the broker delivers it: counted once
+    for failures in (1, 2):
+        w.clock.advance(INTERVAL)
+        w.deliver("iterate", ping())
+        due = w.sink.events[-1]
+        assert [w.deliver("iterate", due) for _ in range(6)] == [503] * 6
+        status = w.store.status(NS, NAME)
+        assert (status["stage"], status["transientFailures"]) == ("Running", failures)
+    w.clock.advance(INTERVAL)
+    w.deliver("iterate", ping())
+    assert w.deliver("iterate", w.sink.events[-1]) == 200
+    status = w.store.status(NS, NAME)
+    assert (status["stage"], status["transientFailures"]) == ("Finishing", 3)
+    assert status["abortReason"] == "TransientFailures"
+    assert condition(status, "Failed")["reason"] == "TransientFailures"
+    assert [e["type"] for e in w.sink.since(mark)] == [DUE, DUE, DUE, CONCLUDED]
+    concluded = w.sink.events[-1]
+    assert concluded[EXT_ITERATION] == "0", "announced at the iteration it was decided after"
     data = payload(concluded)
     assert (data["action"], data["failed"], data["reason"]) == (
         "rollback",

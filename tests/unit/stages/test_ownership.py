@@ -11,11 +11,21 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from cloudevents.http import CloudEvent
 
 from functions.core import finish, ownership, rollout
 from functions.core.backends import Patch, model_for
 from functions.core.errors import TransientError
-from functions.core.events import CONCLUDED, DUE, FINISHED, MEASURED, STARTED, ExperimentRef
+from functions.core.events import (
+    CONCLUDED,
+    DUE,
+    FINISHED,
+    MEASURED,
+    STARTED,
+    Concluded,
+    Data,
+    ExperimentRef,
+)
 from functions.core.resources import KNATIVE, KSERVE, ObjectRef
 from functions.core.settings import Settings
 from functions.core.status import resolved_experiment
@@ -29,12 +39,14 @@ from tests.fakes import (
     aggregated,
     canary_percent,
     condition,
+    decided,
     deleted,
     event,
     experiment,
     kserve_world,
     payload,
     ping,
+    recorded,
     ref,
     served,
 )
@@ -67,6 +79,12 @@ def running(w: World, name: str = NAME, **spec: Any) -> dict[str, Any]:
 def set_status(w: World, name: str = NAME, **fields: Any) -> None:
     stored = w.store.stored(NS, name)
     w.store.write_status(stored, {**(stored.get("status") or {}), **fields})
+
+
+def recorded_decision(w: World, obj: dict[str, Any], conclusion: dict[str, Any]) -> CloudEvent:
+    """The conclusion recorded as the experiment's decision after 3 iterations, and the
+    event announcing it."""
+    return decided(w.store, obj, Concluded.from_data(Data("test", conclusion)))
 
 
 def weights(status: dict[str, Any], key: str = "currentWeightDistribution") -> dict[str, int]:
@@ -266,10 +284,10 @@ def test_a_field_path_edited_in_after_the_start_is_not_written() -> None:
     stored = w.store.experiments[(NS, NAME)]
     candidate = stored["spec"]["versionInfo"]["candidates"][0]
     candidate["weightObjRef"]["fieldPath"] = ".spec.http[0].retries.attempts"
-    set_status(w, completedIterations=3, stage="Finishing")
     patches = len(w.objects.patches)
     conclusion = {"action": "rollback", "rule": "x", "message": "roll back"}
-    assert w.deliver("finish", event(CONCLUDED, obj, 3, conclusion)) == 200
+    ev = recorded_decision(w, obj, conclusion)
+    assert w.deliver("finish", ev) == 200
     assert len(w.objects.patches) == patches
     assert w.objects.stored(VS)["spec"]["http"][0]["retries"] == {"attempts": 3}
     status = w.store.status(NS, NAME)
@@ -353,16 +371,17 @@ def test_assess_records_the_next_split_before_applying_it() -> None:
         {m: {BASELINE_REVISION: good[m], CANDIDATE_REVISION: good[m]} for m in good},
         T0 + timedelta(seconds=INTERVAL),
     )
+    measured = recorded(w.store, event(MEASURED, obj, 1, data))
     writes = len(w.store.writes)
     w.objects.failures.add("patch", TransientError("down"))
-    assert w.deliver("assess", event(MEASURED, obj, 1, data)) == 503
+    assert w.deliver("assess", measured) == 503
     status = w.store.status(NS, NAME)
     assert len(w.store.writes) == writes + 1
     assert status.get("completedIterations") == 0, "the iteration is not recorded"
     desired = weights(status, "desiredWeightDistribution")
     assert desired != {BASELINE_REVISION: 80, CANDIDATE_REVISION: 20}
     assert canary_percent(w.objects) == 20, "nothing moved yet"
-    assert w.deliver("assess", event(MEASURED, obj, 1, data)) == 200
+    assert w.deliver("assess", measured) == 200
     status = w.store.status(NS, NAME)
     assert weights(status) == desired == weights(status, "desiredWeightDistribution")
     assert canary_percent(w.objects) == desired[CANDIDATE_REVISION]
@@ -415,10 +434,10 @@ def test_only_the_holder_moves_the_traffic_and_a_refused_one_ends_without_moving
     w = kserve_world(NS)
     obj = running(w)
     w.objects.patch(Patch(ISVC, "merge", {"metadata": {"annotations": {HELD_BY: "x/y/z"}}}))
-    set_status(w, completedIterations=3, stage="Finishing")
     patches = len(w.objects.patches)
     conclusion = {"action": "promote", "version": CANDIDATE_REVISION, "rule": "r", "message": "m"}
-    assert w.deliver("finish", event(CONCLUDED, obj, 3, conclusion)) == 200
+    ev = recorded_decision(w, obj, conclusion)
+    assert w.deliver("finish", ev) == 200
     assert len(w.objects.patches) == patches and canary_percent(w.objects) == 20
     status = w.store.status(NS, NAME)
     assert (status["stage"], status["outcome"]) == ("Failed", "Aborted")
@@ -432,9 +451,9 @@ def test_a_running_experiment_of_an_older_version_adopts_its_target_on_its_next_
     # as an older version left it: no holder annotation
     w.objects.patch(Patch(ISVC, "merge", {"metadata": {"annotations": {HELD_BY: None}}}))
     assert holder(w) is None
-    set_status(w, completedIterations=3, stage="Finishing")
     conclusion = {"action": "promote", "version": CANDIDATE_REVISION, "rule": "r", "message": "m"}
-    assert w.deliver("finish", event(CONCLUDED, obj, 3, conclusion)) == 200
+    ev = recorded_decision(w, obj, conclusion)
+    assert w.deliver("finish", ev) == 200
     assert canary_percent(w.objects) == 100
     assert [p.body["metadata"]["annotations"][HELD_BY] for p in w.objects.metadata_patches][
         -2:
@@ -444,9 +463,9 @@ def test_a_running_experiment_of_an_older_version_adopts_its_target_on_its_next_
 def test_completion_releases_the_target_and_removes_the_finalizer() -> None:
     w = kserve_world(NS)
     obj = running(w)
-    set_status(w, completedIterations=3, stage="Finishing")
     conclusion = {"action": "rollback", "rule": "r", "message": "m"}
-    assert w.deliver("finish", event(CONCLUDED, obj, 3, conclusion)) == 200
+    ev = recorded_decision(w, obj, conclusion)
+    assert w.deliver("finish", ev) == 200
     assert holder(w) is None
     assert FINALIZER not in (w.store.stored(NS, NAME)["metadata"].get("finalizers") or [])
     assert canary_percent(w.objects) == 0
@@ -455,13 +474,13 @@ def test_completion_releases_the_target_and_removes_the_finalizer() -> None:
 def test_a_lost_release_is_done_by_the_repeated_conclusion() -> None:
     w = kserve_world(NS)
     obj = running(w)
-    set_status(w, completedIterations=3, stage="Finishing")
     w.store.failures.add("patch_metadata", TransientError("down"))
     conclusion = {"action": "rollback", "rule": "r", "message": "m"}
-    assert w.deliver("finish", event(CONCLUDED, obj, 3, conclusion)) == 503
+    ev = recorded_decision(w, obj, conclusion)
+    assert w.deliver("finish", ev) == 503
     assert w.store.status(NS, NAME)["stage"] == "Completed"
     assert FINALIZER in w.store.stored(NS, NAME)["metadata"]["finalizers"]
-    assert w.deliver("finish", event(CONCLUDED, obj, 3, conclusion)) == 200
+    assert w.deliver("finish", ev) == 200
     assert FINALIZER not in (w.store.stored(NS, NAME)["metadata"].get("finalizers") or [])
 
 
