@@ -37,7 +37,7 @@ version fails alike (LR near 0 for r beyond the margin) costs at most 5%, while 
 that itself causes the surge still drives the factor far above 1."""
 INCIDENT_MIN_EVENTS: Final = 10.0
 DISPERSION_PRIOR: Final = 2.0
-DISPERSION_PRIOR_WINDOWS: Final = 20.0
+DISPERSION_PRIOR_WINDOWS: Final = 10.0
 """The dispersion estimate starts as this many windows' worth of DISPERSION_PRIOR: early on
 a few windows cannot tell binomial noise from clustered errors, so the test assumes some
 clustering until the data show otherwise."""
