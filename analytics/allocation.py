@@ -31,6 +31,37 @@ IntArray = npt.NDArray[np.int64]
 EXPLORATION = 0.10
 TOP_TWO_BETA = 0.5
 DEFAULT_SAMPLES = 1000
+HOLD_EXTRA_HARM = 0.10
+"""How much more harm per decision an undecided canary's held share may cost than the first
+step's share would (see `hold_share`)."""
+
+
+def hold_share(spec: ExperimentSpec) -> float:
+    """The least share an undecided canary keeps, as a fraction: fast decisions, few bad
+    requests.
+
+    At share w and rate ratio r the conditional test learns about log r at a rate
+    proportional to w r (1 - w) / (w r + 1 - w) per request, while a worse canary does harm
+    in proportion to w; so the bad requests served until a decision go as
+    H(w) = (w r + 1 - w) / (1 - w), and the time to it as H(w) / w. Time falls like 1/w
+    while harm rises only slowly, so the rule takes the largest share whose H, at the
+    margin r = maxRatio (the hardest case), is at most HOLD_EXTRA_HARM above the first
+    step's: 11% for a 1.5x margin and a 5% first step, which nearly halves the time to
+    decide for 10% more bad requests. Without a ratio condition (absolute limits only)
+    the share stays the first step's: the candidate's own requests are then all the
+    information, so harm per decision does not depend on the share, and a bad candidate
+    is better caught at a small one. Never above maxCandidateWeight.
+    """
+    w = spec.strategy.weights
+    top = w.max_candidate_weight / 100.0
+    first = min(w.max_candidate_weight_increment / 100.0, top)
+    margins = [o.max_ratio for o in spec.criteria.objectives if o.max_ratio is not None]
+    if not margins:
+        return first
+    m = max(margins)
+    k = (1.0 + HOLD_EXTRA_HARM) * (first * m + 1.0 - first) / (1.0 - first) if first < 1 else 1.0
+    share = (k - 1.0) / (m - 1.0 + k) if m - 1.0 + k > 0 else top
+    return min(max(share, first), top)
 
 
 def to_percentages(weights: npt.ArrayLike, total: int = 100) -> IntArray:
@@ -172,11 +203,10 @@ def next_weights(
         feasible = _prob_feasible(assessments[names[1]], assessments[baseline])
         share = feasible * w.max_candidate_weight / 100.0
         if not any(a.conclusive and not a.satisfied for a in assessments[names[1]]):
-            # A doubtful canary keeps the first step's share until it is decided: starving
-            # it would stop the evidence that can roll it back (the test stays valid under
-            # any allocation, so the floor costs no error rate, only bounded exposure).
-            floor = min(w.max_candidate_weight_increment, w.max_candidate_weight) / 100.0
-            share = max(share, floor)
+            # A doubtful canary keeps `hold_share` until it is decided: starving it would
+            # stop the evidence that can roll it back (the tests stay valid under any
+            # allocation, so the floor costs no error rate, only bounded harm).
+            share = max(share, hold_share(spec))
         target = np.array([1.0 - share, share])
     else:
         target = _reward_target(spec, names, assessments, reward_quantities, rng, n_samples)

@@ -62,7 +62,7 @@ def analyze(
     if spec.version_info is None:
         raise ValueError("spec.versionInfo is not resolved yet")
     measurements = status.measurements
-    assessments = assess_versions(spec, measurements)
+    assessments = assess_versions(spec, measurements, status.ratio_tests)
     winner = assess_winner(spec, assessments, measurements)
     reward_quantities: dict[str, Quantity] = {}
     if spec.criteria.rewards:

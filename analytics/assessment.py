@@ -21,7 +21,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from analytics import evidence, sequential
+from analytics import conditional, evidence, sequential
 from analytics.evidence import Kind, Quantity
 from analytics.measurements import Histogram, Measurement
 from analytics.model import ExperimentSpec, Objective
@@ -150,14 +150,33 @@ def _scale(objective: Objective, histogram: bool, default: float) -> float:
     return default
 
 
+RatioTests = Mapping[str, Mapping[str, conditional.RatioTest]]
+"""metric name -> candidate name -> the running conditional ratio test."""
+
+
+def ratio_test_for(
+    tests: RatioTests | None, metric: str, version: str, margin: float
+) -> conditional.RatioTest | None:
+    """The running test for this metric, candidate and margin, if one has seen data."""
+    test = (tests or {}).get(metric, {}).get(version)
+    if test is None or test.iteration <= 0 or not math.isclose(test.margin, margin):
+        return None
+    return test
+
+
 def assess_versions(
-    spec: ExperimentSpec, measurements: Mapping[str, Mapping[str, Measurement]]
+    spec: ExperimentSpec,
+    measurements: Mapping[str, Mapping[str, Measurement]],
+    ratio_tests: RatioTests | None = None,
 ) -> dict[str, tuple[ObjectiveAssessment, ...]]:
     """Assess every version against every objective, in objective order.
 
     Args:
         spec: the experiment; `spec.version_info` must be resolved.
         measurements: metric name -> version name -> measurement.
+        ratio_tests: the running conditional tests of `maxRatio` conditions, built from
+            per-iteration counts. A ratio condition without one falls back to comparing the
+            cumulative sequences, and its reason says so.
 
     Returns:
         version name -> one assessment per objective, in `spec.criteria.objectives` order.
@@ -221,6 +240,12 @@ def assess_versions(
                     results.append(
                         _absolute(cond, q, bound[(i, name, av)], bound[(i, name, as_)], av)
                     )
+                elif (
+                    cond.kind == "ratio"
+                    and (test := ratio_test_for(ratio_tests, objective.metric, name, cond.limit))
+                    is not None
+                ):
+                    results.append(_conditional(cond, test, av, as_))
                 else:
                     qb = quantities[baseline]
                     results.append(
@@ -348,6 +373,46 @@ def _absolute(
     )
 
 
+def _conditional(
+    cond: _Condition, test: conditional.RatioTest, alpha_violate: float, alpha_satisfy: float
+) -> ConditionResult:
+    """A maxRatio condition judged by the conditional test on per-iteration counts."""
+    log_v, log_s = test.log_evidence
+    seen = (
+        f"conditional test over {test.iteration} iterations ({test.candidate_events:.0f}"
+        f" candidate and {test.baseline_events:.0f} baseline events)"
+    )
+    if log_v >= -math.log(alpha_violate):
+        return ConditionResult(
+            cond.kind,
+            cond.limit,
+            cond.description,
+            Verdict.VIOLATED,
+            True,
+            f"{seen}; e-value {fmt(math.exp(log_v))} against within {fmt(cond.limit)}x"
+            f" reached 1/alpha ({fmt(1 / alpha_violate)})",
+        )
+    if log_s >= -math.log(alpha_satisfy):
+        return ConditionResult(
+            cond.kind,
+            cond.limit,
+            cond.description,
+            Verdict.SATISFIED,
+            True,
+            f"{seen}; e-value {fmt(math.exp(log_s))} against beyond {fmt(cond.limit)}x"
+            f" reached 1/alpha ({fmt(1 / alpha_satisfy)})",
+        )
+    return ConditionResult(
+        cond.kind,
+        cond.limit,
+        cond.description,
+        Verdict.UNDECIDED,
+        False,
+        f"{seen}; e-values {fmt(math.exp(log_v))} (violation) and {fmt(math.exp(log_s))}"
+        f" (satisfaction) are below 1/alpha",
+    )
+
+
 def _relative(
     cond: _Condition,
     qc: Quantity,
@@ -382,6 +447,9 @@ def _relative(
         )
     (c_lo_v, _), (_, c_hi_s) = candidate_bounds
     (_, b_hi_v), (b_lo_s, _) = baseline_bounds
+    # Without per-iteration counts only the cumulative figures can be compared; under a
+    # moving split a global incident can bias them (Simpson's paradox), so say so.
+    cumulative = "; cumulative comparison (no per-iteration counts)" if cond.kind == "ratio" else ""
     if c_lo_v > limit_of(b_hi_v):
         return ConditionResult(
             cond.kind,
@@ -391,7 +459,7 @@ def _relative(
             True,
             f"candidate {fmt(qc.estimate)} vs baseline {fmt(qb.estimate)}; candidate's lower bound"
             f" {fmt(c_lo_v)} exceeds the most the baseline allows, {fmt(limit_of(b_hi_v))}"
-            f" (alpha {fmt(alpha_violate)})",
+            f" (alpha {fmt(alpha_violate)}){cumulative}",
         )
     if c_hi_s <= limit_of(b_lo_s):
         return ConditionResult(
@@ -401,7 +469,8 @@ def _relative(
             Verdict.SATISFIED,
             True,
             f"candidate {fmt(qc.estimate)} vs baseline {fmt(qb.estimate)}; candidate's upper bound"
-            f" {fmt(c_hi_s)} is within the least the baseline allows, {fmt(limit_of(b_lo_s))}",
+            f" {fmt(c_hi_s)} is within the least the baseline allows, {fmt(limit_of(b_lo_s))}"
+            f"{cumulative}",
         )
     return ConditionResult(
         cond.kind,
@@ -410,5 +479,5 @@ def _relative(
         Verdict.UNDECIDED,
         False,
         f"candidate {fmt(qc.estimate)} vs baseline {fmt(qb.estimate)};"
-        " the sequences still overlap the limit",
+        f" the sequences still overlap the limit{cumulative}",
     )

@@ -22,7 +22,8 @@ as `analyze` would, and the weights are identical.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -30,7 +31,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import special
 
-from analytics import allocation, assessment, bayes, sequential, split
+from analytics import allocation, assessment, bayes, conditional, sequential, split
 from analytics.measurements import Histogram as _ScalarHistogram
 from analytics.model import (
     DeploymentPattern,
@@ -92,6 +93,74 @@ class Histogram:
 
 
 Measurement = Counts | Moments | Histogram
+
+
+@dataclass(frozen=True, eq=False)
+class RatioSums:
+    """Batched `conditional.RatioTest`s of one metric against one margin, updated in place.
+
+    Arrays are (R, K) per candidate (column 0, the baseline's, is unused), and (R, K, G)
+    for the log likelihood-ratio sums. Like a `RatioTest` with `iteration > 0`: pass it to
+    `analyze` once the first iteration is folded.
+    """
+
+    margin: float
+    violation: FloatArray
+    satisfaction: FloatArray
+    reference: FloatArray  # (R, K, 4): candidate events, requests, baseline events, requests
+    dispersion: FloatArray  # (R, K, 2): total, windows
+
+    @staticmethod
+    def start(margin: float, shape: tuple[int, int]) -> RatioSums:
+        grid = len(conditional.RATIO_OFFSETS)
+        return RatioSums(
+            margin,
+            np.zeros((*shape, grid)),
+            np.zeros((*shape, grid)),
+            np.zeros((*shape, 4)),
+            np.zeros((*shape, 2)),
+        )
+
+    def fold(self, events: FloatArray, requests: FloatArray) -> None:
+        """`RatioTest.fold` for every replicate and candidate: (R, K) counts this window."""
+        e, n = np.rint(np.maximum(events, 0.0)), np.rint(np.maximum(requests, 0.0))
+        c, nc, b, nb = e[:, 1:], n[:, 1:], e[:, :1] + 0 * e[:, 1:], n[:, :1] + 0 * n[:, 1:]
+        ref = self.reference[:, 1:]
+        disp = self.dispersion[:, 1:]
+        hit = sequential.incident(
+            c + b, nc + nb, ref[..., 0] + ref[..., 2], ref[..., 1] + ref[..., 3]
+        )
+        phi = np.maximum(
+            1.0,
+            (disp[..., 0] + conditional.DISPERSION_PRIOR * conditional.DISPERSION_PRIOR_WINDOWS)
+            / (disp[..., 1] + conditional.DISPERSION_PRIOR_WINDOWS),
+        )
+        counted = ~hit & (nc > 0) & (nb > 0) & (c + b > 0)
+        ratio = ((ref[..., 0] + 0.5) / (ref[..., 1] + 1.0)) / (
+            (ref[..., 2] + 0.5) / (ref[..., 3] + 1.0)
+        )
+        safe_nc, safe_nb = np.where(counted, nc, 1.0), np.where(counted, nb, 1.0)
+        theta = ratio * safe_nc / (ratio * safe_nc + safe_nb)
+        total = np.where(counted, c + b, 1.0)
+        residual = np.where(counted, (c - total * theta) ** 2 / (total * theta * (1 - theta)), 0.0)
+        v, s = sequential.ratio_log_lr(c, nc, b, nb, self.margin)
+        v, s = v / phi[..., None], s / phi[..., None]
+        w = conditional.INCIDENT_WEIGHT
+        damped = np.logaddexp(np.log1p(-w), np.log(w) + v)
+        self.violation[:, 1:] += np.where(hit[..., None], damped, v)
+        self.satisfaction[:, 1:] += np.where(hit[..., None], 0.0, s)
+        keep = np.where(hit, 0.0, 1.0)[..., None]
+        self.reference[:, 1:] += keep * np.stack([c, nc, b, nb], axis=-1)
+        self.dispersion[:, 1:] += np.stack([residual, counted.astype(np.float64)], axis=-1)
+
+    def take(self, rows: IntArray) -> RatioSums:
+        return RatioSums(
+            self.margin,
+            self.violation[rows],
+            self.satisfaction[rows],
+            self.reference[rows],
+            self.dispersion[rows],
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -207,7 +276,10 @@ _Plan = tuple[Objective, "_Quantity", list[assessment._Condition], list[assessme
 
 
 def _assess(
-    spec: ExperimentSpec, measurements: dict[str, Measurement], shape: tuple[int, int]
+    spec: ExperimentSpec,
+    measurements: dict[str, Measurement],
+    shape: tuple[int, int],
+    ratio_sums: Mapping[str, RatioSums] | None = None,
 ) -> _Assessed:
     """Batched `assessment.assess_versions`: verdicts (R, K, O)."""
     alpha = spec.criteria.alpha
@@ -231,7 +303,7 @@ def _assess(
 
     verdict = np.zeros((r, k, len(plans)), dtype=np.int64)
     conditions: list[list[tuple[str, float, BoolArray]]] = []
-    for i, (_, q, base_conditions, cand_conditions) in enumerate(plans):
+    for i, (objective, q, base_conditions, cand_conditions) in enumerate(plans):
         # One call per objective: the four levels analyze asks for, every version at once.
         levels = np.stack([av, np.full(k, alpha), np.full(k, av_cand / 2), np.full(k, alpha / 2)])
         lo, hi = q.bounds(levels[:, None, :])
@@ -252,6 +324,17 @@ def _assess(
                     satisfied = ~violated & (lo_s >= cond.limit)
                 violated &= q.present
                 satisfied &= q.present
+            elif (
+                cond.kind == "ratio"
+                and (sums := (ratio_sums or {}).get(objective.metric)) is not None
+                and math.isclose(sums.margin, cond.limit)
+            ):
+                # `assessment._conditional`: the conditional test on per-iteration counts.
+                applies[0] = False
+                violated = sequential.ratio_log_evidence(sums.violation) >= -np.log(av_cand)
+                satisfied = ~violated & (
+                    sequential.ratio_log_evidence(sums.satisfaction) >= -np.log(alpha)
+                )
             else:
                 applies[0] = False
                 both = q.present & q.present[:, :1]
@@ -451,10 +534,9 @@ def _next_weights(
     if spec.strategy.testing_pattern is TestingPattern.CANARY:
         feasible = _prob_feasible(assessed)[:, 1]
         share = feasible * w.max_candidate_weight / 100.0
-        # A candidate not yet conclusively failing keeps the first step's share.
+        # A candidate not yet conclusively failing keeps `allocation.hold_share`.
         doubtful = ~np.any(assessed.verdict[:, 1, :] == VIOLATED, axis=-1)
-        floor = min(w.max_candidate_weight_increment, w.max_candidate_weight) / 100.0
-        share = np.where(doubtful, np.maximum(share, floor), share)
+        share = np.where(doubtful, np.maximum(share, allocation.hold_share(spec)), share)
         target = np.stack([1.0 - share, share], axis=-1)
     else:
         target = _reward_target(spec, assessed, reward, rng, n_samples)
@@ -471,6 +553,7 @@ def analyze(
     rng: np.random.Generator | Sequence[np.random.Generator],
     current_weights: npt.ArrayLike | None = None,
     n_samples: int = allocation.DEFAULT_SAMPLES,
+    ratio_sums: Mapping[str, RatioSums] | None = None,
 ) -> BatchAnalysis:
     """Analyse R replicates of `spec` at once, as `analytics.analysis.analyze` does each.
 
@@ -481,6 +564,8 @@ def analyze(
         rng: one Generator for all replicates, or one per replicate (see the module doc).
         current_weights: (R, K) percentages now in force; None means none recorded yet.
         n_samples: posterior draws for P(best).
+        ratio_sums: metric name -> the running conditional tests of its maxRatio condition
+            (`ExperimentStatus.ratio_tests`); without one, the cumulative comparison.
 
     Raises:
         ValueError: versionInfo is not resolved, or shapes disagree.
@@ -498,7 +583,7 @@ def analyze(
     if not isinstance(rng, np.random.Generator) and len(rng) != r:
         raise ValueError(f"need one Generator per replicate ({r}), got {len(rng)}")
 
-    assessed = _assess(spec, measurements, (r, k))
+    assessed = _assess(spec, measurements, (r, k), ratio_sums)
     reward: _Quantity | None = None
     if spec.criteria.rewards:
         m = measurements.get(spec.criteria.rewards[0].metric)

@@ -12,6 +12,7 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from analytics.conditional import RatioTest
 from analytics.measurements import Measurement
 
 
@@ -142,13 +143,16 @@ class ExperimentStatus:
     """What an earlier iteration left behind and what this one measured.
 
     `measurements` maps metric name -> version name -> measurement; a version missing from
-    the inner mapping has no data yet.
+    the inner mapping has no data yet. `ratio_tests` maps metric name -> candidate name ->
+    the running conditional test of its maxRatio condition, when per-iteration counts feed
+    one.
     """
 
     completed_iterations: int = 0
     current_weights: Mapping[str, int] = field(default_factory=dict)
     measurements: Mapping[str, Mapping[str, Measurement]] = field(default_factory=dict)
     stage: str | None = None
+    ratio_tests: Mapping[str, Mapping[str, RatioTest]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,8 @@ import numpy as np
 import numpy.typing as npt
 from scipy import special
 
+from analytics import conditional
+
 FloatArray = npt.NDArray[np.float64]
 ArrayLike = npt.ArrayLike
 
@@ -155,3 +157,77 @@ def mean_cs(
     lower = np.where(enough, mean - radius, -np.inf)
     upper = np.where(enough, mean + radius, np.inf)
     return np.asarray(lower, dtype=np.float64), np.asarray(upper, dtype=np.float64)
+
+
+# --- Relative objectives: the conditional two-sample test on per-iteration counts ---------
+
+RATIO_OFFSETS: Final = conditional.RATIO_OFFSETS
+
+
+def _theta(ratio: FloatArray, n_c: FloatArray, n_b: FloatArray) -> FloatArray:
+    """P(an event came from the candidate | the total), at rate ratio `ratio`."""
+    return np.asarray(ratio * n_c / (ratio * n_c + n_b), dtype=np.float64)
+
+
+def ratio_log_lr(
+    candidate_events: ArrayLike,
+    candidate_trials: ArrayLike,
+    baseline_events: ArrayLike,
+    baseline_trials: ArrayLike,
+    margin: float,
+    offsets: tuple[float, ...] = RATIO_OFFSETS,
+) -> tuple[FloatArray, FloatArray]:
+    """One iteration's log likelihood ratios of the conditional test, per grid point.
+
+    Given the iteration's total events E and the requests each version served, n_c and n_b,
+    the candidate's events are Binomial(E, theta) with theta = r n_c / (r n_c + n_b), r the
+    candidate/baseline rate ratio. Anything that scales both versions' rates alike
+    (a global incident, a diurnal swing) cancels in theta.
+
+    Returns (violation, satisfaction), each of shape (..., G): the log ratio of the
+    likelihood at r = margin * exp(+offset) (violation) or margin * exp(-offset)
+    (satisfaction) to the likelihood at r = margin. Counts are rounded to integers; an
+    iteration in which a version served nothing carries no information (0).
+    """
+    c, nc, b, nb = (
+        np.rint(np.maximum(np.asarray(x, dtype=np.float64), 0.0))[..., None]
+        for x in (candidate_events, candidate_trials, baseline_events, baseline_trials)
+    )
+    informative = (nc > 0) & (nb > 0)
+    nc_safe, nb_safe = np.where(informative, nc, 1.0), np.where(informative, nb, 1.0)
+    grid = np.asarray(offsets, dtype=np.float64)
+    theta0 = _theta(np.asarray(margin, dtype=np.float64), nc_safe, nb_safe)
+
+    def llr(ratio: FloatArray) -> FloatArray:
+        theta = _theta(ratio, nc_safe, nb_safe)
+        out = c * (np.log(theta) - np.log(theta0)) + b * (np.log1p(-theta) - np.log1p(-theta0))
+        return np.asarray(np.where(informative, out, 0.0), dtype=np.float64)
+
+    return llr(margin * np.exp(grid)), llr(margin * np.exp(-grid))
+
+
+def ratio_log_evidence(log_lr_sums: ArrayLike) -> FloatArray:
+    """The log of the mixture e-value: the grid's equally weighted mean of exp(sum log LR).
+
+    Each grid point's product of per-iteration likelihood ratios is a nonnegative
+    supermartingale under the null, whatever the split each iteration used (the served
+    counts are known before the events are), and for every r on the null side of the margin
+    (the binomial family has a monotone likelihood ratio in theta). So is their mean, and by
+    Ville's inequality it ever reaches 1/alpha with probability at most alpha.
+    """
+    s = np.asarray(log_lr_sums, dtype=np.float64)
+    return np.asarray(special.logsumexp(s, axis=-1) - np.log(s.shape[-1]), dtype=np.float64)
+
+
+def incident(
+    events: ArrayLike, requests: ArrayLike, ref_events: ArrayLike, ref_requests: ArrayLike
+) -> npt.NDArray[np.bool_]:
+    """`conditional.is_incident`, elementwise (on counts rounded as `ratio_log_lr` rounds)."""
+    e, n, re, rn = (
+        np.asarray(x, dtype=np.float64) for x in (events, requests, ref_events, ref_requests)
+    )
+    floor = conditional.INCIDENT_MIN_EVENTS
+    rate = re / np.where(rn > 0, rn, 1.0)
+    return np.asarray(
+        (e >= floor) & (re >= floor) & (rn > 0) & (e > conditional.INCIDENT_FACTOR * n * rate)
+    )

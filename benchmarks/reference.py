@@ -66,7 +66,8 @@ def _canary(
                 {"name": "baseline", "errorRate": 0.01},
                 {"name": "canary", "errorRate": canary_error},
             ],
-            "criteria": {"objectives": [{"metric": "error-rate", "maxRatio": 1.5}]},
+            # A 1.0 margin makes the fair oracle test r = 1 against the truth, as Wald did.
+            "criteria": {"objectives": [{"metric": "error-rate", "maxRatio": 1.0}]},
             "weights": {"initialCandidateWeight": 5},
             "expected": {"action": "rollback"},
         },

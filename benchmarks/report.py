@@ -114,7 +114,10 @@ def summarise(cell: CellResult, scenario: Scenario) -> dict[str, Any]:
         "false_rollback": _rate(c["false_rollback"]),
         "time_to_decision_min": _spread(minutes),
         "requests_to_decision": _spread(cell.requests),
-        "time_to_correct_min_censored": _mean(correct_min),
+        "time_to_correct_min_censored": {
+            **_mean(correct_min),
+            "median": float(np.median(correct_min)),
+        },
         "requests_to_correct_censored": _mean(
             np.where(c["correct"] & (cell.iteration > 0), cell.requests, np.nan)
         ),

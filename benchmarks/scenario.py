@@ -26,7 +26,7 @@ ERROR_METRIC: Final = "error-rate"
 LATENCY_METRIC: Final = "latency"
 REWARD_METRIC: Final = "conversion"
 METRICS: Final = (ERROR_METRIC, LATENCY_METRIC, REWARD_METRIC)
-CHECKS: Final = ("false-decisions", "bad-canary", "abn", "low-traffic", "noisy")
+CHECKS: Final = ("false-decisions", "bad-canary", "good-canary", "abn", "low-traffic", "noisy")
 SCENARIO_DIR: Final = Path(__file__).parent / "scenarios"
 
 

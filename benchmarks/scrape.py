@@ -6,6 +6,12 @@ the experiment so far; `Scraper` rebuilds exactly that from the readings, one in
 a time, with the simulator's reset-aware `increase`. Like PromQL it can undercount a reset
 it cannot see, so the rebuilt counts are made consistent before anyone reads them (errors
 never above requests, bucket counts non-decreasing in `le`).
+
+The conditional ratio test of relative objectives needs each window's own counts, taken
+over the same window for every version. `Observation.window_*` holds them: the increase
+since the last look at which every version of the replicate was scraped, given at a look
+where all were (and zero elsewhere, the counts carried to the next such look), so a missed
+scrape never pairs one version's interval with another's.
 """
 
 from __future__ import annotations
@@ -36,6 +42,9 @@ class Observation:
     buckets: FloatArray
     bounds: tuple[float, ...]
     active: npt.NDArray[np.bool_]
+    window_requests: FloatArray
+    window_errors: FloatArray
+    window_buckets: FloatArray
 
     def take(self, rows: npt.NDArray[np.int64]) -> Observation:
         """The same observation for the replicates `rows` only."""
@@ -49,6 +58,9 @@ class Observation:
             self.buckets[rows],
             self.bounds,
             self.active[rows],
+            self.window_requests[rows],
+            self.window_errors[rows],
+            self.window_buckets[rows],
         )
 
 
@@ -62,14 +74,22 @@ class Scraper:
         zeros["buckets"] = np.zeros((*shape, len(bounds)))
         self._prev = dict(zeros)
         self._total = {n: z.copy() for n, z in zeros.items()}
+        self._pending = {n: z.copy() for n, z in zeros.items()}
 
     def observe(
         self, snapshot: Snapshot, last: bool, active: npt.NDArray[np.bool_] | None = None
     ) -> Observation:
+        aligned = np.all(snapshot.fresh, axis=1)
+        window: dict[str, FloatArray] = {}
         for name in self._names:
             now = np.asarray(getattr(snapshot.observed, name), dtype=np.float64)
-            self._total[name] = self._total[name] + increase(self._prev[name], now)
+            step = increase(self._prev[name], now)
+            self._total[name] = self._total[name] + step
             self._prev[name] = now
+            pending = self._pending[name] + step
+            mask = aligned.reshape(aligned.shape + (1,) * (pending.ndim - 1))
+            window[name] = np.where(mask, pending, 0.0)
+            self._pending[name] = np.where(mask, 0.0, pending)
         requests = self._total["requests"]
         errors = np.minimum(self._total["errors"], requests)
         rewards = np.minimum(self._total["reward_sum"], requests)
@@ -86,4 +106,9 @@ class Scraper:
             buckets=buckets,
             bounds=self.bounds,
             active=np.ones(requests.shape[0], dtype=np.bool_) if active is None else active,
+            window_requests=window["requests"],
+            window_errors=np.minimum(window["errors"], window["requests"]),
+            window_buckets=np.minimum(
+                np.maximum.accumulate(window["buckets"], axis=-1), window["requests"][..., None]
+            ),
         )

@@ -6,6 +6,10 @@ weights within the caps) with the Experiment spec the scenario parses. Arbiter's
 "iterations-exhausted" fallback (keep the baseline) is reported as inconclusive, since it
 is not a verdict the evidence reached.
 
+A `maxRatio` condition is judged by the conditional test on each window's own counts, as
+`assess` judges it from the running statistic in the status: this method keeps that
+statistic, per replicate, and folds every window into it.
+
 The posterior draws behind A/B/n weights are 1,000 per version in full mode, as in
 production, and 256 in quick mode (docs/statistics.md#the-harness); verdicts do not
 depend on them.
@@ -16,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from analytics import allocation, batch, split
+from benchmarks.methods import base
 from benchmarks.methods.base import CONTINUE, EVERY_PATTERN, FloatArray, MethodInfo, Step
 from benchmarks.scenario import ERROR_METRIC, LATENCY_METRIC, REWARD_METRIC, Scenario
 from benchmarks.scrape import Observation
@@ -34,23 +39,45 @@ class Arbiter:
         self.metrics = {o.metric for o in self.spec.criteria.objectives} | {
             r.metric for r in self.spec.criteria.rewards
         }
+        self.ratio: dict[str, batch.RatioSums] = {}
+        for o in self.spec.criteria.objectives:
+            if o.max_ratio is not None and o.metric not in self.ratio:
+                shape = (replicates, len(scenario.names))
+                self.ratio[o.metric] = batch.RatioSums.start(o.max_ratio, shape)
+        self.latency_limit = next(
+            (o.upper_limit for o in self.spec.criteria.objectives if o.metric == LATENCY_METRIC),
+            None,
+        )
 
     def initial_weights(self) -> FloatArray:
         return np.asarray(self.current / 100.0)
 
+    def _fold(self, obs: Observation) -> None:
+        """Add this window's counts to every replicate's conditional ratio tests."""
+        for metric, sums in self.ratio.items():
+            if metric == LATENCY_METRIC:
+                assert self.latency_limit is not None
+                events, trials = base.exceedance_of(
+                    obs.bounds, obs.window_buckets, self.latency_limit
+                )
+            else:
+                events, trials = obs.window_errors, obs.window_requests
+            sums.fold(events, trials)
+
     def step(self, obs: Observation) -> Step:
+        self._fold(obs)
         # Only replicates still running are analysed; the rest keep their last split.
         rows = np.flatnonzero(obs.active)
         action = np.zeros(obs.active.size, dtype=np.int64)
         version = np.zeros(obs.active.size, dtype=np.int64)
         if rows.size:
             action[rows], version[rows], self.current[rows] = self._live(
-                obs.take(rows), self.current[rows]
+                obs.take(rows), self.current[rows], rows
             )
         return Step(np.asarray(self.current / 100.0), action, version)
 
     def _live(
-        self, obs: Observation, current: FloatArray
+        self, obs: Observation, current: FloatArray, rows: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, FloatArray]:
         measurements: dict[str, batch.Measurement] = {}
         if ERROR_METRIC in self.metrics:
@@ -59,8 +86,9 @@ class Arbiter:
             measurements[LATENCY_METRIC] = batch.Histogram(obs.bounds, obs.buckets)
         if REWARD_METRIC in self.metrics:
             measurements[REWARD_METRIC] = batch.Counts(obs.rewards, obs.requests)
+        ratio = {metric: sums.take(rows) for metric, sums in self.ratio.items()}
         result = batch.analyze(
-            self.spec, measurements, obs.iteration - 1, self.rng, current, self.n_samples
+            self.spec, measurements, obs.iteration - 1, self.rng, current, self.n_samples, ratio
         )
         assert result.weights is not None  # no Conformance scenarios
         exhausted = result.rule == batch.RULES.index("iterations-exhausted")

@@ -167,10 +167,17 @@ def histogram_quantile(q: float, bounds: tuple[float, ...], cumulative: FloatArr
 
 def exceedance(obs: Observation, limit: float) -> tuple[FloatArray, FloatArray]:
     """Requests above the finite bucket bound nearest `limit`, and all requests."""
-    finite = [i for i, b in enumerate(obs.bounds) if math.isfinite(b)]
-    index = min(finite, key=lambda i: (abs(obs.bounds[i] - limit), i))
-    total = obs.buckets[..., -1]
-    return total - obs.buckets[..., index], total
+    return exceedance_of(obs.bounds, obs.buckets, limit)
+
+
+def exceedance_of(
+    bounds: tuple[float, ...], buckets: FloatArray, limit: float
+) -> tuple[FloatArray, FloatArray]:
+    """`exceedance` on any cumulative bucket counts (..., B), e.g. one window's."""
+    finite = [i for i, b in enumerate(bounds) if math.isfinite(b)]
+    index = min(finite, key=lambda i: (abs(bounds[i] - limit), i))
+    total = buckets[..., -1]
+    return total - buckets[..., index], total
 
 
 def onehot(index: IntArray, k: int) -> FloatArray:

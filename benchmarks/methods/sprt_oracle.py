@@ -1,71 +1,161 @@
-"""The oracle: Wald's SPRT that knows the true effect (B8, docs/statistics.md#baselines).
+"""The oracle: Wald's SPRT that knows the truth and decides the objective's own hypotheses
+(B8, docs/statistics.md#baselines).
 
-It watches the one count stream where the truth differs (errors, or requests above the
-latency bucket bound when only latency differs), conditions on the total, and treats each
-event as coming from the canary with probability theta = w r / (w r + 1 - w), where w is
-the fixed canary share and r the canary/baseline rate ratio. It tests the true ratio
-against the nearest wrong one: r = 1 against the truth for a bad canary (accepting the
-truth rolls back), r = the margin against the truth for a good one (accepting the truth
-promotes), with Wald's bounds log((1 - beta) / alpha) and log(beta / (1 - alpha)),
-alpha = beta = the scenario's alpha. By Wald and Wolfowitz no test with those error rates
-needs fewer events on average: its time is the denominator of the time ratios.
+It is fair to the method under test: it answers the question the objective asks, at the
+scenario's initial candidate share held fixed. Of the candidate's conditions, it takes the
+one the truth violates most sharply when the right outcome is a rollback (violating any one
+suffices), or the one it satisfies least sharply when it is a promotion (every one must
+hold), "sharply" meaning the SPRT's expected drift per second. Then:
+- a relative condition (maxRatio m) watches the conditional stream: given the total events
+  (errors, or requests above the latency bucket bound), each came from the candidate with
+  probability theta = w r / (w r + 1 - w), w the fixed share and r the rate ratio; the SPRT
+  tests r = m against the true r;
+- an absolute limit L watches the candidate's own stream, one Bernoulli per request; the
+  SPRT tests p = L against the true p.
+Wald's bounds are log((1 - alpha) / alpha) and log(alpha / (1 - alpha)) with the scenario's
+alpha for both errors. Accepting the truth decides the right way; accepting the boundary the
+other way. By Wald and Wolfowitz no test with those error rates needs fewer observations on
+average, so its time is the denominator of the time ratios. A scenario whose truth sits on
+every boundary (at-margin) leaves the oracle nothing to tell apart: it never decides.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
 from benchmarks.methods import base
 from benchmarks.methods.base import CANARY_ONLY, FloatArray, MethodInfo, Step
-from benchmarks.scenario import Scenario
+from benchmarks.scenario import ERROR_METRIC, LATENCY_METRIC, Scenario
 from benchmarks.scrape import Observation
 from benchmarks.simulator import bucket_probabilities
 
 
-def stream(scenario: Scenario) -> tuple[str, float]:
-    """Which stream the oracle watches ("errors" or "latency") and the true rate ratio."""
-    b, c = scenario.versions
-    latency = scenario.latency_objective
-    if math.isclose(b.error_rate, c.error_rate) and latency is not None and latency.upper_limit:
-        bounds = (latency.upper_limit, math.inf)
-        above_b = bucket_probabilities(b.latency_median_s, b.latency_sigma, bounds)[1]
-        above_c = bucket_probabilities(c.latency_median_s, c.latency_sigma, bounds)[1]
-        if not math.isclose(above_b, above_c):
-            return "latency", above_c / above_b
-    return "errors", c.error_rate / b.error_rate if b.error_rate > 0 else 1.0
+@dataclass(frozen=True)
+class Hypotheses:
+    """What the oracle tests: on `stream` ("errors" or "latency"), `kind` "ratio" (the
+    conditional stream, r = null against r = truth) or "upper"/"lower" (the candidate's
+    own stream, p = null against p = truth)."""
+
+    metric: str
+    stream: str
+    kind: str
+    null: float
+    truth: float
+    drift: float  # expected log-likelihood-ratio gain per second under the truth
+
+    def describe(self) -> str:
+        what = "r" if self.kind == "ratio" else "p"
+        return f"{self.metric} {self.kind}: {what} = {self.null:.4g} vs {self.truth:.4g}"
 
 
 def theta(w: float, ratio: float) -> float:
     return w * ratio / (w * ratio + 1 - w)
 
 
+def _kl(p: float, q: float) -> float:
+    return p * math.log(p / q) + (1 - p) * math.log((1 - p) / (1 - q))
+
+
+def _rates(scenario: Scenario, metric: str, limit: float | None) -> tuple[float, float]:
+    """True (baseline, candidate) event probabilities per request of a metric's stream."""
+    b, c = scenario.versions
+    if metric == ERROR_METRIC:
+        return b.error_rate, c.error_rate
+    assert limit is not None
+    bounds = (limit, math.inf)
+    above_b = bucket_probabilities(b.latency_median_s, b.latency_sigma, bounds)[1]
+    above_c = bucket_probabilities(c.latency_median_s, c.latency_sigma, bounds)[1]
+    return float(above_b), float(above_c)
+
+
+def hypotheses(scenario: Scenario) -> Hypotheses | None:
+    """The condition the oracle decides, or None when the truth sits on every boundary."""
+    w = scenario.initial_candidate_weight / 100.0
+    rate = scenario.rate_rps
+    bad = scenario.expected.action == "rollback"
+    options: list[Hypotheses] = []
+    for o in scenario.objectives:
+        limit = o.upper_limit if o.metric == LATENCY_METRIC else None
+        if o.metric == LATENCY_METRIC and limit is None:
+            continue
+        pb, pc = _rates(scenario, o.metric, limit)
+        stream = "errors" if o.metric == ERROR_METRIC else "latency"
+        if o.max_ratio is not None and pb > 0 and pc > 0:
+            truth, m = pc / pb, o.max_ratio
+            if (truth > m) == bad and not math.isclose(truth, m):
+                events = rate * (w * pc + (1 - w) * pb)
+                drift = events * _kl(theta(w, truth), theta(w, m))
+                options.append(Hypotheses(o.metric, stream, "ratio", m, truth, drift))
+        absolute: list[tuple[str, float]] = []
+        if o.metric == LATENCY_METRIC and o.quantile is not None:
+            absolute.append(("upper", 1.0 - o.quantile))
+        elif o.metric == ERROR_METRIC:
+            if o.upper_limit is not None:
+                absolute.append(("upper", o.upper_limit))
+            if o.lower_limit is not None:
+                absolute.append(("lower", o.lower_limit))
+        for kind, bound in absolute:
+            violated = pc > bound if kind == "upper" else pc < bound
+            if violated == bad and 0 < pc < 1 and 0 < bound < 1 and not math.isclose(pc, bound):
+                drift = rate * w * _kl(pc, bound)
+                options.append(Hypotheses(o.metric, stream, kind, bound, pc, drift))
+    if not options:
+        return None
+    pick = max if bad else min
+    return pick(options, key=lambda h: h.drift)
+
+
+def stream(scenario: Scenario) -> tuple[str, float]:
+    """Which stream the oracle watches ("errors" or "latency") and the true rate ratio."""
+    h = hypotheses(scenario)
+    if h is None:
+        return "errors", 1.0
+    pb, pc = _rates(
+        scenario,
+        h.metric,
+        scenario.latency_objective.upper_limit if scenario.latency_objective else None,
+    )
+    return h.stream, pc / pb if pb > 0 else 1.0
+
+
 class SprtOracle:
     def __init__(self, scenario: Scenario, replicates: int) -> None:
         self.scenario = scenario
         self.weights = base.fixed_split(scenario, replicates)
-        self.kind, truth = stream(scenario)
+        self.h = hypotheses(scenario)
         self.bad = scenario.expected.action == "rollback"
-        wrong = 1.0 if self.bad else scenario.margin_ratio
-        w = scenario.initial_candidate_weight / 100.0
-        t1, t0 = theta(w, truth), theta(w, wrong)
-        self.step_canary = math.log(t1 / t0)
-        self.step_baseline = math.log((1 - t1) / (1 - t0))
         a = scenario.alpha
         self.upper, self.lower = math.log((1 - a) / a), math.log(a / (1 - a))
+        self.steps = (0.0, 0.0)
+        if self.h is not None:
+            if self.h.kind == "ratio":
+                w = scenario.initial_candidate_weight / 100.0
+                t1, t0 = theta(w, self.h.truth), theta(w, self.h.null)
+            else:
+                t1, t0 = self.h.truth, self.h.null
+            self.steps = (math.log(t1 / t0), math.log((1 - t1) / (1 - t0)))
 
     def initial_weights(self) -> FloatArray:
         return self.weights
 
     def step(self, obs: Observation) -> Step:
-        if self.kind == "latency":
+        if self.h is None:
+            return base.continuing(self.weights)
+        if self.h.stream == "latency":
             latency = self.scenario.latency_objective
             assert latency is not None and latency.upper_limit is not None
-            events, _ = base.exceedance(obs, latency.upper_limit)
+            events, trials = base.exceedance(obs, latency.upper_limit)
         else:
-            events = obs.errors
-        llr = events[:, 1] * self.step_canary + events[:, 0] * self.step_baseline
+            events, trials = obs.errors, obs.requests
+        hit, miss = self.steps
+        if self.h.kind == "ratio":
+            # Conditioned on the total, each event is the candidate's (hit) or not (miss).
+            llr = events[:, 1] * hit + events[:, 0] * miss
+        else:
+            llr = events[:, 1] * hit + (trials[:, 1] - events[:, 1]) * miss
         truth = llr >= self.upper
         wrong = llr <= self.lower
         ones = np.ones(llr.shape, dtype=np.int64)

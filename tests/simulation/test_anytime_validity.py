@@ -1,6 +1,7 @@
 """Simulation of the anytime-valid claim: checking every iteration keeps errors at alpha.
 
-The claim: docs/statistics.md#confidence-sequences.
+The claim: docs/statistics.md#confidence-sequences, and for relative objectives
+docs/statistics.md#relative-objectives (A/A under a moving split and a global burst).
 
 Identical versions (A/A) serve 50 requests per iteration with 1% errors, and the verdict is
 re-checked after every one of 2,000 iterations, as the assess function would. Over R seeded
@@ -24,7 +25,7 @@ import numpy.typing as npt
 import pytest
 from scipy import stats
 
-from analytics import model, sequential
+from analytics import batch, model, sequential
 from analytics.assessment import Verdict, assess_versions
 from analytics.measurements import Counts, Histogram, Measurement
 from analytics.model import Criteria, ExperimentSpec, Objective, Strategy, Version, VersionInfo
@@ -358,3 +359,46 @@ def test_the_batched_verdicts_are_the_assessments_own(
     if scenario == "identical":
         expected.add(Verdict.SATISFIED)
     assert expected <= seen, f"checked only {seen} on {len(looks)} looks (seed {counters.seed})"
+
+
+# --- The conditional ratio test of relative objectives -------------------------------------
+
+
+def test_the_conditional_ratio_test_keeps_false_decisions_within_alpha() -> None:
+    # Identical versions on the margin (maxRatio 1): both a rollback (r > 1 proven) and a
+    # promotion (r < 1 proven) are false. The split moves every look between 5% and 50%,
+    # requests swing +-50% over the run, and a 2-minute burst of 20% errors hits both
+    # versions alike: the cumulative comparison would see the burst land on whichever
+    # version had more traffic; the conditional test must not.
+    rng = np.random.default_rng(SEED + 2)
+    bound = mc_bound(REPLICATES)
+    sums = batch.RatioSums.start(1.0, (REPLICATES, 2))
+    violated = np.zeros(REPLICATES, dtype=np.bool_)
+    satisfied = np.zeros(REPLICATES, dtype=np.bool_)
+    for look in range(LOOKS):
+        share = 0.05 + 0.45 * (0.5 + 0.5 * math.sin(2 * math.pi * look / 180))
+        volume = 500 * (1 + 0.5 * math.sin(2 * math.pi * look / 720))
+        requests = rng.poisson(volume * np.array([1 - share, share]), size=(REPLICATES, 2))
+        rate = 0.2 if 1000 <= look < 1012 else ERROR_RATE
+        errors = rng.binomial(requests, rate)
+        sums.fold(errors.astype(np.float64), requests.astype(np.float64))
+        violated |= sequential.ratio_log_evidence(sums.violation[:, 1]) >= -math.log(ALPHA)
+        satisfied |= sequential.ratio_log_evidence(sums.satisfaction[:, 1]) >= -math.log(ALPHA)
+    setting = f"seed {SEED + 2}, R={REPLICATES}, {LOOKS} looks, bound {bound:.4f}"
+    assert violated.mean() <= bound, f"false rollback in {violated.mean():.4f} ({setting})"
+    assert satisfied.mean() <= bound, f"false promotion in {satisfied.mean():.4f} ({setting})"
+    assert np.all(sums.reference[:, 1, 1] > 0), "no window was folded"
+
+
+def test_the_conditional_ratio_test_finds_a_worse_candidate() -> None:
+    # Not vacuous: a candidate at twice the baseline's errors, at a 10% share, is proven
+    # beyond a 1.5x margin in nearly every run within the same looks.
+    rng = np.random.default_rng(SEED + 3)
+    sums = batch.RatioSums.start(1.5, (POWER_REPLICATES, 2))
+    violated = np.zeros(POWER_REPLICATES, dtype=np.bool_)
+    for _ in range(LOOKS // 4):
+        requests = rng.poisson(500 * np.array([0.9, 0.1]), size=(POWER_REPLICATES, 2))
+        errors = rng.binomial(requests, [ERROR_RATE, 2 * ERROR_RATE])
+        sums.fold(errors.astype(np.float64), requests.astype(np.float64))
+        violated |= sequential.ratio_log_evidence(sums.violation[:, 1]) >= -math.log(ALPHA)
+    assert violated.mean() >= 0.9, f"found in only {violated.mean():.2f} (seed {SEED + 3})"

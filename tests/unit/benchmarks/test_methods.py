@@ -122,6 +122,23 @@ def test_oracle_attribution_probability_and_stream() -> None:
     assert kind == "latency" and ratio == pytest.approx(0.0711 / 0.0334, rel=0.01)
 
 
+def test_the_oracle_decides_the_objectives_own_hypotheses() -> None:
+    # A bad canary's ratio against the margin, not against 1.
+    h = sprt_oracle.hypotheses(SHIPPED["bad-canary-errors"])
+    assert h is not None and (h.kind, h.null, h.truth) == ("ratio", 1.5, pytest.approx(2.0))
+    # A good canary: the truth (r = 1) against the margin it must be shown within.
+    h = sprt_oracle.hypotheses(SHIPPED["good-canary"])
+    assert h is not None and (h.kind, h.null, h.truth) == ("ratio", 1.5, pytest.approx(1.0))
+    # An absolute limit: a one-sample test on the candidate's own stream.
+    h = sprt_oracle.hypotheses(SHIPPED["bad-canary-absolute"])
+    assert h is not None and (h.kind, h.null, h.truth) == ("upper", 0.015, pytest.approx(0.03))
+    # The latency regression is the sharpest violation when errors are equal.
+    h = sprt_oracle.hypotheses(SHIPPED["bad-canary-latency"])
+    assert h is not None and h.stream == "latency"
+    # A truth on the boundary leaves nothing to tell apart.
+    assert sprt_oracle.hypotheses(SHIPPED["at-margin"]) is None
+
+
 def test_lower_bound_reproduces_statistics_md() -> None:
     two = lower_bound((0.99, 0.98), 0.05)
     assert round(two.complexity) == 1156 and round(two.samples) == 3064

@@ -26,7 +26,7 @@ def _doc(**overrides: Any) -> dict[str, Any]:
 
 def test_every_shipped_scenario_loads_with_the_issues_defaults() -> None:
     shipped = {s.name: s for s in scenario.shipped()}
-    assert len(shipped) == len(list(scenario.SCENARIO_DIR.glob("*.yaml"))) == 10
+    assert len(shipped) == len(list(scenario.SCENARIO_DIR.glob("*.yaml"))) == 14
     for s in shipped.values():
         assert s.alpha == 0.05
         assert s.spec.criteria.alpha == s.alpha
