@@ -3,7 +3,8 @@
 Each target is met when its 95% Monte Carlo interval clears the bound, missed when the
 point estimate is on the wrong side, and "within MC error" otherwise
 (docs/statistics.md#the-harness). Ratios to the oracle, the lower bound or Thompson
-sampling compare means; a replicate that never reached the right decision
+sampling (stopped by Arbiter's own anytime-valid rule, `methods/thompson_glr.py`) compare
+means; a replicate that never reached the right decision
 counts as taking the whole horizon, so those ratios can only flatter the slower method's
 rival, never Arbiter.
 """
@@ -75,7 +76,7 @@ def evaluate(
         if "bad-canary" in s.checks:
             out += _bad_canary(s, mine, by.get((s.name, "sprt-oracle")))
         if "abn" in s.checks:
-            out += _abn(s, mine, by.get((s.name, "thompson")), lower_bounds.get(s.name))
+            out += _abn(s, mine, by.get((s.name, "thompson-glr")), lower_bounds.get(s.name))
         if "low-traffic" in s.checks:
             rate = mine["false_promotion"]
             out.append(
@@ -181,7 +182,8 @@ def _abn(
         ratio = r_mine / r_ts if r_ts > 0 else float("inf")
         out.append(
             Target(
-                "A/B/n: cumulative regret <= 1.25x Thompson sampling's",
+                "A/B/n: cumulative regret <= 1.25x that of Thompson sampling stopped by the"
+                " same rule",
                 s.name,
                 _ratio_status(ratio, 1.25),
                 f"{ratio:.2f}x ({r_mine:.0f} vs {r_ts:.0f} lost conversions over the horizon)",

@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from cli import analyze, bench, run
+from cli import analyze, bench, plan, run
 
 
 class UsageError(Exception):
@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     analyze.register(commands)
     bench.register(commands)
+    plan.register(commands)
     run.register(commands)
     return parser
 

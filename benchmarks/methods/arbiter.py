@@ -21,6 +21,18 @@ from benchmarks.scenario import ERROR_METRIC, LATENCY_METRIC, REWARD_METRIC, Sce
 from benchmarks.scrape import Observation
 
 
+def measurements(metrics: set[str], obs: Observation) -> dict[str, batch.Measurement]:
+    """What Arbiter's iterate stage would hand `assess` for these counts."""
+    out: dict[str, batch.Measurement] = {}
+    if ERROR_METRIC in metrics:
+        out[ERROR_METRIC] = batch.Counts(obs.errors, obs.requests)
+    if LATENCY_METRIC in metrics:
+        out[LATENCY_METRIC] = batch.Histogram(obs.bounds, obs.buckets)
+    if REWARD_METRIC in metrics:
+        out[REWARD_METRIC] = batch.Counts(obs.rewards, obs.requests)
+    return out
+
+
 class Arbiter:
     def __init__(
         self, scenario: Scenario, replicates: int, rng: np.random.Generator, n_samples: int
@@ -52,15 +64,13 @@ class Arbiter:
     def _live(
         self, obs: Observation, current: FloatArray
     ) -> tuple[np.ndarray, np.ndarray, FloatArray]:
-        measurements: dict[str, batch.Measurement] = {}
-        if ERROR_METRIC in self.metrics:
-            measurements[ERROR_METRIC] = batch.Counts(obs.errors, obs.requests)
-        if LATENCY_METRIC in self.metrics:
-            measurements[LATENCY_METRIC] = batch.Histogram(obs.bounds, obs.buckets)
-        if REWARD_METRIC in self.metrics:
-            measurements[REWARD_METRIC] = batch.Counts(obs.rewards, obs.requests)
         result = batch.analyze(
-            self.spec, measurements, obs.iteration - 1, self.rng, current, self.n_samples
+            self.spec,
+            measurements(self.metrics, obs),
+            obs.iteration - 1,
+            self.rng,
+            current,
+            self.n_samples,
         )
         assert result.weights is not None  # no Conformance scenarios
         exhausted = result.rule == batch.RULES.index("iterations-exhausted")
