@@ -1,14 +1,14 @@
 """Arbiter's own method: `analytics.batch`, the batched form of what `assess` runs.
 
 Each iteration the replicates' counts since the start go through the same statistics as
-`analytics.analysis.analyze` (anytime-valid confidence sequences, winner, top-two
-weights within the caps) with the Experiment spec the scenario parses. Arbiter's own
+`analytics.analysis.analyze` (anytime-valid confidence sequences, the pairwise stopping
+rule, top-two weights within the caps; the last two are the very functions `analyze`
+calls) with the Experiment spec the scenario parses. Arbiter's own
 "iterations-exhausted" fallback (keep the baseline) is reported as inconclusive, since it
 is not a verdict the evidence reached.
 
-The posterior draws behind A/B/n weights are 1,000 per version in full mode, as in
-production, and 256 in quick mode (docs/statistics.md#the-harness); verdicts do not
-depend on them.
+Nothing in it is random: the Generator and the number of draws are passed for the
+interface's sake.
 """
 
 from __future__ import annotations
