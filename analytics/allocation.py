@@ -1,9 +1,16 @@
 """Traffic weights: integer percentages that always sum to exactly 100.
 
 - Progressive moves toward the evidence. A canary's target is maxCandidateWeight times the
-  posterior probability that it satisfies every objective; A/B and A/B/n follow top-two
-  Thompson sampling (Russo 2016) over P(best feasible version), mixed with 10% uniform
-  exploration (iter8's share) so no version still in the running starves of data.
+  posterior probability that it satisfies every objective. A/B and A/B/n follow a top-two
+  rule with beta = 1/2 (Russo 2016; Jourdan et al. 2022, "Top two algorithms revisited"):
+  the leader, the empirically best version still in the running, gets half the traffic;
+  the other half goes to the challengers, the versions whose evidence against the leader
+  (the transportation cost, `winner.pairwise_evidence`) is smallest, through a softmin so
+  that the split moves continuously with the counts. Sending the challenger half where the
+  evidence is weakest is what raises every pairwise statistic of the stopping rule
+  together, which is how top-two rules approach the optimal stopping time. A version still
+  lacking data has no evidence against it and is the first challenger, so none starves.
+  The split is deterministic: a redelivered event recomputes it exactly.
   Each candidate may rise by at most maxCandidateWeightIncrement per step, all candidates
   together hold at most maxCandidateWeight, and the excess returns to the baseline.
   Decreases are never capped: moving traffic away from a worse version is always safe.
@@ -20,17 +27,19 @@ import numpy.typing as npt
 
 from analytics import bayes
 from analytics.assessment import ObjectiveAssessment, Verdict
-from analytics.evidence import Quantity
+from analytics.evidence import Kind, Quantity
 from analytics.model import DeploymentPattern, Direction, ExperimentSpec, TestingPattern
 from analytics.split import initial_weights
-from analytics.winner import WinnerAssessment
+from analytics.winner import RewardArrays, WinnerAssessment, pairwise_evidence, reward_arrays
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 
-EXPLORATION = 0.10
 TOP_TWO_BETA = 0.5
 DEFAULT_SAMPLES = 1000
+"""Posterior draws callers may still pass; no weight depends on random draws any more."""
+
+
 HOLD_EXTRA_HARM = 0.10
 """How much more harm per decision an undecided canary's held share may cost than the first
 step's share would (see `hold_share`)."""
@@ -110,19 +119,43 @@ def apply_caps(
     return np.asarray(np.concatenate([baseline, candidates], axis=-1), dtype=np.float64)
 
 
-def top_two(p_best: npt.ArrayLike, beta: float = TOP_TWO_BETA) -> FloatArray:
-    """Expected traffic shares of top-two Thompson sampling, from P(best).
+def top_two_shares(
+    reward: RewardArrays,
+    higher: bool,
+    alpha: float,
+    running: npt.NDArray[np.bool_],
+    beta: float = TOP_TWO_BETA,
+) -> FloatArray:
+    """Top-two target shares per replicate, (R, K), rows summing to 1.
 
-    The leader is played with probability beta; otherwise a re-sampled challenger, which is
-    version j with probability P(j best | leader i not best) = p_j / (1 - p_i).
+    The leader (best estimate among running versions with data) gets `beta`; the rest is
+    split over the other running versions by softmin of their evidence against the leader,
+    exp(-(S_Lj - min S_L)), so a challenger far behind gets almost nothing and two
+    challengers equally close share. Versions out of the running get 0. With no data at
+    all, the running versions share equally.
     """
-    p = np.asarray(p_best, dtype=np.float64)
-    denom = np.where(p < 1.0, 1.0 - p, np.inf)
-    ratio = p / denom
-    challenger = p * (ratio.sum(axis=-1, keepdims=True) - ratio)
-    shares = beta * p + (1.0 - beta) * challenger
-    # A certain leader has no challenger: all of the (1 - beta) share goes back to it.
-    shares = shares + (1.0 - beta) * np.where(p >= 1.0, 1.0, 0.0)
+    k = reward.a.shape[-1]
+    signed = np.where(higher, reward.estimate, -reward.estimate)
+    known = running & reward.present
+    leader = np.argmax(np.where(known, signed, -np.inf), axis=-1)
+    has_leader: npt.NDArray[np.bool_] = np.asarray(known.any(axis=-1))
+    s = pairwise_evidence(reward, higher, alpha)
+    cost = np.take_along_axis(s, leader[..., None, None], axis=-2)[..., 0, :]
+    is_leader = np.arange(k) == leader[..., None]
+    rival = running & ~is_leader
+    # No evidence against a version (no data yet) makes it the cheapest challenger.
+    cost = np.where(np.isfinite(cost), cost, -1e6)
+    cost = np.where(rival, cost, np.inf)
+    floor = np.min(cost, axis=-1, keepdims=True)
+    soft = np.where(rival, np.exp(-(cost - np.where(np.isfinite(floor), floor, 0.0))), 0.0)
+    total = soft.sum(axis=-1, keepdims=True)
+    challengers = np.where(total > 0, soft / np.where(total > 0, total, 1.0), 0.0)
+    lead_share = np.where(total[..., 0] > 0, beta, 1.0)
+    shares = lead_share[..., None] * is_leader + (1.0 - lead_share[..., None]) * challengers
+    uniform = running / np.maximum(running.sum(axis=-1, keepdims=True), 1)
+    shares = np.where(has_leader[..., None], shares, uniform)
+    nobody: npt.NDArray[np.bool_] = ~np.asarray(running.any(axis=-1))
+    shares = np.where(nobody[..., None], np.eye(k)[0], shares)
     return np.asarray(shares, dtype=np.float64)
 
 
@@ -175,7 +208,10 @@ def next_weights(
     rng: np.random.Generator,
     n_samples: int = DEFAULT_SAMPLES,
 ) -> dict[str, int] | None:
-    """The split for the next iteration, keyed by version name."""
+    """The split for the next iteration, keyed by version name.
+
+    `rng` and `n_samples` are kept for callers; no split depends on random draws now.
+    """
     if spec.version_info is None:
         raise ValueError("spec.versionInfo is not resolved yet")
     names = spec.version_info.names
@@ -209,7 +245,7 @@ def next_weights(
             share = max(share, hold_share(spec))
         target = np.array([1.0 - share, share])
     else:
-        target = _reward_target(spec, names, assessments, reward_quantities, rng, n_samples)
+        target = _reward_target(spec, names, assessments, reward_quantities)
     capped = apply_caps(target, now, w.max_candidate_weight, w.max_candidate_weight_increment)
     return dict(zip(names, to_percentages(capped).tolist(), strict=True))
 
@@ -219,34 +255,20 @@ def _reward_target(
     names: tuple[str, ...],
     assessments: Mapping[str, tuple[ObjectiveAssessment, ...]],
     reward_quantities: Mapping[str, Quantity],
-    rng: np.random.Generator,
-    n_samples: int,
 ) -> FloatArray:
-    k = len(names)
-    out = np.array(
+    running = np.array(
         [
             not any(a.verdict is Verdict.VIOLATED and a.conclusive for a in assessments[n])
             for n in names
         ]
     )
-    baseline_items = assessments[names[0]]
-    p_feasible = np.array([_prob_feasible(assessments[n], baseline_items) for n in names])
-    samples = [
-        bayes.draws(reward_quantities[n], rng, n_samples) if n in reward_quantities else None
-        for n in names
-    ]
-    if any(s is None for s in samples) or not spec.criteria.rewards:
-        p_best = np.where(out, 1.0, 0.0)
-        p_best = p_best / max(p_best.sum(), 1.0)
-    else:
-        joint = np.stack([s for s in samples if s is not None], axis=-1)
-        eligible = rng.random((n_samples, k)) < p_feasible
-        higher = spec.criteria.rewards[0].preferred_direction is Direction.HIGH
-        p_best = bayes.prob_best(joint, eligible & out, higher)
-    shares = top_two(p_best)
-    explore = np.where(out, 1.0, 0.0)
-    explore = explore / max(explore.sum(), 1.0)
-    mixed = (1.0 - EXPLORATION) * shares + EXPLORATION * explore
-    if mixed.sum() <= 0:
-        mixed = np.eye(k)[0]
-    return np.asarray(mixed / mixed.sum(), dtype=np.float64)
+    quantities = [reward_quantities.get(n) for n in names]
+    kinds = {q.kind for q in quantities if q is not None} & {Kind.COUNTS, Kind.MEAN}
+    if not spec.criteria.rewards or any(q is None for q in quantities) or len(kinds) != 1:
+        # Nothing comparable to steer by (point values, or counts beside means).
+        even = running / max(running.sum(), 1)
+        return np.asarray(even if running.any() else np.eye(len(names))[0], dtype=np.float64)
+    arrays = reward_arrays([q for q in quantities if q is not None])
+    higher = spec.criteria.rewards[0].preferred_direction is Direction.HIGH
+    shares = top_two_shares(arrays, higher, spec.criteria.alpha, running[None, :])
+    return np.asarray(shares[0], dtype=np.float64)

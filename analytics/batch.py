@@ -2,22 +2,22 @@
 
 The benchmarks run thousands of simulated experiments; building R `Experiment` values and
 analysing them one by one would cost seconds per iteration. This module runs the same
-analysis with arrays: the confidence sequences of `analytics.sequential`, the conditions
-and prior scales of `analytics.assessment`, the caps, top-two shares and rounding of
-`analytics.allocation`, and `analytics.bayes.prob_best`. Where those modules only take one
-`Quantity` at a time (`bayes.prob_at_most`, `bayes.mean_and_variance`, `bayes.draws`), their
-formulas are repeated here term for term, and tests/unit/benchmarks/test_batch.py checks
-that every verdict, winner, weight and recommendation equals `analyze`'s on random inputs.
+analysis with arrays. The A/B and A/B/n winner (`winner.reward_winner`) and weights
+(`allocation.top_two_shares`), the caps and the rounding are not copied: both paths call
+the very same array functions. The objectives' verdicts use the confidence sequences of
+`analytics.sequential` and the conditions and prior scales of `analytics.assessment`; where
+those modules only take one `Quantity` at a time (`bayes.prob_at_most`,
+`bayes.mean_and_variance`), their formulas are repeated here term for term, and
+tests/unit/benchmarks/test_batch.py checks that every verdict, winner, weight and
+recommendation equals `analyze`'s on random inputs.
 
 Measurements are arrays per metric: `Counts` (events, trials), `Moments` (count, sum, sum
 of squares) or `Histogram` (cumulative bucket counts), each (R, K) or (R, K, B) with K the
 versions in `spec.version_info.names` order. A version with no trials or observations is
 "no data yet". Bare point values have no batched form: they carry no evidence to simulate.
 
-Randomness: given one Generator, the posterior draws for A/B/n weights are made for all
-replicates at once, so they differ draw for draw (not in distribution) from R separate
-`analyze` calls. Given one Generator per replicate, each replicate consumes its own exactly
-as `analyze` would, and the weights are identical.
+Randomness: none of the analysis is random any more; `rng` (one Generator, or one per
+replicate) is accepted for the callers' sake, as `analyze` accepts it.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from analytics.model import (
     Objective,
     TestingPattern,
 )
+from analytics.winner import RewardArrays, reward_winner
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -205,6 +206,9 @@ class _Quantity:
             lo, hi = sequential.mean_cs(self.a, self.b, self.sum_of_squares, alpha)
         return np.where(self.present, lo, -np.inf), np.where(self.present, hi, np.inf)
 
+    def arrays(self) -> RewardArrays:
+        return RewardArrays(self.is_counts, self.a, self.b, self.sum_of_squares, self.present)
+
     def mean_and_variance(self) -> tuple[FloatArray, FloatArray]:
         """`bayes.mean_and_variance`, elementwise (meaningless where not `present`)."""
         if self.is_counts:
@@ -359,7 +363,7 @@ def _winner(
     reward: _Quantity | None,
 ) -> tuple[IntArray, BoolArray]:
     """Batched `winner.assess_winner`: (winner index or -1, conclusive)."""
-    r, k, _ = verdict.shape
+    r = verdict.shape[0]
     satisfied = np.all(verdict == SATISFIED, axis=-1)
     decided = np.all(verdict != UNDECIDED, axis=-1)
     violated = np.any(verdict == VIOLATED, axis=-1)
@@ -374,25 +378,10 @@ def _winner(
     if reward is None or not spec.criteria.rewards:
         return none, np.zeros(r, dtype=np.bool_)
     higher = spec.criteria.rewards[0].preferred_direction is Direction.HIGH
-    lo, hi = reward.bounds(spec.criteria.alpha / k)
-    running = ~violated
-    with_value = satisfied & reward.present
-    # With evidence (always, in a batch) a running version still lacking a reward could
-    # yet be best, so no winner is named; iter8's plain comparison is for point values only.
-    missing = np.any(running & ~reward.present, axis=-1)
-
-    lower = lo if higher else -hi
-    upper = hi if higher else -lo
-    # Each version against every other still in the running (itself excluded).
-    rivals = running[:, None, :] & ~np.eye(k, dtype=np.bool_)[None, :, :]
-    clears = lower[:, :, None] > upper[:, None, :]
-    dominant = with_value & np.all(clears | ~rivals, axis=-1)
-    statistical = np.where(dominant.any(axis=-1), np.argmax(dominant, axis=-1), -1)
-
-    winner = np.where(missing | ~with_value.any(axis=-1), -1, statistical)
-    safe = np.maximum(winner, 0)
-    conclusive = ~missing & (winner >= 0) & decided[np.arange(r), safe]
-    return winner.astype(np.int64), conclusive
+    decision = reward_winner(reward.arrays(), higher, spec.criteria.alpha, satisfied, ~violated)
+    found = decision.winner
+    conclusive = (found >= 0) & decided[np.arange(r), np.maximum(found, 0)]
+    return found, conclusive
 
 
 def _prob_feasible(assessed: _Assessed) -> FloatArray:
@@ -428,85 +417,17 @@ def _prob_relative(q: _Quantity, kind: str, limit: float) -> FloatArray:
     return np.asarray(np.where(q.present & q.present[:, :1], p, 0.5), dtype=np.float64)
 
 
-def _draws(
-    reward: _Quantity, rng: np.random.Generator, n_samples: int, rows: IntArray | slice
-) -> FloatArray:
-    """`bayes.draws` for the chosen replicates: (rows, n_samples, K)."""
-    if reward.is_counts:
-        a = reward.a[rows] + bayes.JEFFREYS
-        b = reward.b[rows] - reward.a[rows] + bayes.JEFFREYS
-        out = rng.beta(a[:, None, :], b[:, None, :], size=(a.shape[0], n_samples, a.shape[1]))
-        return np.asarray(out, dtype=np.float64)
-    mean, variance = reward.mean_and_variance()
-    mean, variance = mean[rows], variance[rows]
-    z = rng.standard_normal((mean.shape[0], n_samples, mean.shape[1]))
-    return np.asarray(mean[:, None, :] + np.sqrt(variance)[:, None, :] * z, dtype=np.float64)
-
-
 def _reward_target(
-    spec: ExperimentSpec,
-    assessed: _Assessed,
-    reward: _Quantity | None,
-    rng: np.random.Generator | Sequence[np.random.Generator],
-    n_samples: int,
+    spec: ExperimentSpec, assessed: _Assessed, reward: _Quantity | None
 ) -> FloatArray:
-    """Batched `allocation._reward_target`: (R, K) target shares."""
-    verdict = assessed.verdict
-    k = verdict.shape[1]
-    out = ~np.any(verdict == VIOLATED, axis=-1)  # verdicts from sequences are conclusive
-    p_feasible = _prob_feasible(assessed)
-    fallback = out / np.maximum(out.sum(axis=-1, keepdims=True), 1.0)
-    p_best = fallback
-    if reward is not None and spec.criteria.rewards:
-        higher = spec.criteria.rewards[0].preferred_direction is Direction.HIGH
-        complete = np.all(reward.present, axis=-1)
-        p_best = fallback.copy()
-        if isinstance(rng, np.random.Generator):
-            rows = np.flatnonzero(complete)
-            if rows.size:
-                joint = _draws(reward, rng, n_samples, rows)
-                eligible = rng.random((rows.size, n_samples, k)) < p_feasible[rows, None, :]
-                p_best[rows] = bayes.prob_best(joint, eligible & out[rows, None, :], higher)
-        else:
-            for i, g in enumerate(rng):
-                p_best[i] = _one_replicate(reward, i, g, n_samples, p_feasible, out, higher)
-    shares = allocation.top_two(p_best)
-    explore = out / np.maximum(out.sum(axis=-1, keepdims=True), 1.0)
-    mixed = (1.0 - allocation.EXPLORATION) * shares + allocation.EXPLORATION * explore
-    total = mixed.sum(axis=-1, keepdims=True)
-    mixed = np.where(total <= 0, np.eye(k)[0], mixed)
-    return np.asarray(mixed / mixed.sum(axis=-1, keepdims=True), dtype=np.float64)
-
-
-def _one_replicate(
-    reward: _Quantity,
-    i: int,
-    rng: np.random.Generator,
-    n_samples: int,
-    p_feasible: FloatArray,
-    out: BoolArray,
-    higher: bool,
-) -> FloatArray:
-    """P(best) for replicate i, consuming `rng` in exactly `analyze`'s order."""
-    k = reward.a.shape[1]
-    mean, variance = reward.mean_and_variance()
-    samples: list[FloatArray | None] = []
-    for v in range(k):
-        if not reward.present[i, v]:
-            samples.append(None)
-        elif reward.is_counts:
-            a = reward.a[i, v] + bayes.JEFFREYS
-            b = reward.b[i, v] - reward.a[i, v] + bayes.JEFFREYS
-            samples.append(np.asarray(rng.beta(a, b, n_samples), dtype=np.float64))
-        else:
-            z = rng.standard_normal(n_samples)
-            samples.append(np.asarray(mean[i, v] + np.sqrt(variance[i, v]) * z))
-    if any(s is None for s in samples):
-        row = out[i].astype(np.float64)
-        return np.asarray(row / max(row.sum(), 1.0), dtype=np.float64)
-    joint = np.stack([s for s in samples if s is not None], axis=-1)
-    eligible = rng.random((n_samples, k)) < p_feasible[i]
-    return bayes.prob_best(joint, eligible & out[i], higher)
+    """`allocation._reward_target` for every replicate: (R, K) target shares."""
+    running = ~np.any(assessed.verdict == VIOLATED, axis=-1)  # sequence verdicts: conclusive
+    if reward is None or not spec.criteria.rewards:
+        shares = running / np.maximum(running.sum(axis=-1, keepdims=True), 1)
+        k = running.shape[-1]
+        return np.asarray(np.where(running.any(axis=-1)[:, None], shares, np.eye(k)[0]))
+    higher = spec.criteria.rewards[0].preferred_direction is Direction.HIGH
+    return allocation.top_two_shares(reward.arrays(), higher, spec.criteria.alpha, running)
 
 
 def _next_weights(
@@ -539,7 +460,7 @@ def _next_weights(
         share = np.where(doubtful, np.maximum(share, allocation.hold_share(spec)), share)
         target = np.stack([1.0 - share, share], axis=-1)
     else:
-        target = _reward_target(spec, assessed, reward, rng, n_samples)
+        target = _reward_target(spec, assessed, reward)
     capped = allocation.apply_caps(
         target, current, w.max_candidate_weight, w.max_candidate_weight_increment
     )

@@ -3,18 +3,42 @@
 - Conformance: the baseline, if it satisfies all objectives.
 - Canary: the candidate if it satisfies all, else the baseline if it does, else none.
 - A/B and A/B/n: the best value of the first reward among versions satisfying all
-  objectives. With evidence, a winner is declared only when its reward confidence sequence
-  clears every other version still in the running (all sequences at alpha/K, so they hold
-  together); with bare point values, iter8's plain maximum. Ties and missing rewards are
-  reported, never guessed.
+  objectives (a version violating one cannot win). With evidence, a winner is declared by a
+  pairwise mixture-likelihood-ratio (GLR-type) stopping rule: version i wins once, against
+  every other version j still in the running, the statistic
+
+      S_ij = log m_i + log m_j - sup over {lambda_i <= lambda_j} of [l_i(lambda_i) + l_j(lambda_j)]
+
+  exceeds log(K / alpha). m is each version's mixture (marginal) likelihood (Robbins'
+  beta-binomial mixture of `analytics.sequential` for counts, his normal mixture for means)
+  and l its log-likelihood. If j is truly better, S_ij is at most the log of the product of
+  the two versions' mixture likelihood ratios at their true values, a test martingale, so by
+  Ville's inequality it ever exceeds log(K / alpha) with probability at most alpha / K. A
+  wrong version is named only if it beats a version at least as good: with a unique best
+  there are K - 1 such events, and with several versions tied for best (an A/A test, where
+  naming anyone is a false promotion) at most K, so a union gives alpha either way (the GLR
+  stopping rule of Garivier & Kaufmann 2016 with the mixture martingales of Kaufmann &
+  Koolen 2021). Equivalently, the GLR N_i kl(mu_i, mu_ij) + N_j kl(mu_j, mu_ij) against the
+  threshold log(K / alpha) + r_i + r_j, where r = l(mle) - log m (about half log N) is the
+  mixture's regret. Exact for counts; for means the variance is plugged in, so, like
+  `sequential.mean_cs`, it is asymptotically valid. With bare point values, iter8's plain
+  maximum. Ties and missing rewards are reported, never guessed.
+
+The array functions (`RewardArrays`, `pairwise_evidence`, `reward_winner`) take a leading
+replicate axis, so `analytics.batch` and the benchmark run this very code.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from analytics import evidence
+import numpy as np
+import numpy.typing as npt
+from scipy import special
+
+from analytics import evidence, sequential
 from analytics.assessment import ObjectiveAssessment, Verdict, fmt
 from analytics.evidence import Kind, Quantity
 from analytics.measurements import Measurement
@@ -192,32 +216,47 @@ def _best_by_reward(
             found, best[0] if found else None, best, False, feasible, message, rewards
         )
 
-    def lower(n: str) -> float:
-        lo, hi = interval[n]
-        return lo if higher else -hi
-
-    def upper(n: str) -> float:
-        lo, hi = interval[n]
-        return hi if higher else -lo
-
-    dominant = [n for n in with_value if all(lower(n) > upper(o) for o in running if o != n)]
-    if dominant:
-        w = dominant[0]
-        objectives_conclusive = all(a.conclusive for a in assessments[w])
+    kinds = {quantities[n].kind for n in names} & {Kind.COUNTS, Kind.MEAN}
+    if len(kinds) > 1:
+        return WinnerAssessment(
+            False,
+            None,
+            (),
+            False,
+            feasible,
+            f"reward {reward.metric} is counts for some versions and means for others;"
+            " they cannot be compared",
+            rewards,
+        )
+    arrays = reward_arrays([quantities[n] for n in names])
+    satisfied = np.array([[n in feasible for n in names]])
+    running_mask = np.array([[n in running for n in names]])
+    decided = reward_winner(arrays, higher, spec.criteria.alpha, satisfied, running_mask)
+    cut = threshold(len(names), spec.criteria.alpha)
+    index = int(decided.winner[0])
+    if index >= 0:
+        w = names[index]
+        rivals = [o for o in running if o != w]
         return WinnerAssessment(
             True,
             w,
             (w,),
-            objectives_conclusive,
+            all(a.conclusive for a in assessments[w]),
             feasible,
-            f"{w} is best on {reward.metric} ({fmt(quantities[w].estimate)}): its confidence"
-            f" sequence clears every other version still in the running",
+            f"{w} is best on {reward.metric} ({fmt(quantities[w].estimate)}): its evidence"
+            f" against every other version still in the running (least"
+            f" {fmt(float(decided.margin[0, index]))}"
+            + (f", against {', '.join(rivals)}" if rivals else "")
+            + f") exceeds the threshold log(K / alpha) = {fmt(cut)}",
             rewards,
         )
-    plausible = tuple(
-        n
-        for n in with_value
-        if upper(n) >= max((lower(o) for o in running if o != n), default=-1e300)
+    plausible = tuple(n for i, n in enumerate(names) if decided.plausible[0, i])
+    leader = max(plausible, key=value, default=None)
+    progress = (
+        f"; leader {leader}, evidence {fmt(float(decided.margin[0, names.index(leader)]))}"
+        f" of {fmt(cut)} needed"
+        if leader is not None
+        else ""
     )
     return WinnerAssessment(
         False,
@@ -225,6 +264,162 @@ def _best_by_reward(
         plausible,
         False,
         feasible,
-        f"not yet conclusive on {reward.metric}: {', '.join(plausible)} could still be best",
+        f"not yet conclusive on {reward.metric}: {', '.join(plausible) or 'none'} could still"
+        f" be best{progress}",
         rewards,
     )
+
+
+def reward_arrays(quantities: list[Quantity]) -> RewardArrays:
+    """One replicate's reward quantities, in version order, as (1, K) arrays."""
+    counts = any(q.kind is Kind.COUNTS for q in quantities)
+    a, b, ss, present = [], [], [], []
+    for q in quantities:
+        if q.counts is not None:
+            a.append(q.counts.events)
+            b.append(q.counts.trials)
+            ss.append(0.0)
+        elif q.moments is not None and q.kind is Kind.MEAN:
+            a.append(q.moments.count)
+            b.append(q.moments.total)
+            ss.append(q.moments.sum_of_squares or 0.0)
+        else:
+            a.append(0.0)
+            b.append(0.0)
+            ss.append(0.0)
+        present.append(q.kind in (Kind.COUNTS, Kind.MEAN))
+
+    def row(x: list[float]) -> FloatArray:
+        return np.array([x], dtype=np.float64)
+
+    return RewardArrays(counts, row(a), row(b), row(ss), np.array([present]))
+
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
+
+
+@dataclass(frozen=True, eq=False)
+class RewardArrays:
+    """The first reward per replicate and version, shape (R, K).
+
+    Counts: `a` events out of `b` trials. Means: `a` observations summing to `b`, with
+    `sum_of_squares`. `present` marks versions with data.
+    """
+
+    is_counts: bool
+    a: FloatArray
+    b: FloatArray
+    sum_of_squares: FloatArray
+    present: BoolArray
+
+    @property
+    def estimate(self) -> FloatArray:
+        num, den = (self.a, self.b) if self.is_counts else (self.b, self.a)
+        return np.asarray(np.where(self.present, num / np.where(self.present, den, 1.0), np.nan))
+
+    @property
+    def sample_size(self) -> FloatArray:
+        return self.b if self.is_counts else self.a
+
+
+def threshold(k: int, alpha: float) -> float:
+    """The stopping threshold log(K / alpha): at most K wrong answers share alpha."""
+    return math.log(max(k, 1) / alpha)
+
+
+def _loglik(k: FloatArray, n: FloatArray, p: FloatArray) -> FloatArray:
+    """Binomial log-likelihood without the binomial coefficient (it cancels)."""
+    q = np.clip(p, 0.0, 1.0)
+    return np.asarray(special.xlogy(k, q) + special.xlog1py(n - k, -q))
+
+
+def pairwise_evidence(reward: RewardArrays, higher: bool, alpha: float) -> FloatArray:
+    """S[r, i, j]: log evidence that version i beats version j, shape (R, K, K).
+
+    Large when i leads j by more than chance; at most log of the mixture's regret (<= 0)
+    when it does not. -inf where either version lacks data (or, for means, has fewer than
+    `sequential.MIN_MEAN_COUNT` observations). The diagonal is -inf.
+    """
+    k = reward.a.shape[-1]
+    est = reward.estimate
+    if reward.is_counts:
+        events, trials = reward.a, reward.b
+        log_m = sequential.log_marginal(events, trials)
+        mle = _loglik(events, trials, np.where(reward.present, est, 0.0))
+        pooled = (events[..., :, None] + events[..., None, :]) / np.maximum(
+            trials[..., :, None] + trials[..., None, :], 1e-300
+        )
+        at_pooled = _loglik(events[..., :, None], trials[..., :, None], pooled) + _loglik(
+            events[..., None, :], trials[..., None, :], pooled
+        )
+        signed = est if higher else -est
+        lead = signed[..., :, None] > signed[..., None, :]
+        best_null = np.where(lead, at_pooled, mle[..., :, None] + mle[..., None, :])
+        s = log_m[..., :, None] + log_m[..., None, :] - best_null
+        ok = reward.present
+    else:
+        count = reward.a
+        ok = reward.present & (count >= sequential.MIN_MEAN_COUNT)
+        n = np.where(ok, count, sequential.MIN_MEAN_COUNT)
+        mean = np.where(ok, est, 0.0)
+        variance = np.maximum(reward.sum_of_squares - n * mean**2, 0.0) / (n - 1)
+        log_inv = -math.log(alpha)
+        # The normal mixture N(mu, rho^2 sd^2) with sequential.mean_cs's tuning of rho.
+        rho2 = (2 * log_inv + math.log(2 * log_inv + 1)) / sequential.MEAN_CS_OPTIMAL_COUNT
+        shrink = n * rho2 / (1 + n * rho2)
+        penalty = -0.5 * np.log1p(n * rho2)
+        spread = variance / (shrink * n)
+        denom = spread[..., :, None] + spread[..., None, :]
+        gap = mean[..., :, None] - mean[..., None, :]
+        gap = gap if higher else -gap
+        quad = np.where(
+            denom > 0,
+            gap**2 / (2 * np.where(denom > 0, denom, 1.0)),
+            np.where(gap != 0, np.inf, 0.0),
+        )
+        s = penalty[..., :, None] + penalty[..., None, :] + np.where(gap > 0, quad, 0.0)
+    both = ok[..., :, None] & ok[..., None, :] & ~np.eye(k, dtype=np.bool_)
+    return np.asarray(np.where(both, s, -np.inf), dtype=np.float64)
+
+
+@dataclass(frozen=True, eq=False)
+class RewardDecision:
+    """`reward_winner`'s answer per replicate: the winner's index or -1, (R,); the versions
+    no rival has beaten, (R, K); and each version's smallest evidence against a rival
+    still in the running, (R, K) (inf with no rival)."""
+
+    winner: IntArray
+    plausible: BoolArray
+    margin: FloatArray
+
+
+def reward_winner(
+    reward: RewardArrays,
+    higher: bool,
+    alpha: float,
+    satisfied: BoolArray,
+    running: BoolArray,
+) -> RewardDecision:
+    """The pairwise stopping rule over replicates.
+
+    Args:
+        reward: the first reward, (R, K).
+        higher: whether higher rewards are better.
+        alpha: the error rate allowed for naming a wrong version.
+        satisfied: (R, K) versions that satisfy every objective (only they may win).
+        running: (R, K) versions not ruled out by a violated objective (rivals to beat).
+    """
+    k = reward.a.shape[-1]
+    s = pairwise_evidence(reward, higher, alpha)
+    rivals = running[..., None, :] & ~np.eye(k, dtype=np.bool_)
+    margin = np.min(np.where(rivals, s, np.inf), axis=-1)
+    cut = threshold(k, alpha)
+    # A running version without a reward yet could still be the best one: nobody wins.
+    missing = np.any(running & ~reward.present, axis=-1)
+    wins = satisfied & reward.present & (margin > cut) & ~missing[..., None]
+    winner = np.where(wins.any(axis=-1), np.argmax(wins, axis=-1), -1)
+    beaten = np.any((s > cut) & running[..., :, None], axis=-2)
+    plausible = satisfied & reward.present & ~beaten
+    return RewardDecision(winner.astype(np.int64), plausible, margin)

@@ -3,10 +3,11 @@
 Each target is met when its 95% Monte Carlo interval clears the bound, missed when the
 point estimate is on the wrong side, and "within MC error" otherwise
 (docs/statistics.md#the-harness). Time ratios to the oracle compare medians, other ratios
-means; a replicate that never reached the right decision counts as taking the whole
-horizon, so those ratios can only flatter the slower method's rival, never Arbiter. The
-oracle decides the objective's own hypotheses (`sprt_oracle.hypotheses`), and each ratio
-names them.
+means (to the lower bound, or to Thompson sampling stopped by Arbiter's own anytime-valid
+rule, `methods/thompson_glr.py`); a replicate that never reached the right decision counts
+as taking the whole horizon, so those ratios can only flatter the slower method's rival,
+never Arbiter. The oracle decides the objective's own hypotheses
+(`sprt_oracle.hypotheses`), and each ratio names them.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def evaluate(
         if "good-canary" in s.checks:
             out += _good_canary(s, mine, by.get((s.name, "sprt-oracle")))
         if "abn" in s.checks:
-            out += _abn(s, mine, by.get((s.name, "thompson")), lower_bounds.get(s.name))
+            out += _abn(s, mine, by.get((s.name, "thompson-glr")), lower_bounds.get(s.name))
         if "low-traffic" in s.checks:
             rate = mine["false_promotion"]
             out.append(
@@ -212,7 +213,8 @@ def _abn(
         ratio = r_mine / r_ts if r_ts > 0 else float("inf")
         out.append(
             Target(
-                "A/B/n: cumulative regret <= 1.25x Thompson sampling's",
+                "A/B/n: cumulative regret <= 1.25x that of Thompson sampling stopped by the"
+                " same rule",
                 s.name,
                 _ratio_status(ratio, 1.25),
                 f"{ratio:.2f}x ({r_mine:.0f} vs {r_ts:.0f} lost conversions over the horizon)",

@@ -11,7 +11,7 @@ import importlib.metadata
 import sys
 from collections.abc import Sequence
 
-from cli import analyze, bench, completion, describe, report, run, watch
+from cli import analyze, bench, completion, describe, plan, report, run, watch
 
 
 class UsageError(Exception):
@@ -34,6 +34,7 @@ def build_parser(prog: str = "arbiter") -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     analyze.register(commands)
     bench.register(commands)
+    plan.register(commands)
     run.register(commands)
     describe.register(commands)
     watch.register(commands)

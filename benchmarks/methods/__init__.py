@@ -19,6 +19,7 @@ from benchmarks.methods import (
     naive_peeking,
     sprt_oracle,
     thompson,
+    thompson_glr,
 )
 from benchmarks.methods.base import MethodInfo
 
@@ -32,6 +33,7 @@ METHODS: Final[tuple[MethodInfo, ...]] = (
     iter8_v1.INFO,
     epsilon_greedy.INFO,
     thompson.INFO,
+    thompson_glr.INFO,
     sprt_oracle.INFO,
 )
 BY_NAME: Final = {m.name: m for m in METHODS}

@@ -1,8 +1,9 @@
 """Arbiter's own method: `analytics.batch`, the batched form of what `assess` runs.
 
 Each iteration the replicates' counts since the start go through the same statistics as
-`analytics.analysis.analyze` (anytime-valid confidence sequences, winner, top-two
-weights within the caps) with the Experiment spec the scenario parses. Arbiter's own
+`analytics.analysis.analyze` (anytime-valid confidence sequences, the pairwise stopping
+rule, top-two weights within the caps; the last two are the very functions `analyze`
+calls) with the Experiment spec the scenario parses. Arbiter's own
 "iterations-exhausted" fallback (keep the baseline) is reported as inconclusive, since it
 is not a verdict the evidence reached.
 
@@ -10,9 +11,8 @@ A `maxRatio` condition is judged by the conditional test on each window's own co
 `assess` judges it from the running statistic in the status: this method keeps that
 statistic, per replicate, and folds every window into it.
 
-The posterior draws behind A/B/n weights are 1,000 per version in full mode, as in
-production, and 256 in quick mode (docs/statistics.md#the-harness); verdicts do not
-depend on them.
+Nothing in it is random: the Generator and the number of draws are passed for the
+interface's sake.
 """
 
 from __future__ import annotations
@@ -24,6 +24,18 @@ from benchmarks.methods import base
 from benchmarks.methods.base import CONTINUE, EVERY_PATTERN, FloatArray, MethodInfo, Step
 from benchmarks.scenario import ERROR_METRIC, LATENCY_METRIC, REWARD_METRIC, Scenario
 from benchmarks.scrape import Observation
+
+
+def measurements(metrics: set[str], obs: Observation) -> dict[str, batch.Measurement]:
+    """What Arbiter's iterate stage would hand `assess` for these counts."""
+    out: dict[str, batch.Measurement] = {}
+    if ERROR_METRIC in metrics:
+        out[ERROR_METRIC] = batch.Counts(obs.errors, obs.requests)
+    if LATENCY_METRIC in metrics:
+        out[LATENCY_METRIC] = batch.Histogram(obs.bounds, obs.buckets)
+    if REWARD_METRIC in metrics:
+        out[REWARD_METRIC] = batch.Counts(obs.rewards, obs.requests)
+    return out
 
 
 class Arbiter:
@@ -79,16 +91,15 @@ class Arbiter:
     def _live(
         self, obs: Observation, current: FloatArray, rows: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, FloatArray]:
-        measurements: dict[str, batch.Measurement] = {}
-        if ERROR_METRIC in self.metrics:
-            measurements[ERROR_METRIC] = batch.Counts(obs.errors, obs.requests)
-        if LATENCY_METRIC in self.metrics:
-            measurements[LATENCY_METRIC] = batch.Histogram(obs.bounds, obs.buckets)
-        if REWARD_METRIC in self.metrics:
-            measurements[REWARD_METRIC] = batch.Counts(obs.rewards, obs.requests)
         ratio = {metric: sums.take(rows) for metric, sums in self.ratio.items()}
         result = batch.analyze(
-            self.spec, measurements, obs.iteration - 1, self.rng, current, self.n_samples, ratio
+            self.spec,
+            measurements(self.metrics, obs),
+            obs.iteration - 1,
+            self.rng,
+            current,
+            self.n_samples,
+            ratio,
         )
         assert result.weights is not None  # no Conformance scenarios
         exhausted = result.rule == batch.RULES.index("iterations-exhausted")

@@ -23,7 +23,8 @@ def kl(p: float, q: float) -> float:
     eps = 1e-15
     p = min(max(p, eps), 1 - eps)
     q = min(max(q, eps), 1 - eps)
-    return p * math.log(p / q) + (1 - p) * math.log((1 - p) / (1 - q))
+    # log1p keeps the two terms accurate when q is close to p (the bracket's top end).
+    return -p * math.log1p((q - p) / p) - (1 - p) * math.log1p((p - q) / (1 - p))
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,9 @@ def lower_bound(mu: tuple[float, ...], delta: float) -> LowerBound:
         return total - 1.0
 
     y_max = min(kl(mu1, mu[a]) for a in others)
-    y = float(optimize.brentq(excess, y_max * 1e-12, y_max * (1 - 1e-12), xtol=1e-16, rtol=1e-14))
+    # Near y_max the closest arm's x runs off to infinity and kl(mu_a, m) loses every digit;
+    # the root lies well inside, so the bracket stops a little short of the top.
+    y = float(optimize.brentq(excess, y_max * 1e-12, y_max * (1 - 1e-6), xtol=1e-16, rtol=1e-14))
     xs = {a: _x(mu1, mu[a], y) for a in others}
     w1 = 1.0 / (1.0 + sum(xs.values()))
     weights = np.zeros(len(mu))

@@ -11,7 +11,7 @@ import pytest
 from analytics import allocation, evidence, split
 from analytics.assessment import assess_versions
 from analytics.model import Experiment
-from analytics.winner import assess_winner
+from analytics.winner import RewardArrays, assess_winner
 
 Factory = Callable[..., Experiment]
 ERRORS = [{"metric": "error-rate", "upperLimit": 0.01}]
@@ -97,17 +97,62 @@ def test_apply_caps_normalises_the_target_and_batches() -> None:
     assert allocation.apply_caps(target, current, 100, 5).tolist() == [[95, 5], [45, 55]]
 
 
-# --- top_two -------------------------------------------------------------------------------
+# --- top-two shares ------------------------------------------------------------------------
 
 
-def test_top_two_shares() -> None:
-    shares = allocation.top_two([0.5, 0.3, 0.2, 0.0])
+def _conversions(events: list[float], trials: list[float]) -> RewardArrays:
+    e, n = np.array([events], dtype=float), np.array([trials], dtype=float)
+    return RewardArrays(True, e, n, np.zeros_like(n), n > 0)
+
+
+def test_the_leader_gets_half_and_the_closest_challenger_most_of_the_rest() -> None:
+    reward = _conversions([2000, 2300, 2600, 2550], [20000] * 4)
+    running = np.ones((1, 4), dtype=bool)
+    shares = allocation.top_two_shares(reward, True, 0.05, running)[0]
     assert shares.sum() == pytest.approx(1.0)
+    assert shares[2] == pytest.approx(0.5)  # v3 leads
+    assert shares[3] > 0.45  # v4 is within reach of v3; v1 and v2 are far behind
+    assert shares[0] < 1e-6 and shares[1] < 1e-3
+
+
+def test_a_version_out_of_the_running_gets_nothing_and_one_without_data_is_challenged() -> None:
+    reward = _conversions([2000, 0, 2600, 4000], [20000, 0, 20000, 20000])
+    running = np.array([[True, True, True, False]])
+    shares = allocation.top_two_shares(reward, True, 0.05, running)[0]
     assert shares[3] == 0.0
-    assert shares[0] > shares[1] > shares[2]
-    # A certain leader has no challenger and takes everything.
-    assert allocation.top_two([0.0, 1.0, 0.0]).tolist() == [0.0, 1.0, 0.0]
-    assert allocation.top_two([0.5, 0.5]).tolist() == pytest.approx([0.5, 0.5])
+    assert shares[2] == pytest.approx(0.5)
+    assert shares[1] == pytest.approx(0.5)  # no data: no evidence against it yet
+
+
+def test_the_shares_move_continuously_as_the_leader_becomes_certain() -> None:
+    """The old P(best)-based rule jumped from 1/2 to all traffic at P(best) = 1."""
+    running = np.ones((1, 2), dtype=bool)
+    previous = None
+    for events in np.linspace(2000, 3000, 201):
+        shares = allocation.top_two_shares(
+            _conversions([2000, float(events)], [20000, 20000]), True, 0.05, running
+        )[0]
+        if previous is not None and events > 2001:
+            assert np.abs(shares - previous).max() < 0.05
+        previous = shares
+
+
+def test_the_same_code_serves_one_replicate_or_many() -> None:
+    rng = np.random.default_rng(3)
+    n = rng.integers(1000, 50000, size=(50, 3)).astype(float)
+    e = rng.binomial(n.astype(int), 0.1).astype(float)
+    running = rng.random((50, 3)) < 0.9
+    batch = allocation.top_two_shares(
+        RewardArrays(True, e, n, np.zeros_like(n), n > 0), True, 0.05, running
+    )
+    for r in range(50):
+        one = allocation.top_two_shares(
+            RewardArrays(True, e[r : r + 1], n[r : r + 1], np.zeros((1, 3)), n[r : r + 1] > 0),
+            True,
+            0.05,
+            running[r : r + 1],
+        )
+        np.testing.assert_array_equal(batch[r], one[0])
 
 
 # --- initial weights -----------------------------------------------------------------------

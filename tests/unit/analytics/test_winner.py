@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import pytest
 
+from analytics import sequential
 from analytics.assessment import assess_versions
 from analytics.model import Experiment
-from analytics.winner import WinnerAssessment, assess_winner
+from analytics.winner import (
+    RewardArrays,
+    WinnerAssessment,
+    assess_winner,
+    pairwise_evidence,
+    reward_winner,
+    threshold,
+)
 
 Factory = Callable[..., Experiment]
 ERRORS = [{"metric": "error-rate", "upperLimit": 0.01}]
@@ -145,7 +155,10 @@ def test_ab_waits_while_the_reward_sequences_overlap(make_experiment: Factory) -
     w = ab(make_experiment, {"v1": conv(2000), "v2": conv(2060)})
     assert (w.winner_found, w.winner, w.conclusive) == (False, None, False)
     assert set(w.best_versions) == {"v1", "v2"}
-    assert w.message == "not yet conclusive on conversion: v1, v2 could still be best"
+    assert w.message.startswith(
+        "not yet conclusive on conversion: v1, v2 could still be best; leader v2, evidence"
+    )
+    assert w.message.endswith(" of 3.689 needed")  # log(2 / 0.05)
 
 
 def test_an_exact_tie_on_counts_is_reported_not_broken(make_experiment: Factory) -> None:
@@ -234,3 +247,64 @@ def test_no_reward_metric_means_no_winner(make_experiment: Factory) -> None:
     spec = dataclasses.replace(e.spec, criteria=criteria)
     w = assess_winner(spec, assess_versions(spec, {}), {})
     assert (w.winner_found, w.message) == (False, "no reward metric in experiment")
+
+
+# --- the pairwise stopping rule ------------------------------------------------------------
+
+
+def _counts(events: list[float], trials: list[float]) -> RewardArrays:
+    e, n = np.array([events], dtype=float), np.array([trials], dtype=float)
+    return RewardArrays(True, e, n, np.zeros_like(n), n > 0)
+
+
+def test_the_threshold_is_log_k_over_alpha() -> None:
+    assert threshold(2, 0.05) == pytest.approx(math.log(40))
+    assert threshold(4, 0.05) == pytest.approx(math.log(80))
+
+
+def test_pairwise_evidence_is_the_glr_less_each_mixtures_regret() -> None:
+    """S_ij = GLR_ij - r_i - r_j, with r = l(mle) - log m (the mixture's regret)."""
+    k, n = np.array([2600.0, 2000.0]), np.array([20000.0, 20000.0])
+    s = pairwise_evidence(_counts(k.tolist(), n.tolist()), True, 0.05)[0]
+    p = k / n
+    pooled = k.sum() / n.sum()
+
+    def kl(a: float, b: float) -> float:
+        return float(a * math.log(a / b) + (1 - a) * math.log((1 - a) / (1 - b)))
+
+    glr = n[0] * kl(p[0], pooled) + n[1] * kl(p[1], pooled)
+    mle = k * np.log(p) + (n - k) * np.log1p(-p)
+    regret = mle - sequential.log_marginal(k, n)
+    assert s[0, 1] == pytest.approx(glr - regret.sum(), rel=1e-9)
+    assert s[1, 0] == pytest.approx(-regret.sum(), rel=1e-9)  # v2 trails: no evidence
+    assert np.isinf(s[0, 0]) and s[0, 0] < 0
+
+
+def test_the_stopping_rule_keeps_its_error_rate_on_a_tie_checked_every_step() -> None:
+    """Two equal versions, 1,000 looks: naming either one is an error (a tie is the
+    hardest case for the rule). Stopping must happen in at most alpha of the runs."""
+    rng = np.random.default_rng(7)
+    r, looks, per_look = 1000, 1000, 50
+    events = np.zeros((r, 2))
+    trials = np.zeros((r, 2))
+    stopped = np.zeros(r, dtype=bool)
+    ok = np.ones((r, 2), dtype=bool)
+    for _ in range(looks):
+        trials += per_look
+        events += rng.binomial(per_look, 0.1, size=(r, 2))
+        arrays = RewardArrays(True, events, trials, np.zeros_like(trials), trials > 0)
+        stopped |= reward_winner(arrays, True, 0.05, ok, ok).winner >= 0
+    assert stopped.mean() <= 0.05
+
+
+def test_a_gaussian_reward_follows_the_same_rule() -> None:
+    n = np.array([[5000.0, 5000.0]])
+    mean = np.array([[1.0, 1.05]])
+    total = n * mean
+    squares = n * (mean**2 + 0.25)
+    arrays = RewardArrays(False, n, total, squares, n > 0)
+    ok = np.ones((1, 2), dtype=bool)
+    assert reward_winner(arrays, True, 0.05, ok, ok).winner.tolist() == [1]
+    assert reward_winner(arrays, False, 0.05, ok, ok).winner.tolist() == [0]
+    few = RewardArrays(False, n / 500, total / 500, squares / 500, n > 0)  # 10 observations
+    assert reward_winner(few, True, 0.05, ok, ok).winner.tolist() == [-1]

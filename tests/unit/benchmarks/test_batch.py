@@ -255,45 +255,22 @@ def test_the_cases_cover_every_outcome() -> None:
     assert len(winners) == 8  # every pattern, with and without a winner
 
 
-def test_one_generator_for_all_replicates_changes_only_the_thompson_draws() -> None:
-    """With one Generator, A/B/n weights differ by Monte Carlo error only; all else is equal."""
-    checked = 0
-    close: list[np.ndarray] = []
+def test_one_generator_for_all_replicates_changes_nothing() -> None:
+    """No decision is random any more (A/B/n weights come from the deterministic top-two
+    rule), so one Generator for all replicates gives what one per replicate gives."""
     for case_seed in range(60):
         case = _case(np.random.default_rng(case_seed), 6)
         seeds = [np.random.default_rng(s) for s in range(6)]
-        each = batch.analyze(
-            case.spec, case.measurements, case.completed, seeds, case.current, 4000
-        )
+        each = batch.analyze(case.spec, case.measurements, case.completed, seeds, case.current)
         one = batch.analyze(
-            case.spec,
-            case.measurements,
-            case.completed,
-            np.random.default_rng(1),
-            case.current,
-            4000,
+            case.spec, case.measurements, case.completed, np.random.default_rng(1), case.current
         )
         for name in ("verdict", "winner", "winner_conclusive", "action", "version", "rule"):
             np.testing.assert_array_equal(getattr(each, name), getattr(one, name))
         if each.weights is None or one.weights is None:
             assert each.weights is one.weights
-            continue
-        drawn = (
-            case.spec.strategy.testing_pattern
-            in (model.TestingPattern.AB, model.TestingPattern.ABN)
-            and case.spec.strategy.deployment_pattern is DeploymentPattern.PROGRESSIVE
-        )
-        if drawn:
-            # allocation.top_two gives a leader with P(best) == 1 all the traffic but one at
-            # 0.9997 only half (its challenger takes the rest), so a single draw in 4000 can
-            # move a split by ~45 points: most replicates agree closely, a few need not.
-            checked += 1
-            close.append(np.abs(each.weights - one.weights).max(axis=1) <= 4)
-            np.testing.assert_array_equal(one.weights.sum(axis=1), 100)
         else:
             np.testing.assert_array_equal(each.weights, one.weights)
-    assert checked >= 5
-    assert np.concatenate(close).mean() >= 0.9
 
 
 def test_shapes_are_checked() -> None:

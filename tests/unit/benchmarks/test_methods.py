@@ -170,3 +170,16 @@ def test_fixed_horizon_leaves_a_version_over_its_slo_out_of_the_running() -> Non
     cell = run_cell(s, fixed_horizon.INFO, 40, seed=2, quick=True)
     promoted = cell.version[cell.action == base.PROMOTE]
     assert promoted.size >= 30 and np.all(promoted == 2)  # v3, never v4
+
+
+def test_the_lower_bound_holds_up_for_three_and_six_versions() -> None:
+    """Near the top of its bracket the closest arm's kl loses every digit; the root must be
+    found all the same, and a harder instance (smaller gaps) must need more samples."""
+    from benchmarks.methods.lower_bound import lower_bound
+
+    three = lower_bound((0.050, 0.055, 0.060), 0.05)
+    closer = lower_bound((0.050, 0.057, 0.060), 0.05)
+    six = lower_bound((0.200, 0.210, 0.220, 0.235, 0.230, 0.225), 0.05)
+    assert 0 < three.samples < closer.samples
+    assert six.samples > 0 and abs(sum(six.allocation) - 1) < 1e-9
+    assert max(range(6), key=lambda i: six.allocation[i]) in (3, 4)  # best or runner-up

@@ -26,7 +26,7 @@ def _doc(**overrides: Any) -> dict[str, Any]:
 
 def test_every_shipped_scenario_loads_with_the_issues_defaults() -> None:
     shipped = {s.name: s for s in scenario.shipped()}
-    assert len(shipped) == len(list(scenario.SCENARIO_DIR.glob("*.yaml"))) == 14
+    assert len(shipped) == len(list(scenario.SCENARIO_DIR.glob("*.yaml"))) == 16
     for s in shipped.values():
         assert s.alpha == 0.05
         assert s.spec.criteria.alpha == s.alpha
@@ -36,7 +36,9 @@ def test_every_shipped_scenario_loads_with_the_issues_defaults() -> None:
             assert s.clean in shipped
     assert shipped["aa-2160-looks"].iterations == 2160
     assert shipped["low-traffic"].rate_rps == 1 and shipped["low-traffic"].interval_s == 60
-    assert shipped["abn-4-versions"].pattern is model.TestingPattern.ABN
+    for name, k in (("abn-3-versions", 3), ("abn-4-versions", 4), ("abn-6-versions", 6)):
+        assert shipped[name].pattern is model.TestingPattern.ABN
+        assert len(shipped[name].versions) == k and "abn" in shipped[name].checks
     for name in ("good-canary", "bad-canary-errors", "at-margin"):
         assert shipped[name].margin_ratio == 1.5 and shipped[name].rate_rps == 50
     assert shipped["bad-canary-latency"].latency_telemetry

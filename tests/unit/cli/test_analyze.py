@@ -209,7 +209,7 @@ def test_each_sample_has_the_outcome_its_header_documents(
     EXPECTED[name](analyze(capsys, str(SAMPLES_DIR / name), "--seed", "1"))
 
 
-def test_the_same_seed_gives_the_same_output(
+def test_the_output_does_not_depend_on_the_seed(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = tmp_path / "abn.yaml"
@@ -221,9 +221,10 @@ def test_the_same_seed_gives_the_same_output(
         return out
 
     assert output(7) == output(7)
-    # The seed reaches the posterior sampling: otherwise the line above proves nothing.
+    # A/B/n weights come from the deterministic top-two rule, not from posterior draws: a
+    # redelivered event, or another seed, gives the same split.
     splits = {json.dumps(json.loads(output(seed))["weights"]) for seed in range(1, 6)}
-    assert len(splits) > 1, splits
+    assert len(splits) == 1, splits
 
 
 def test_without_a_seed_the_one_used_is_printed_and_reproduces_the_run(
