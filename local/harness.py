@@ -160,10 +160,13 @@ class LocalRun:
             stack.enter_context(server)
             servers[v.key] = server
             p = v.profile
-            self.say(
-                f"version     {v.key} at {server.url}: {p.error_rate:.1%} errors, latency "
-                f"median {p.latency_median_ms:g} ms, {p.model} model"
-            )
+            if len(self.sample.targets) == 1:
+                self.say(
+                    f"version     {v.key} at {server.url}: {p.error_rate:.1%} errors, latency "
+                    f"median {p.latency_median_ms:g} ms, {p.model} model"
+                )
+        if len(self.sample.targets) > 1:
+            self.say(f"versions    {len(servers)} simulated, on {len(self.sample.targets)} targets")
         return servers
 
     def _prometheus(self, stack: contextlib.ExitStack, workdir: Path, targets: list[str]) -> str:
@@ -426,7 +429,8 @@ class LocalRun:
         for p in self.sample.planned:  # queued experiments run one after another
             span = p.duration.total_iterations * self._interval_of(p)
             per_target[p.target] = per_target.get(p.target, 0.0) + span
-        timeout = self.options.timeout_s or (max(per_target.values()) * 3 + 120)
+        # Starting and finishing take longer with many experiments on two cores.
+        timeout = self.options.timeout_s or (max(per_target.values()) * 3 + 120 + 5 * len(planned))
         self.say(
             f"experiments {len(planned)} created on {len(per_target)} targets; "
             f"giving up after {timeout:g} s\n"

@@ -10,6 +10,8 @@ over hundreds of experiments per ping — not the I/O, which the local runs cove
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -17,9 +19,13 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+import yaml
+
 from functions.core.errors import NotFoundError
 from functions.core.events import ExperimentRef
 from functions.core.resources import ObjectRef
+from local.sample import load
 from tests.fakes import (
     INTERVAL,
     KNATIVE,
@@ -157,3 +163,109 @@ def _added(world: World, name: str) -> Any:
 
 def _ended(world: World, name: str) -> bool:
     return world.store.status(NS, name).get("stage") in ("Completed", "Failed")
+
+
+# `arbiter run` with several experiments and with its functions scaled to zero --------------
+
+LOAD_50 = ROOT / "samples" / "local" / "load-50.yaml"
+
+
+def test_the_load_sample_queues_two_experiments_per_target_each_with_a_promise() -> None:
+    sample = load(LOAD_50)
+    assert len(sample.planned) == 50 and len(sample.targets) == 25
+    per_target = Counter(p.target for p in sample.planned)
+    assert set(per_target.values()) == {2}, per_target
+    outcomes = Counter(p.expect.get("outcome") for p in sample.planned)
+    assert outcomes["Promoted"] > 10 and outcomes["RolledBack"] > 10, outcomes
+    assert sum(outcomes.values()) == 50, "every experiment promises its outcome"
+
+
+def subset(tmp_path: Path, targets: int) -> Path:
+    """load-50 cut to its first `targets` targets (both experiments of each)."""
+    docs = list(yaml.safe_load_all(LOAD_50.read_text()))
+    keep = {f"iris-{i:02d}" for i in range(targets)}
+    out = []
+    for doc in docs:
+        if doc["kind"] == "Service" and doc["metadata"]["name"] not in keep:
+            continue
+        if doc["kind"] == "Experiment" and doc["metadata"]["name"][:7] not in keep:
+            continue
+        if doc["kind"] == "LocalRun":
+            spec = doc["spec"]
+            spec["targets"] = {k: v for k, v in spec["targets"].items() if k[-7:] in keep}
+            spec["expect"] = {k: v for k, v in spec["expect"].items() if k[:7] in keep}
+        out.append(doc)
+    path = tmp_path / "load-4.yaml"
+    path.write_text(yaml.safe_dump_all(out))
+    return path
+
+
+@pytest.mark.slow
+def test_several_experiments_run_queue_per_target_and_report_one_line_each(
+    tmp_path: Path,
+) -> None:
+    sample = subset(tmp_path, 2)
+    done = subprocess.run(
+        [str(ARBITER), "run", str(sample), "--speed", "10", "--output", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=420,
+        check=False,
+    )
+    text = done.stdout
+    assert done.returncode == 0, text[-4000:]
+    report = text[text.index("\narbiter-load/iris-00-a") :]
+    lines = report.strip().splitlines()
+    assert [line.split()[0] for line in lines[:4]] == [
+        "arbiter-load/iris-00-a",
+        "arbiter-load/iris-00-b",
+        "arbiter-load/iris-01-a",
+        "arbiter-load/iris-01-b",
+    ]
+    assert all(line.split()[1] == "Completed" and line.endswith("kept") for line in lines[:4])
+    assert "experiments 4: promised 4, kept 4, broken 0, stuck 0" in lines[4]
+    assert "deliveries" in lines[5]
+    finals = json.loads((tmp_path / "out" / "experiments.json").read_text())
+    by_name = {f["metadata"]["name"]: f["status"] for f in finals}
+    # the second on each target started only once the first had finished
+    for svc in ("iris-00", "iris-01"):
+        first, second = by_name[f"{svc}-a"], by_name[f"{svc}-b"]
+        [completed] = [c for c in first["conditions"] if c["type"] == "Completed"]
+        assert second["startTime"] >= completed["lastTransitionTime"], (first, second)
+
+
+@pytest.mark.slow
+def test_scaled_to_zero_canary_good_keeps_its_promise_and_starts_functions_again(
+    tmp_path: Path,
+) -> None:
+    done = subprocess.run(
+        [
+            str(ARBITER),
+            "run",
+            "samples/local/canary-good.yaml",
+            "--speed",
+            "10",
+            "--scale-to-zero",
+            "--idle-seconds",
+            "5",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=420,
+        check=False,
+    )
+    text = done.stdout
+    assert done.returncode == 0, text[-4000:]
+    assert "promise:    kept" in text
+    line = next(line for line in text.splitlines() if line.startswith("cold starts "))
+    starts = {
+        stage: int(count)
+        for stage, count in re.findall(r"(start|iterate|assess|finish) (\d+)×", line)
+    }
+    assert set(starts) == {"start", "iterate", "assess", "finish"}, line
+    # start and iterate idle out between pings, assess between iterations; finish gets
+    # one event (experiment.concluded) in a completed canary, so it starts once.
+    assert starts["start"] > 1 and starts["iterate"] > 1 and starts["assess"] > 1, line
+    assert starts["finish"] == 1, line
