@@ -1,11 +1,14 @@
-"""`arbiter run EXPERIMENT.yaml`: run an experiment end to end on this machine.
+"""`arbiter run EXPERIMENT.yaml`: run experiments end to end on this machine.
 
 Starts a Kubernetes API emulator, the simulated model versions, Prometheus, the four
 functions, the local broker and its sources, and a traffic generator; creates the
-Experiment and shows each iteration until the verdict. With --kubeconfig it uses that
-cluster (and its Prometheus, --prometheus-url) instead of the emulator and simulations.
-Exit code 0 when the experiment completed (promoted or rolled back), 1 when it failed,
-2 on a bad file.
+Experiment and shows each iteration until the verdict. A file with several Experiments
+runs them all at once (those on one target queue) and reports one line each. With
+--scale-to-zero each function starts on its first event and stops when idle, as Knative
+runs it. With --kubeconfig it uses that cluster (and its Prometheus, --prometheus-url)
+instead of the emulator and simulations.
+Exit code 0 when the experiment completed (promoted or rolled back) — with several, when
+every one kept its promise — 1 otherwise, 2 on a bad file.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ from local.harness import LocalRun, Options, RunError
 from local.sample import SampleError, load
 
 DEFAULT_SAMPLE = "samples/local/canary-good.yaml"
+# Knative Serving's scale-to-zero-grace-period default: "30s" in knative/serving
+# config/core/configmaps/autoscaler.yaml (knative-v1.23.0).
+DEFAULT_IDLE_SECONDS = 30.0
 
 
 def register(commands: Any) -> None:
@@ -47,6 +53,20 @@ def register(commands: Any) -> None:
     p.add_argument(
         "--timeout", type=args_types.positive_float, help="give up after this many seconds"
     )
+    p.add_argument(
+        "--scale-to-zero",
+        action="store_true",
+        help="start each function on its first event and stop it when idle, as Knative does; "
+        "deliveries wait while a function starts, and the cold starts are reported",
+    )
+    p.add_argument(
+        "--idle-seconds",
+        type=args_types.positive_float,
+        default=DEFAULT_IDLE_SECONDS,
+        help="with --scale-to-zero: idle time before a function is stopped, in the run's "
+        "simulated seconds (divided by --speed like the intervals; "
+        f"default {DEFAULT_IDLE_SECONDS:g}, Knative's scale-to-zero grace period)",
+    )
     p.set_defaults(handler=run)
 
 
@@ -65,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         timeout_s=args.timeout,
         direct_metrics=args.direct_metrics,
+        idle_seconds=args.idle_seconds if args.scale_to_zero else None,
     )
     try:
         code = LocalRun(sample, options).run()

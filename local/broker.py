@@ -21,9 +21,10 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Final, Self
+from typing import IO, Any, Final, Protocol, Self
 
 import requests
 import yaml
@@ -54,6 +55,18 @@ _SECONDS_PER: Final = {"W": 604800.0, "D": 86400.0, "H": 3600.0, "M": 60.0, "S":
 
 class ManifestError(ValueError):
     """A Broker, Trigger or source manifest the local run cannot play; the message names it."""
+
+
+class ActivationError(RuntimeError):
+    """A subscriber scaled to zero could not be started; the attempt counts as failed."""
+
+
+class Activator(Protocol):
+    """What stands between the broker and subscribers that scale to zero (Knative's
+    activator): `hold(url)` returns once the subscriber at `url` can take a request, starting
+    it if need be, and keeps it from being stopped until the block exits."""
+
+    def hold(self, url: str) -> AbstractContextManager[None]: ...
 
 
 def parse_duration(text: str) -> float:
@@ -286,6 +299,8 @@ class LocalBroker(Component):
     own pool of delivery threads, so a slow or failing subscriber never holds up another; a
     subscriber also receives several events at once, as from Knative's dispatcher.
     `time_scale` divides every backoff delay (a run compressed N-fold retries N times sooner).
+    With an `activator`, each delivery attempt first waits for the subscriber to be up (it
+    may be scaled to zero), as Knative's activator buffers requests while a revision starts.
     """
 
     def __init__(
@@ -302,6 +317,7 @@ class LocalBroker(Component):
         retried_client_errors: frozenset[int] = RETRIED_CLIENT_ERRORS,
         host: str = "127.0.0.1",
         port: int = 0,
+        activator: Activator | None = None,
     ) -> None:
         if time_scale <= 0:
             raise ValueError(f"time_scale must be positive, got {time_scale}")
@@ -316,6 +332,7 @@ class LocalBroker(Component):
         self._event_log_path = Path(event_log_path) if event_log_path else None
         self._workers = workers_per_trigger
         self._retried = retried_client_errors
+        self._activator = activator
         self._address = (host, port)
         self._routes: list[_Route] = []
         self._delivery_threads: list[threading.Thread] = []
@@ -518,10 +535,12 @@ class LocalBroker(Component):
         while True:
             attempt += 1
             started = time.monotonic()
+            hold = self._activator.hold(route.url) if self._activator else nullcontext()
             try:
-                response = requests.post(route.url, headers=headers, data=body, timeout=timeout)
+                with hold:
+                    response = requests.post(route.url, headers=headers, data=body, timeout=timeout)
                 status, error = response.status_code, None
-            except requests.RequestException as e:
+            except (requests.RequestException, ActivationError) as e:
                 status, error = None, f"{type(e).__name__}: {e}"
             delivered = status is not None and 200 <= status < 300
             retryable = status is None or status >= 500 or status in self._retried

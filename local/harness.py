@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -24,7 +23,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TextIO
@@ -40,10 +38,11 @@ from functions.core import status as st
 from functions.core.events import TRIGGERS
 from functions.core.resources import EXPERIMENT, METRIC, ObjectRef
 from functions.core.timestamps import parse_time
+from local.autoscale import ScaleToZero, function_process, stop_process
 from local.broker import LocalBroker, load_manifests
-from local.sample import Sample
+from local.sample import Planned, Sample, TargetSim
 from local.sources import ApiServerSourcePlayer, PingSourcePlayer
-from local.view import LiveView, verdict
+from local.view import LiveView, ManyView, promise, verdict
 
 ROOT: Final = Path(__file__).resolve().parents[1]
 EVENTING: Final = ROOT / "eventing"
@@ -80,6 +79,9 @@ class Options:
     seed: int = 1
     timeout_s: float | None = None
     direct_metrics: bool = False
+    # Start each function on its first event, stop it after this many idle (simulated)
+    # seconds, as Knative scales to zero; None keeps all four up for the whole run.
+    idle_seconds: float | None = None
 
 
 class LocalRun:
@@ -87,9 +89,14 @@ class LocalRun:
         self.sample = sample
         self.options = options
         self.out = out
-        self.interval = max(1, round(sample.duration.interval_seconds / options.speed))
+        self.interval = min(
+            max(1, round(p.duration.interval_seconds / options.speed)) for p in sample.planned
+        )
         self.history: list[dict[str, Any]] = []
         self.final: dict[str, Any] | None = None
+        self.finals: dict[str, dict[str, Any]] = {}  # by namespace/name, with several
+        self.broker: LocalBroker | None = None
+        self.scaler: ScaleToZero | None = None
 
     def say(self, text: str) -> None:
         self.out.write(text + "\n")
@@ -97,11 +104,17 @@ class LocalRun:
 
     # The experiment, time-compressed -------------------------------------------------------
 
-    def experiment(self) -> dict[str, Any]:
-        exp: dict[str, Any] = json.loads(json.dumps(self.sample.experiment))
-        exp.setdefault("spec", {}).setdefault("duration", {})["intervalSeconds"] = self.interval
+    def experiment(self, planned: Planned | None = None) -> dict[str, Any]:
+        planned = planned or self.sample.planned[0]
+        exp: dict[str, Any] = json.loads(json.dumps(planned.experiment))
+        exp.setdefault("spec", {}).setdefault("duration", {})["intervalSeconds"] = (
+            self._interval_of(planned)
+        )
         exp.pop("status", None)
         return exp
+
+    def _interval_of(self, planned: Planned) -> int:
+        return max(1, round(planned.duration.interval_seconds / self.options.speed))
 
     # Components -----------------------------------------------------------------------------
 
@@ -115,7 +128,7 @@ class LocalRun:
             server,
             {
                 "arbiter-system",
-                str(self.sample.experiment["metadata"]["namespace"]),
+                *(str(p.experiment["metadata"]["namespace"]) for p in self.sample.planned),
                 *(str(o["metadata"]["namespace"]) for o in self.sample.objects),
             },
         )
@@ -147,10 +160,13 @@ class LocalRun:
             stack.enter_context(server)
             servers[v.key] = server
             p = v.profile
-            self.say(
-                f"version     {v.key} at {server.url}: {p.error_rate:.1%} errors, latency "
-                f"median {p.latency_median_ms:g} ms, {p.model} model"
-            )
+            if len(self.sample.targets) == 1:
+                self.say(
+                    f"version     {v.key} at {server.url}: {p.error_rate:.1%} errors, latency "
+                    f"median {p.latency_median_ms:g} ms, {p.model} model"
+                )
+        if len(self.sample.targets) > 1:
+            self.say(f"versions    {len(servers)} simulated, on {len(self.sample.targets)} targets")
         return servers
 
     def _prometheus(self, stack: contextlib.ExitStack, workdir: Path, targets: list[str]) -> str:
@@ -189,31 +205,37 @@ class LocalRun:
     ) -> dict[str, str]:
         ports = {stage: free_port() for stage in TRIGGERS}
         urls = {}
-        executable = Path(sys.executable).with_name("functions-framework")
         for stage, port in ports.items():
             log = (workdir / f"function-{stage}.log").open("w")
             stack.callback(log.close)
-            process_env = {
-                **os.environ,
-                **env,
-                "FUNCTION_TARGET": stage,
-                "FUNCTION_SOURCE": str(ROOT / "functions" / stage / "main.py"),
-                "FUNCTION_SIGNATURE_TYPE": "cloudevent",
-                "PORT": str(port),
-            }
-            process = subprocess.Popen(
-                [str(executable), "--host", "127.0.0.1", "--port", str(port)],
-                env=process_env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=ROOT,
-            )
+            process = function_process(stage, port, env, log)
             stack.callback(_terminate, process)
             urls[f"arbiter-{stage}"] = f"http://127.0.0.1:{port}/"
         for name, url in urls.items():
             _wait_http(url, 30, f"function {name}", ok=(400, 405))
         self.say("functions   " + ", ".join(f"{n} {u}" for n, u in urls.items()))
         return urls
+
+    def _scaled_functions(
+        self, stack: contextlib.ExitStack, workdir: Path, env: dict[str, str]
+    ) -> dict[str, str]:
+        """The four functions at zero: each starts on its first event (see local.autoscale)."""
+        assert self.options.idle_seconds is not None
+        idle_s = self.options.idle_seconds / self.options.speed
+        self.scaler = ScaleToZero(
+            {stage: free_port() for stage in TRIGGERS}, env, workdir, idle_s=idle_s
+        )
+        stack.enter_context(self.scaler)
+        self.say(
+            f"functions   scaled to zero: each starts on its first event and stops after "
+            f"{self.options.idle_seconds:g} s idle ({idle_s:g} s at --speed "
+            f"{self.options.speed:g}); the broker holds deliveries while one starts"
+        )
+        return self.scaler.urls
+
+    def _report_cold_starts(self) -> None:
+        if self.scaler is not None:
+            self.say("cold starts " + ", ".join(str(c) for c in self.scaler.cold_starts()))
 
     # The run ----------------------------------------------------------------------------------
 
@@ -252,7 +274,10 @@ class LocalRun:
                 self.say(f"kubernetes  the cluster of {kubeconfig}; Prometheus {prometheus}")
             broker_port = free_port()
             sink = f"http://127.0.0.1:{broker_port}/"
-            functions = self._functions(
+            start_functions = (
+                self._functions if self.options.idle_seconds is None else self._scaled_functions
+            )
+            functions = start_functions(
                 stack,
                 workdir,
                 {
@@ -273,8 +298,10 @@ class LocalRun:
                 dead_letter_path=workdir / "dead-letters.jsonl",
                 event_log_path=workdir / "events.jsonl",
                 port=broker_port,
+                activator=self.scaler,
             )
             stack.enter_context(broker)
+            self.broker = broker
             self.say(f"broker      {broker.url}, routing by eventing/triggers.yaml")
             sources = [
                 d
@@ -297,39 +324,58 @@ class LocalRun:
                 f"sources     ApiServerSource (Experiments) and PingSource every {ping_period:g} s"
             )
             if servers:
-                self._traffic(stack, api, servers)
-            return self._watch(api, stack)
+                for target in self.sample.targets:
+                    self._traffic(stack, api, servers, target)
+            if len(self.sample.planned) > 1:
+                return self._watch_many(api)
+            code = self._watch(api, stack)
+            self._report_cold_starts()
+            return code
         raise AssertionError("unreachable")
 
     def _traffic(
-        self, stack: contextlib.ExitStack, api: client.ApiClient, servers: dict[str, Any]
+        self,
+        stack: contextlib.ExitStack,
+        api: client.ApiClient,
+        servers: dict[str, Any],
+        target: TargetSim,
     ) -> None:
         from local.loadgen import TrafficGenerator  # noqa: PLC0415
 
-        routes = {key: server.model_url for key, server in servers.items()}
+        many = len(self.sample.targets) > 1
+        index = self.sample.targets.index(target)
+        routes = {v.key: servers[v.key].model_url for v in target.versions}
         generator = TrafficGenerator(
             api,
-            self.sample.router,
+            target.router,
             routes,
-            self.sample.rate_rps,
-            np.random.default_rng(self.options.seed + 1),
-            workers=32,
+            target.rate_rps,
+            np.random.default_rng(
+                [self.options.seed + 1, index] if many else self.options.seed + 1
+            ),
+            # Many targets share two cores: fewer senders each, and the split re-read once
+            # a second rather than four times.
+            workers=4 if many else 32,
+            refresh_s=1.0 if many else 0.25,
         )
         stack.enter_context(generator)
-        if self.sample.preview and self.sample.preview_rps > 0:
-            server = servers[self.sample.preview]
+        if target.preview and target.preview_rps > 0:
+            server = servers[target.preview]
             preview = Preview(
                 f"{server.model_url}:predict",
-                self.sample.preview_rps,
-                np.random.default_rng(self.options.seed + 2),
+                target.preview_rps,
+                np.random.default_rng(
+                    [self.options.seed + 2, index] if many else self.options.seed + 2
+                ),
             )
             stack.enter_context(preview)
-            self.say(
-                f"preview     {self.sample.preview_rps:g} req/s straight to {self.sample.preview}"
-            )
-        per_interval = self.sample.rate_rps * self.interval
+            self.say(f"preview     {target.preview_rps:g} req/s straight to {target.preview}")
+        per_interval = target.rate_rps * self.interval
+        if many and index > 0:
+            return
+        what = f"each of the {len(self.sample.targets)} targets" if many else str(target.router)
         self.say(
-            f"traffic     {generator.rate} to {self.sample.router}, kept at this rate under "
+            f"traffic     {generator.rate} to {what}, kept at this rate under "
             f"--speed, so each {self.interval} s interval carries ~{per_interval:g} requests"
         )
 
@@ -369,6 +415,73 @@ class LocalRun:
         self.say("\n" + verdict(obj))
         self.say(promise(obj, self.sample.expect))
         return 0 if (obj.get("status") or {}).get("stage") == st.Stage.COMPLETED else 1
+
+    def _watch_many(self, api: client.ApiClient) -> int:
+        """Create every experiment, follow them all (one line per ending), report each."""
+        objects = client.CustomObjectsApi(api)
+        planned = {p.key: p for p in self.sample.planned}
+        began = time.monotonic()
+        for p in self.sample.planned:
+            exp = self.experiment(p)
+            ns = exp["metadata"]["namespace"]
+            objects.create_namespaced_custom_object(*_EXPERIMENTS[:2], ns, _EXPERIMENTS[2], exp)
+        per_target: dict[str, float] = {}
+        for p in self.sample.planned:  # queued experiments run one after another
+            span = p.duration.total_iterations * self._interval_of(p)
+            per_target[p.target] = per_target.get(p.target, 0.0) + span
+        # Starting and finishing take longer with many experiments on two cores.
+        timeout = self.options.timeout_s or (max(per_target.values()) * 3 + 120 + 5 * len(planned))
+        self.say(
+            f"experiments {len(planned)} created on {len(per_target)} targets; "
+            f"giving up after {timeout:g} s\n"
+        )
+        view = ManyView(self.out, {k: p.expect for k, p in planned.items()}, began)
+        deadline = began + timeout
+        while time.monotonic() < deadline:
+            try:
+                listed = objects.list_cluster_custom_object(*_EXPERIMENTS)
+            except ApiException as e:
+                raise RunError(f"could not list the experiments: {e.status}") from None
+            items = listed.get("items") if isinstance(listed, dict) else None
+            for obj in items or []:
+                meta = obj.get("metadata") or {}
+                key = f"{meta.get('namespace')}/{meta.get('name')}"
+                if key in planned:
+                    self.finals[key] = obj
+            view.update(self.finals)
+            if len(self.finals) == len(planned) and all(
+                (o.get("status") or {}).get("stage") in st.TERMINAL for o in self.finals.values()
+            ):
+                break
+            time.sleep(0.5)
+        else:
+            self.say(f"\ntimed out after {timeout:g} s")
+        wall = time.monotonic() - began
+        self._save_many()
+        self.say("\n" + view.report(self.finals))
+        delivered = self._deliveries()
+        self.say(
+            f"wall time   {wall:.0f} s for {len(planned)} experiments; {delivered} deliveries "
+            f"({delivered / max(wall, 1e-9):.1f}/s)"
+        )
+        self._report_cold_starts()
+        return 0 if view.all_kept(self.finals) else 1
+
+    def _deliveries(self) -> int:
+        if self.broker is None:
+            return 0
+        return sum(
+            1
+            for r in self.broker.records()
+            if r.get("record") == "delivery" and r.get("outcome") == "delivered"
+        )
+
+    def _save_many(self) -> None:
+        if self.options.output is None:
+            return
+        (self.options.output / "experiments.json").write_text(
+            json.dumps(list(self.finals.values()), indent=2) + "\n"
+        )
 
     def _fraction(self, status: dict[str, Any]) -> float | None:
         last = parse_time(status.get("lastIterationTime"))
@@ -421,28 +534,6 @@ class Preview:
                 self._session.post(self._url, data=self._body, timeout=5)
 
 
-def broken_promises(obj: dict[str, Any], expect: Mapping[str, Any]) -> list[str]:
-    """Where the final status differs from what the sample promised."""
-    status = obj.get("status") or {}
-    actual = {
-        "outcome": status.get("outcome"),
-        "version": status.get("versionRecommendedForPromotion"),
-        "rule": (status.get("recommendation") or {}).get("rule"),
-    }
-    return [
-        f"{k}: promised {v!r}, got {actual.get(k)!r}"
-        for k, v in expect.items()
-        if actual.get(k) != v
-    ]
-
-
-def promise(obj: dict[str, Any], expect: Mapping[str, Any]) -> str:
-    if not expect:
-        return "promise:    (the sample promises no outcome)"
-    broken = broken_promises(obj, expect)
-    return "promise:    kept" if not broken else "promise:    BROKEN: " + "; ".join(broken)
-
-
 def kustomization_files(folder: Path) -> list[Path]:
     """The manifest files `kubectl apply -k folder` applies: the kustomization's resources,
     following listed sub-folders into their own kustomizations."""
@@ -467,10 +558,4 @@ def seed_metric_library(server: Any, namespaces: set[str]) -> None:
 
 
 def _terminate(process: subprocess.Popen[Any]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    stop_process(process)

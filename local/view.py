@@ -2,12 +2,16 @@
 
 Everything here formats an Experiment's status (as the functions wrote it) into text, so
 the same view reads a local run and a cluster. `LiveView` prints rows as iterations land
-and, on a terminal, redraws a progress bar for the iteration under way.
+and, on a terminal, redraws a progress bar for the iteration under way. With several
+experiments, `ManyView` shows one line per experiment as it ends, the counts per stage as
+they change, and a final report of one line each and the promises kept.
 """
 
 from __future__ import annotations
 
 import sys
+import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
@@ -121,3 +125,105 @@ class LiveView:
             self._out.write("\r\x1b[K")
         self._out.write(text + "\n")
         self._out.flush()
+
+
+def broken_promises(obj: Mapping[str, Any], expect: Mapping[str, Any]) -> list[str]:
+    """Where the final status differs from what the sample promised."""
+    status = obj.get("status") or {}
+    actual = {
+        "outcome": status.get("outcome"),
+        "version": status.get("versionRecommendedForPromotion"),
+        "rule": (status.get("recommendation") or {}).get("rule"),
+    }
+    return [
+        f"{k}: promised {v!r}, got {actual.get(k)!r}"
+        for k, v in expect.items()
+        if actual.get(k) != v
+    ]
+
+
+def promise(obj: Mapping[str, Any], expect: Mapping[str, Any]) -> str:
+    if not expect:
+        return "promise:    (the sample promises no outcome)"
+    broken = broken_promises(obj, expect)
+    return "promise:    kept" if not broken else "promise:    BROKEN: " + "; ".join(broken)
+
+
+def _stage(obj: Mapping[str, Any] | None) -> str:
+    return str(((obj or {}).get("status") or {}).get("stage") or "Pending")
+
+
+_TERMINAL = ("Completed", "Failed")
+
+
+def kept(obj: Mapping[str, Any] | None, expect: Mapping[str, Any]) -> bool:
+    """Whether an experiment ended as promised (Completed, and no promise broken)."""
+    return obj is not None and _stage(obj) == "Completed" and not broken_promises(obj, expect)
+
+
+def one_line(key: str, obj: Mapping[str, Any] | None, expect: Mapping[str, Any]) -> str:
+    """An experiment in one line: stage, outcome, version, iterations, the promise."""
+    status = (obj or {}).get("status") or {}
+    stage = _stage(obj)
+    if stage not in _TERMINAL:
+        verdict_ = "STUCK"
+    elif not expect:
+        verdict_ = "no promise"
+    else:
+        broken = broken_promises(obj or {}, expect)
+        verdict_ = "kept" if not broken else "BROKEN " + "; ".join(broken)
+    return (
+        f"{key:<34} {stage:<10} {status.get('outcome') or '-':<11} "
+        f"{status.get('versionRecommendedForPromotion') or '-':<24} "
+        f"{status.get('completedIterations', 0):>3} iter  {verdict_}"
+    )
+
+
+class ManyView:
+    """Several experiments at once: a line as each ends, the stage counts as they change."""
+
+    def __init__(self, out: TextIO, expects: Mapping[str, Mapping[str, Any]], began: float) -> None:
+        self._out = out
+        self._expects = dict(expects)
+        self._began = began
+        self._ended: set[str] = set()
+        self._counts: tuple[tuple[str, int], ...] = ()
+
+    def counts(self, objs: Mapping[str, Mapping[str, Any]]) -> str:
+        by_stage = Counter(_stage(objs.get(k)) for k in self._expects)
+        done = sum(by_stage[s] for s in _TERMINAL)
+        active = ", ".join(
+            f"{n} {s.lower()}" for s, n in sorted(by_stage.items()) if s not in _TERMINAL
+        )
+        return f"[{active + '; ' if active else ''}done {done}/{len(self._expects)}]"
+
+    def update(self, objs: Mapping[str, Mapping[str, Any]]) -> None:
+        at = f"{time.monotonic() - self._began:6.0f}s"
+        ended = [
+            k for k in self._expects if k not in self._ended and _stage(objs.get(k)) in _TERMINAL
+        ]
+        for key in ended:
+            self._ended.add(key)
+            self._out.write(f"{at}  {one_line(key, objs.get(key), self._expects[key])}\n")
+        counts = tuple(sorted(Counter(_stage(objs.get(k)) for k in self._expects).items()))
+        if counts != self._counts:
+            self._counts = counts
+            self._out.write(f"{at}  {self.counts(objs)}\n")
+        self._out.flush()
+
+    def report(self, objs: Mapping[str, Mapping[str, Any]]) -> str:
+        lines = [one_line(k, objs.get(k), e) for k, e in sorted(self._expects.items())]
+        stages = {k: _stage(objs.get(k)) for k in self._expects}
+        promised = [k for k, e in self._expects.items() if e]
+        kept_ = [k for k in promised if kept(objs.get(k), self._expects[k])]
+        stuck = [k for k, s in stages.items() if s not in _TERMINAL]
+        broken = [k for k in promised if k not in kept_ and k not in stuck]
+        failed = [k for k, s in stages.items() if s == "Failed"]
+        lines.append(
+            f"experiments {len(self._expects)}: promised {len(promised)}, kept {len(kept_)}, "
+            f"broken {len(broken)}, stuck {len(stuck)} (failed {len(failed)})"
+        )
+        return "\n".join(lines)
+
+    def all_kept(self, objs: Mapping[str, Mapping[str, Any]]) -> bool:
+        return all(kept(objs.get(k), e) for k, e in self._expects.items())

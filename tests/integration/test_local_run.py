@@ -29,7 +29,10 @@ from tests.support.prometheus import OpenMetrics, PrometheusTSDB, missing_binari
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-SAMPLES = sorted((ROOT / "samples" / "local").glob("*.yaml"))
+# One experiment each; the files with several (load-50) are run by test_local_load.py.
+SAMPLES = sorted(
+    p for p in (ROOT / "samples" / "local").glob("*.yaml") if len(load(p).planned) == 1
+)
 ARBITER = Path(sys.executable).with_name("arbiter")
 SPEED = "10"
 
