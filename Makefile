@@ -56,8 +56,11 @@ pytest: install
 	$(PY) -m pytest -q
 
 # The whole fault matrix (tests/faults), in parallel shards, ending with one table.
+# The whole fault matrix (in parallel shards, ending with its table), then the load runs:
+# 200 experiments in one process, several experiments per run, scale-to-zero.
 faults: install os-deps
 	$(PY) tests/faults/run.py
+	$(PY) -m pytest -q -p no:cacheprovider -m faults tests/integration/test_local_load.py
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -85,11 +85,21 @@ def target_split(obj: dict[str, Any], kind: str) -> Split:
     return (100 - percent, percent)
 
 
-def status_split(status: dict[str, Any]) -> Split | None:
-    dist = status.get("currentWeightDistribution")
+def status_split(status: dict[str, Any], key: str = "currentWeightDistribution") -> Split | None:
+    dist = status.get(key)
     if not isinstance(dist, list) or not dist:
         return None
     return tuple(int(w.get("value") or 0) for w in dist)
+
+
+def recorded_splits(status: dict[str, Any]) -> list[Split]:
+    """The splits a status records as asked for: the one read back, and the one a stage
+    wrote ahead (desiredWeightDistribution) before applying it."""
+    found = (
+        status_split(status, key)
+        for key in ("desiredWeightDistribution", "currentWeightDistribution")
+    )
+    return [split for split in found if split is not None]
 
 
 def _group(kind: str) -> tuple[str, str, str]:
@@ -139,7 +149,8 @@ def check(
             (rv, split, e)
             for e in on_target
             for rv, status in statuses[e.namespace, e.name]
-            if status is not None and (split := status_split(status)) is not None
+            if status is not None
+            for split in recorded_splits(status)
         ]
         splits = [(_rv(o), target_split(o, kind)) for o in history]
         changes = [b for a, b in itertools.pairwise(splits) if a[1] != b[1]]

@@ -114,6 +114,8 @@ def plan(world: World, targets: int) -> dict[str, tuple[str, str | None]]:
     return expected
 
 
+# The load runs belong to `make faults` (with the fault matrix), not to `make test`'s budget.
+@pytest.mark.faults
 def test_200_experiments_on_100_targets_all_end_as_expected_in_one_process() -> None:
     world = World(store=SerializingStore())
     world.store.with_metric_library(NS)
@@ -201,6 +203,7 @@ def subset(tmp_path: Path, targets: int) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.faults
 def test_several_experiments_run_queue_per_target_and_report_one_line_each(
     tmp_path: Path,
 ) -> None:
@@ -236,6 +239,7 @@ def test_several_experiments_run_queue_per_target_and_report_one_line_each(
 
 
 @pytest.mark.slow
+@pytest.mark.faults
 def test_scaled_to_zero_canary_good_keeps_its_promise_and_starts_functions_again(
     tmp_path: Path,
 ) -> None:
