@@ -13,6 +13,10 @@ after the completed ones, with the digest in `status.measurement`. Anything else
 (acknowledged and ignored) or forged (refused, 422; the experiment is left alone). An
 iteration already recorded is acknowledged without sending its follow-up again: a re-send
 per duplicate would multiply every later event.
+
+The measurements' `windows` (each version's own counts this iteration) are folded into
+`status.ratioTests` once, keyed by the iteration, before the analysis judges maxRatio
+conditions by them.
 """
 
 from __future__ import annotations

@@ -12,6 +12,11 @@ the data: assess believes the data only when its digest is the recorded one. A d
 for an iteration measured less than an interval ago is a repeat: acknowledged, and nothing
 is sent again (a measurement lost on its way is asked for again one interval on).
 
+A metric a maxRatio objective judges is read twice: since the start, and over this
+iteration's own window (since `status.lastIterationTime`, the same template with
+`$elapsed` the window's length), rounded to counts and carried as the event's `windows`
+for the conditional ratio test assess keeps in `status.ratioTests`.
+
 A measurement that cannot be taken for good (a missing Metric, a template that does not
 render) ends the experiment the safe way (`failures.guarded`). A transient failure is
 counted once per request in `status.transientFailures`, however often the broker delivers
