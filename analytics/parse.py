@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from analytics.conditional import RATIO_OFFSETS, RatioTest
 from analytics.measurements import Counts, Histogram, Measurement, Moments, NoData, PointValue
 from analytics.model import (
     Criteria,
@@ -146,6 +147,37 @@ def _version_bounds(path: str) -> dict[str, Bound]:
     }
 
 
+def _ratio_test_bounds(path: str) -> dict[str, Bound]:
+    """`status.ratioTests`: one running conditional test per maxRatio metric and candidate
+    (analytics.conditional.RatioTest.to_dict, plus whose it is)."""
+    count = Bound(minimum=0, maximum=MAX_MAGNITUDE)
+    log_lr = Bound(minimum=-MAX_MAGNITUDE, maximum=MAX_MAGNITUDE)
+    iterations = Bound(minimum=0, maximum=MAX_ITERATIONS)
+    return {
+        path: Bound(max_items=MAX_OBJECTIVES * MAX_CANDIDATES),
+        f"{path}[].metric": _NAME,
+        f"{path}[].version": Bound(max_length=253),
+        f"{path}[].margin": Bound(minimum=0, maximum=MAX_RATIO, exclusive_minimum=True),
+        f"{path}[].iteration": iterations,
+        **{
+            f"{path}[].{key}": count
+            for key in (
+                "candidateEvents",
+                "candidateRequests",
+                "baselineEvents",
+                "baselineRequests",
+                "dispersionTotal",
+            )
+        },
+        f"{path}[].incidents": iterations,
+        f"{path}[].dispersionWindows": iterations,
+        f"{path}[].violation": Bound(max_items=len(RATIO_OFFSETS)),
+        f"{path}[].violation[]": log_lr,
+        f"{path}[].satisfaction": Bound(max_items=len(RATIO_OFFSETS)),
+        f"{path}[].satisfaction[]": log_lr,
+    }
+
+
 # Field path in the CRD schema ("[]" for a list's items) -> its bound. The parser reads
 # every bound from here; tests/manifests holds the CRD to exactly these.
 BOUNDS: Final[Mapping[str, Bound]] = {
@@ -182,6 +214,7 @@ BOUNDS: Final[Mapping[str, Bound]] = {
     "status.currentWeightDistribution": Bound(max_items=MAX_VERSIONS),
     "status.currentWeightDistribution[].name": Bound(max_length=253),
     "status.currentWeightDistribution[].value": _PERCENT,
+    **_ratio_test_bounds("status.ratioTests"),
 }
 
 # (candidates rule, rewards) per testing pattern (iter8 etc3's IsVersionInfoValid).
@@ -640,8 +673,71 @@ def _status(r: _Reader, raw: Mapping[str, Any], spec: ExperimentSpec | None) -> 
         _check_limits_fit_the_metric(r, spec, measurements)
     stage = raw.get("stage")
     return ExperimentStatus(
-        completed, weights, measurements, stage if isinstance(stage, str) else None
+        completed,
+        weights,
+        measurements,
+        stage if isinstance(stage, str) else None,
+        _ratio_tests(r, raw.get("ratioTests"), known),
     )
+
+
+_RATIO_TEST_INTEGERS: Final = ("iteration", "incidents")
+_RATIO_TEST_NUMBERS: Final = (
+    "margin",
+    "candidateEvents",
+    "candidateRequests",
+    "baselineEvents",
+    "baselineRequests",
+    "dispersionTotal",
+    "dispersionWindows",
+)
+
+
+def _ratio_tests(
+    r: _Reader, raw: object, known: tuple[str, ...]
+) -> dict[str, dict[str, RatioTest]]:
+    """`status.ratioTests`, each entry within its fields' bounds, of a known version."""
+    out: dict[str, dict[str, RatioTest]] = {}
+    for i, item in enumerate(r.sequence(raw, "status.ratioTests")):
+        path = f"status.ratioTests[{i}]"
+        entry = r.mapping(item, path)
+        before = len(r.problems)
+        metric = r.string(entry.get("metric"), f"{path}.metric", required=True)
+        version = r.string(entry.get("version"), f"{path}.version", required=True)
+        if version is not None:
+            _check_known(r, version, known, f"{path}.version")
+        fields: dict[str, Any] = {}
+        for key in _RATIO_TEST_INTEGERS:
+            fields[key] = r.integer(entry.get(key), f"{path}.{key}", 0)
+        for key in _RATIO_TEST_NUMBERS:
+            fields[key] = _bounded(r, entry.get(key), f"{path}.{key}", required=key == "margin")
+        for key in ("violation", "satisfaction"):
+            values = r.sequence(entry.get(key), f"{path}.{key}")
+            if len(values) != len(RATIO_OFFSETS):
+                r.fail(f"{path}.{key}", f"must hold {len(RATIO_OFFSETS)} numbers")
+            fields[key] = [_bounded(r, v, f"{path}.{key}[{j}]") for j, v in enumerate(values)]
+        if len(r.problems) > before or metric is None or version is None:
+            continue
+        out.setdefault(metric, {})[version] = RatioTest.from_dict(
+            {k: v for k, v in fields.items() if v is not None}
+        )
+    return out
+
+
+def _bounded(r: _Reader, value: object, path: str, required: bool = False) -> float | None:
+    """A plain number within its BOUNDS range (reported if missing when `required`)."""
+    if value is None:
+        if required:
+            r.fail(path, "is required")
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        r.fail(path, f"must be a number, got {quote(value)}")
+        return None
+    bound = BOUNDS[schema_path(path)]
+    if not bound.contains(float(value)):
+        r.fail(path, f"must be {bound.describe()}, got {quote(value)}")
+        return None
+    return float(value)
 
 
 def _key(key: object) -> str:

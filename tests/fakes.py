@@ -319,7 +319,24 @@ class FakeObjects:
         return copy.deepcopy(self.objects[patch.ref])
 
 
-Scripted = Measurement | ArbiterError
+@dataclass(frozen=True)
+class Windows:
+    """A version's (events, trials) served in each interval k = 1, 2, ... after `origin`,
+    as a Prometheus counter would hold them: a query over the last `elapsed` seconds at
+    `at` counts the intervals that ended in that range, so cumulative queries and one
+    iteration's window both read the same script."""
+
+    per_interval: tuple[tuple[float, float], ...]
+    origin: datetime = T0
+    interval: int = INTERVAL
+
+    def over(self, at: datetime, elapsed: int) -> Counts:
+        now = int((at - self.origin).total_seconds())
+        chosen = self.per_interval[max(0, now - elapsed) // self.interval : now // self.interval]
+        return Counts(events=sum(e for e, _ in chosen), trials=sum(n for _, n in chosen))
+
+
+Scripted = Measurement | ArbiterError | Windows
 
 
 class FakeMetrics:
@@ -357,6 +374,9 @@ class FakeMetrics:
                 value = self.script[key]
                 if isinstance(value, ArbiterError):
                     raise value
+                if isinstance(value, Windows):
+                    assert at is not None, "a Windows script needs the time of the query"
+                    return value.over(at, int(variables["elapsed"]))
                 return value
         raise AssertionError(f"no measurement scripted for {spec.name} of {revision}")
 

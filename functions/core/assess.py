@@ -13,12 +13,17 @@ after the completed ones, with the digest in `status.measurement`. Anything else
 (acknowledged and ignored) or forged (refused, 422; the experiment is left alone). An
 iteration already recorded is acknowledged without sending its follow-up again: a re-send
 per duplicate would multiply every later event.
+
+The measurements' `windows` (each version's own counts this iteration) are folded into
+`status.ratioTests` once, keyed by the iteration, before the analysis judges maxRatio
+conditions by them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from dataclasses import replace
 from typing import Final
 
@@ -26,8 +31,10 @@ import numpy as np
 from cloudevents.http import CloudEvent
 
 from analytics.analysis import analyze
+from analytics.assessment import RatioTests
+from analytics.conditional import RatioTest
 from analytics.document import to_dict
-from analytics.model import DeploymentPattern, TestingPattern
+from analytics.model import DeploymentPattern, Experiment, TestingPattern
 from analytics.recommendation import Action
 from functions.core import events, failures, rollout, sweep
 from functions.core import status as st
@@ -80,6 +87,38 @@ def _believed(status: Status, request: Request[events.Measured]) -> bool:
     )
 
 
+def fold_windows(
+    experiment: Experiment,
+    tests: RatioTests,
+    iteration: int,
+    windows: events.WindowCounts,
+) -> dict[str, dict[str, RatioTest]]:
+    """The running test of every maxRatio metric and candidate, with iteration `iteration`'s
+    window folded in once (`RatioTest.fold` ignores an iteration it has seen). A window
+    missing a version's counts (a missed scrape) adds nothing but marks the iteration seen;
+    a test kept for another margin (the spec changed) starts afresh, and one of a metric no
+    longer judged by a ratio is dropped. The first maxRatio objective of a metric sets it."""
+    info = experiment.spec.version_info
+    if info is None:
+        return {}
+    baseline = info.baseline.name
+    out: dict[str, dict[str, RatioTest]] = {}
+    for o in experiment.spec.criteria.objectives:
+        if o.max_ratio is None or o.metric in out:
+            continue
+        counts = windows.get(o.metric, {})
+        kept = tests.get(o.metric, {})
+        out[o.metric] = {}
+        for candidate in info.candidates:
+            test = kept.get(candidate.name)
+            if test is None or not math.isclose(test.margin, o.max_ratio):
+                test = RatioTest(o.max_ratio)
+            c, b = counts.get(candidate.name), counts.get(baseline)
+            window = (*c, *b) if c is not None and b is not None else (0, 0, 0, 0)
+            out[o.metric][candidate.name] = test.fold(iteration, *window)
+    return out
+
+
 def assess(ctx: Context, request: Request[events.Measured]) -> None:
     ref, iteration, measured = request.ref, request.iteration, request.payload
     obj = st.current(ctx.store, ref)
@@ -102,6 +141,12 @@ def assess(ctx: Context, request: Request[events.Measured]) -> None:
     analysis_in = {**(status.analysis or {}), "aggregatedMetrics": aggregated}
     doc = {**obj, "status": replace(status, analysis=analysis_in).to_dict()}
     experiment = st.resolved_experiment(doc)
+    if measured.windows:
+        # This iteration's own counts join the running conditional tests, once: a test
+        # that has seen this iteration (a redelivery after the write-ahead) keeps it.
+        tests = fold_windows(experiment, status.ratio_tests, iteration, measured.windows)
+        status = replace(status, ratio_tests=tests)
+        experiment = replace(experiment, status=replace(experiment.status, ratio_tests=tests))
     uid = str(st.ref_of(obj).uid or ref)
     analysis = analyze(experiment, rng_for(uid, iteration))
     report = to_dict(analysis)

@@ -19,11 +19,11 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
 from functools import cached_property
-from typing import Any, ClassVar, Final, Generic, Protocol, Self, TypeVar
+from typing import Any, ClassVar, Final, Generic, Protocol, Self, TypeGuard, TypeVar
 
 from cloudevents.http import CloudEvent
 
@@ -298,10 +298,19 @@ class Deleting(_Empty):
     TYPE: ClassVar[str] = DELETING
 
 
+WindowCounts = Mapping[str, Mapping[str, tuple[int, int]]]
+"""metric -> version -> (events, trials) over one iteration's own window."""
+
+
 @dataclass(frozen=True)
 class Measured:
     """Every metric of every version for one iteration, in `aggregatedMetrics` shape (which
     the analysis validates), and when they were read.
+
+    `windows` holds, for each metric a maxRatio objective judges, each version's own
+    counts over this iteration's window alone (`window_seconds` long, since the last
+    iteration): what assess folds into the conditional ratio test (status.ratioTests). A
+    version without data in the window (a missed scrape) is left out.
 
     iterate records the data's `digest` in status before it emits the event; assess uses
     the data only when it is what iterate recorded."""
@@ -309,6 +318,8 @@ class Measured:
     TYPE: ClassVar[str] = MEASURED
     aggregated_metrics: Mapping[str, Any]
     measured_at: datetime | None = None
+    windows: WindowCounts = field(default_factory=dict)
+    window_seconds: int | None = None
 
     @cached_property
     def digest(self) -> str:
@@ -319,11 +330,22 @@ class Measured:
         if self.measured_at is not None:
             data["measuredAt"] = iso(self.measured_at)
         data["aggregatedMetrics"] = dict(self.aggregated_metrics)
+        if self.windows:
+            data["windows"] = {
+                "seconds": self.window_seconds,
+                "data": {
+                    metric: {v: {"events": e, "trials": n} for v, (e, n) in by_version.items()}
+                    for metric, by_version in self.windows.items()
+                },
+            }
         return data
 
     @classmethod
     def from_data(cls, data: Data) -> Self:
-        measured = cls(dict(data.mapping("aggregatedMetrics")), data.time("measuredAt"))
+        windows, seconds = _windows(data)
+        measured = cls(
+            dict(data.mapping("aggregatedMetrics")), data.time("measuredAt"), windows, seconds
+        )
         try:
             measured.digest  # noqa: B018 - computed here, so odd data is the event's fault
         except (RecursionError, ValueError, TypeError) as e:
@@ -331,6 +353,31 @@ class Measured:
                 f"event {data.event_id}: data has no canonical form ({type(e).__name__})"
             ) from None
         return measured
+
+
+def _windows(data: Data) -> tuple[dict[str, dict[str, tuple[int, int]]], int | None]:
+    """`windows` of an experiment.measured event: whole counts, events never above trials."""
+    if data.raw.get("windows") is None:
+        return {}, None
+    raw = data.mapping("windows")
+    seconds = raw.get("seconds")
+    if not _whole(seconds) or not isinstance(raw.get("data"), Mapping):
+        raise data.refuse("windows", "an object with whole seconds and data")
+    out: dict[str, dict[str, tuple[int, int]]] = {}
+    for metric, by_version in raw["data"].items():
+        if not isinstance(by_version, Mapping):
+            raise data.refuse("windows", "metric -> version -> {events, trials}")
+        for version, counts in by_version.items():
+            events = counts.get("events") if isinstance(counts, Mapping) else None
+            trials = counts.get("trials") if isinstance(counts, Mapping) else None
+            if not (_whole(events) and _whole(trials) and events <= trials):
+                raise data.refuse("windows", "whole counts with events <= trials")
+            out.setdefault(str(metric), {})[str(version)] = (events, trials)
+    return out, seconds
+
+
+def _whole(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 _CONCLUSIONS: Final = (Action.PROMOTE, Action.ROLLBACK)

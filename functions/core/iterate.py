@@ -12,6 +12,11 @@ the data: assess believes the data only when its digest is the recorded one. A d
 for an iteration measured less than an interval ago is a repeat: acknowledged, and nothing
 is sent again (a measurement lost on its way is asked for again one interval on).
 
+A metric a maxRatio objective judges is read twice: since the start, and over this
+iteration's own window (since `status.lastIterationTime`, the same template with
+`$elapsed` the window's length), rounded to counts and carried as the event's `windows`
+for the conditional ratio test assess keeps in `status.ratioTests`.
+
 A measurement that cannot be taken for good (a missing Metric, a template that does not
 render) ends the experiment the safe way (`failures.guarded`). A transient failure is
 counted once per request in `status.transientFailures`, however often the broker delivers
@@ -30,7 +35,7 @@ from typing import Any, Final
 
 from cloudevents.http import CloudEvent
 
-from analytics.measurements import Measurement, measurement_to_dict
+from analytics.measurements import Counts, Histogram, Measurement, measurement_to_dict
 from analytics.model import Experiment
 from functions.core import events, failures, sweep
 from functions.core import status as st
@@ -122,12 +127,21 @@ def measure(ctx: Context, ref: ExperimentRef, iteration: int) -> None:
     requested_at = (record.requested_at if pending and record else None) or now
     experiment = st.resolved_experiment(obj)
     started = status.start_time or now
+    # This iteration's own window starts where the last recorded one ended.
+    window_start = status.last_iteration_time or started
+    window_seconds = max(1, int((now - window_start).total_seconds()))
     try:
         data = _measure_all(ctx, obj, experiment, started, now)
+        windows = _measure_windows(ctx, experiment, window_seconds, now)
     except TransientError as e:
         _failed_transiently(ctx, obj, iteration, requested_at, now, e)
         return
-    measured = events.Measured({"data": data}, measured_at=now)
+    measured = events.Measured(
+        {"data": data},
+        measured_at=now,
+        windows=windows,
+        window_seconds=window_seconds if windows else None,
+    )
     taken = MeasurementRecord(iteration, requested_at, now, measured.digest)
     if st.update(ctx.store, obj, functools.partial(_record, taken=taken, interval=interval)):
         ctx.sink.emit(events.make(measured, st.ref_of(obj), iteration, stage=STAGE))
@@ -158,31 +172,88 @@ def _record(status: Status, taken: MeasurementRecord, interval: float) -> Status
     return replace(status, measurement=taken)
 
 
-def _measure_all(
-    ctx: Context, obj: Mapping[str, Any], experiment: Experiment, started: datetime, now: datetime
-) -> dict[str, Any]:
+def ratio_limits(experiment: Experiment) -> dict[str, float | None]:
+    """metric -> the upperLimit that picks a histogram's bucket, for each metric a maxRatio
+    objective judges (the first such objective per metric, as the running test is kept
+    per metric)."""
+    limits: dict[str, float | None] = {}
+    for o in experiment.spec.criteria.objectives:
+        if o.max_ratio is not None and o.metric not in limits:
+            limits[o.metric] = o.upper_limit
+    return limits
+
+
+def window_counts(m: Measurement, upper_limit: float | None) -> tuple[int, int] | None:
+    """One version's (events, trials) in the window, rounded to counts (Prometheus'
+    `increase` extrapolates); None when the window holds nothing to count."""
+    if isinstance(m, Histogram):
+        if upper_limit is None:
+            return None
+        m = m.exceedance(upper_limit)[1]
+    if not isinstance(m, Counts) or not m.trials > 0:
+        return None
+    trials = round(m.trials)
+    return min(round(max(m.events, 0.0)), trials), trials
+
+
+def _measure_windows(
+    ctx: Context, experiment: Experiment, seconds: int, now: datetime
+) -> dict[str, dict[str, tuple[int, int]]]:
+    """Each version's own counts over the last `seconds`, for every maxRatio metric: the
+    same template rendered with `$elapsed` the window's length."""
+    out: dict[str, dict[str, tuple[int, int]]] = {}
+    for name, limit in ratio_limits(experiment).items():
+        spec = _metric(ctx, experiment, name)
+        counts = {
+            version: c
+            for version, m in _measure_versions(ctx, experiment, name, spec, seconds, now).items()
+            if (c := window_counts(m, limit)) is not None
+        }
+        if counts:
+            out[name] = counts
+    return out
+
+
+def _measure_versions(
+    ctx: Context,
+    experiment: Experiment,
+    name: str,
+    spec: MetricSpec,
+    elapsed_seconds: int,
+    now: datetime,
+) -> dict[str, Measurement]:
     info = experiment.spec.version_info
     if info is None:
         raise PermanentError("spec.versionInfo: versions were never resolved")
     target_ns, _, target_name = experiment.spec.target.rpartition("/")
+    out: dict[str, Measurement] = {}
+    for version in info.versions:
+        variables = variables_for(
+            name=target_name,
+            namespace=target_ns or experiment.namespace,
+            revision=version.variables.get("revision", version.name),
+            elapsed_seconds=elapsed_seconds,
+            interval_seconds=int(experiment.spec.duration.interval_seconds),
+            version_variables=version.variables,
+        )
+        try:
+            out[version.name] = ctx.metrics.measure(spec, variables, now)
+        except MetricError as e:
+            raise PermanentError(f"metric {name!r}: {'; '.join(e.problems)}") from None
+    return out
+
+
+def _measure_all(
+    ctx: Context, obj: Mapping[str, Any], experiment: Experiment, started: datetime, now: datetime
+) -> dict[str, Any]:
+    elapsed = max(1, int((now - started).total_seconds()))
     data: dict[str, Any] = {}
     for name in metric_names(experiment):
         spec = _metric(ctx, experiment, name)
-        per_version: dict[str, Any] = {}
-        for version in info.versions:
-            variables = variables_for(
-                name=target_name,
-                namespace=target_ns or experiment.namespace,
-                revision=version.variables.get("revision", version.name),
-                elapsed_seconds=max(1, int((now - started).total_seconds())),
-                interval_seconds=int(experiment.spec.duration.interval_seconds),
-                version_variables=version.variables,
-            )
-            try:
-                m: Measurement = ctx.metrics.measure(spec, variables, now)
-            except MetricError as e:
-                raise PermanentError(f"metric {name!r}: {'; '.join(e.problems)}") from None
-            per_version[version.name] = measurement_to_dict(m)
+        per_version = {
+            version: measurement_to_dict(m)
+            for version, m in _measure_versions(ctx, experiment, name, spec, elapsed, now).items()
+        }
         # Which library measured, and in which units, travel with the measurements into
         # status.analysis.aggregatedMetrics (Status.metrics_library reads them back).
         data[name] = {

@@ -21,11 +21,12 @@ import copy
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import Enum, StrEnum
 from typing import Any, Final, TypeVar
 
+from analytics.conditional import RatioTest
 from analytics.model import Experiment
 from analytics.parse import SpecError, parse_experiment
 from analytics.recommendation import Action, Recommendation, recommendation_to_dict
@@ -206,6 +207,9 @@ class Status:
     # iterate (functions/core/iterate.py): the measurement asked for and taken, recorded
     # before the event that carries it, so assess can tell it from a forgery.
     measurement: MeasurementRecord | None = None
+    # assess (functions/core/assess.py): the running conditional test of each maxRatio
+    # objective, metric -> candidate -> test, each iteration's own counts folded in once.
+    ratio_tests: Mapping[str, Mapping[str, RatioTest]] = field(default_factory=dict)
 
     @classmethod
     def read(cls, obj: Mapping[str, Any]) -> Status:
@@ -240,6 +244,7 @@ class Status:
             abort_reason=_text(raw.get("abortReason")),
             history=tuple(dict(h) for h in _items(raw.get("history")) if isinstance(h, Mapping)),
             measurement=MeasurementRecord.read(raw.get("measurement")),
+            ratio_tests=_ratio_tests(raw.get("ratioTests")),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -280,6 +285,7 @@ class Status:
             "abortReason": self.abort_reason,
             "history": [dict(h) for h in self.history] or None,
             "measurement": None if self.measurement is None else self.measurement.to_dict(),
+            "ratioTests": ratio_tests_to_list(self.ratio_tests) or None,
         }
         return {k: v for k, v in fields.items() if v is not None}
 
@@ -381,6 +387,33 @@ def _weights(value: object) -> tuple[VersionWeight, ...]:
             return ()
         weights.append(VersionWeight(w["name"], weight))
     return tuple(weights)
+
+
+def ratio_tests_to_list(tests: Mapping[str, Mapping[str, RatioTest]]) -> list[dict[str, Any]]:
+    """`status.ratioTests` as the CRD stores it: one entry per metric and candidate."""
+    return [
+        {"metric": metric, "version": version, **test.to_dict()}
+        for metric, by_version in tests.items()
+        for version, test in by_version.items()
+    ]
+
+
+def _ratio_tests(value: object) -> dict[str, dict[str, RatioTest]]:
+    """The running tests; a malformed entry is left out (the CRD admits none), so that
+    test starts afresh rather than the stage failing."""
+    out: dict[str, dict[str, RatioTest]] = {}
+    for item in _items(value):
+        if not isinstance(item, Mapping):
+            continue
+        metric, version = _text(item.get("metric")), _text(item.get("version"))
+        if not metric or not version:
+            continue
+        try:
+            test = RatioTest.from_dict(item)
+        except (KeyError, ValueError, TypeError):
+            continue
+        out.setdefault(metric, {})[version] = test
+    return out
 
 
 def _recommendation(value: object) -> Recommendation | None:

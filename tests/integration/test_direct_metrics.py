@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import urllib.request
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -80,3 +81,37 @@ def test_a_query_it_cannot_evaluate_is_refused_by_name(
     busy, _, _, _ = versions
     with pytest.raises(MetricQueryError, match="histogram_quantile"):
         measure(DirectMetricsSource([busy.url]), "p95-latency", "iris-00001")
+
+
+def test_a_window_shorter_than_the_experiment_counts_only_what_it_covers(
+    versions: tuple[ModelVersion, ModelVersion, int, int],
+) -> None:
+    """The conditional ratio test reads each iteration's own window: the same template with
+    `$elapsed` the window. Runs last: it sends the idle revision requests."""
+    _, idle, _, _ = versions
+    source = DirectMetricsSource([idle.url])
+    t1 = datetime(2026, 1, 1, 0, 1, tzinfo=UTC)
+
+    def rate(at: datetime, elapsed: int) -> object:
+        variables = variables_for(
+            name="iris",
+            namespace="demo",
+            revision="iris-00002",
+            elapsed_seconds=elapsed,
+            interval_seconds=60,
+        )
+        return source.measure(LIBRARY["error-rate"], variables, at)
+
+    body = json.dumps({"instances": [[5.1, 3.5, 1.4, 0.2]]}).encode()
+
+    def send(n: int) -> None:
+        for _ in range(n):
+            request = urllib.request.Request(f"{idle.model_url}:predict", data=body)
+            urllib.request.urlopen(request, timeout=5).read()
+
+    send(7)
+    assert rate(t1, 60) == Counts(0, 7)  # no earlier reading: the experiment so far
+    send(5)
+    t2 = t1 + timedelta(seconds=60)
+    assert rate(t2, 60) == Counts(0, 5)  # since the reading at t1
+    assert rate(t2, 120) == Counts(0, 12)  # the cumulative figure is unchanged

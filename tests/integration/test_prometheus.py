@@ -22,6 +22,7 @@ from werkzeug import Request, Response
 
 from analytics.measurements import Counts, Histogram, Measurement, Moments, NoData, PointValue
 from functions.adapters.prometheus import PrometheusSource
+from functions.core.iterate import window_counts
 from functions.core.metrics import (
     MetricQueryError,
     MetricSpec,
@@ -367,6 +368,27 @@ def test_every_library_metric_measures_exactly(source: PrometheusSource, path: P
     assert got == expected
     gone = source.measure(metric, variables("sklearn-iris-predictor-00099", namespace), WHEN)
     assert isinstance(gone, NoData)
+
+
+@pytest.mark.parametrize("metric", ["error-rate", "latency"])
+def test_one_iterations_window_is_the_same_template_over_the_window(
+    source: PrometheusSource, metric: str
+) -> None:
+    """iterate reads a maxRatio metric's own window by rendering `$elapsed` as the seconds
+    since the last iteration; on the steady history the last minute holds a tenth of it,
+    and rounding to counts absorbs `increase`'s extrapolation."""
+    spec = load(LIBRARY / "knative-1.18" / f"{metric}.yaml")
+    window = variables_for(
+        name=ISVC,
+        namespace=NAMESPACE,
+        revision=KSERVE_CANDIDATE,
+        elapsed_seconds=ELAPSED // 10,
+        interval_seconds=10,
+    )
+    cumulative = window_counts(source.measure(spec, variables(KSERVE_CANDIDATE), WHEN), 250)
+    assert cumulative is not None
+    events, trials = cumulative
+    assert window_counts(source.measure(spec, window, WHEN), 250) == (events // 10, trials // 10)
 
 
 def test_only_the_v1alpha2_library_ignores_a_transformer_revision(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from datetime import UTC, datetime
 
+from analytics.conditional import RatioTest
 from analytics.recommendation import Action, Recommendation
 from functions.core.status import (
     Condition,
@@ -57,6 +58,7 @@ def full_status() -> Status:
         measurement=MeasurementRecord(
             3, T0.replace(minute=3), T0.replace(minute=3, second=1), "0" * 64, failed=True
         ),
+        ratio_tests={"error-rate": {"b": RatioTest(1.5).fold(3, 4, 300, 10, 700)}},
     )
     unset = [f.name for f in dataclasses.fields(status) if not getattr(status, f.name)]
     assert not unset, f"full_status leaves {unset} unset"

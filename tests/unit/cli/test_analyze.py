@@ -17,6 +17,7 @@ from typing import Any, Final
 import pytest
 import yaml
 
+from analytics.conditional import RatioTest
 from cli import analyze as analyze_command
 from cli import main
 from cli.analyze import MAX_DEPTH, MAX_FILE_BYTES
@@ -553,3 +554,76 @@ def test_a_huge_value_is_quoted_by_a_prefix_and_problems_are_capped(
     err = _refused(capsys, tmp_path, json.dumps(doc), "apiVersion: must be one of")
     assert "'vvvv" in err and "…" in err
     assert err.count("\n  ") == 21 and "\n  … and " in err
+
+
+# A canary whose candidate fails twice as often as the baseline in every window, but whose
+# cumulative rate is lower: a global burst hit the baseline's larger share of traffic.
+RATIO_CANARY: Final = """\
+apiVersion: arbiter.dev/v1alpha1
+kind: Experiment
+metadata: {name: ratio, namespace: test}
+spec:
+  target: test/model
+  strategy: {testingPattern: Canary}
+  criteria:
+    objectives: [{metric: error-rate, maxRatio: 1.5}]
+  duration: {intervalSeconds: 60, iterationsPerLoop: 12}
+  versionInfo:
+    baseline: {name: v1}
+    candidates: [{name: v2}]
+status:
+  completedIterations: 6
+  analysis:
+    aggregatedMetrics:
+      data:
+        error-rate:
+          data:
+            v1: {events: 10500, trials: 100000}
+            v2: {events: 840, trials: 33000}
+"""
+RATIO_WINDOWS: Final = [((20, 1000), (100, 10000))] * 2 + [((200, 1000), (10000, 50000))]
+RATIO_WINDOWS += [((200, 10000), (100, 10000))] * 3
+
+
+def _ratio_document(with_tests: bool) -> dict[str, Any]:
+    document: dict[str, Any] = yaml.safe_load(RATIO_CANARY)
+    if with_tests:
+        test = RatioTest(1.5)
+        for k, (candidate, baseline) in enumerate(RATIO_WINDOWS, start=1):
+            test = test.fold(k, *candidate, *baseline)
+        entry = {"metric": "error-rate", "version": "v2", **test.to_dict()}
+        document["status"]["ratioTests"] = [entry]
+    return document
+
+
+@pytest.mark.parametrize("with_tests", [True, False], ids=["ratioTests", "cumulative"])
+def test_a_ratio_objective_uses_the_status_ratio_tests_and_says_which_test_judged_it(
+    with_tests: bool, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "experiment.yaml"
+    path.write_text(yaml.safe_dump(_ratio_document(with_tests)), encoding="utf-8")
+    result = analyze(capsys, str(path), "--seed", "1")
+    [candidate] = result["evidence"]["versions"]["v2"]
+    [condition] = candidate["conditions"]
+    if with_tests:
+        assert condition["verdict"] == "violated", condition
+        assert condition["reason"].startswith("conditional test over 6 iterations"), condition
+        assert result["recommendation"]["action"] == "rollback"
+    else:
+        assert condition["verdict"] == "satisfied", condition
+        assert "cumulative comparison (no per-iteration counts)" in condition["reason"]
+
+
+def test_a_ratio_test_out_of_bounds_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    document = _ratio_document(with_tests=True)
+    document["status"]["ratioTests"][0]["margin"] = 0
+    document["status"]["ratioTests"][0]["violation"] = [0.0]
+    path = tmp_path / "experiment.yaml"
+    path.write_text(yaml.safe_dump(document), encoding="utf-8")
+    code, out, err = run_cli(capsys, "analyze", str(path))
+    assert (code, out) == (2, "")
+    assert "  status.ratioTests[0].margin: must be in (0, 1000], got 0" in err, err
+    assert "  status.ratioTests[0].violation: must hold 6 numbers" in err, err
+    assert "Traceback" not in err
