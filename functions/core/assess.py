@@ -213,5 +213,9 @@ def assess(ctx: Context, request: Request[events.Measured]) -> None:
         # The decision is recorded (stage Finishing) before experiment.concluded says it.
         follow_up = events.Concluded.recommended(analysis.recommendation)
         status = sweep.with_decision(status, follow_up, now)
+        if weights is not None and spec.strategy.testing_pattern is not TestingPattern.CONFORMANCE:
+            # The split the decision ends on is written ahead like every other: finish then
+            # applies a split the status already asked for.
+            status = status.with_desired(weights)
     ctx.store.write_status(obj, status.to_dict())
     ctx.sink.emit(events.make(follow_up, st.ref_of(obj), iteration, stage=STAGE))

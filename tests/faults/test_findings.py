@@ -338,7 +338,6 @@ def test_f9_duplicates_stay_within_k_times_the_clean_run(
 # -- I1: the intended split is recorded before it is applied -------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="I1: assess and finish patch traffic before recording it")
 def test_i1_every_split_is_recorded_before_it_is_applied(harness: Harness) -> None:
     h = harness
     _, e = setup(h, "canary")
