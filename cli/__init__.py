@@ -14,10 +14,6 @@ from collections.abc import Sequence
 from cli import analyze, bench, completion, describe, plan, report, run, watch
 
 
-class UsageError(Exception):
-    """Bad input from the person at the keyboard: exit code 2 with this message."""
-
-
 def version() -> str:
     try:
         return importlib.metadata.version("arbiter")

@@ -38,7 +38,7 @@ from analytics.model import DeploymentPattern, Experiment, TestingPattern
 from analytics.recommendation import Action
 from functions.core import events, failures, rollout, sweep
 from functions.core import status as st
-from functions.core.backends import model_for
+from functions.core.backends import backend_for
 from functions.core.context import Context
 from functions.core.errors import InvalidEventError
 from functions.core.events import Request
@@ -170,7 +170,7 @@ def assess(ctx: Context, request: Request[events.Measured]) -> None:
             status = status.with_desired(weights)
             obj = ctx.store.write_status(obj, status.to_dict())
         current = rollout.set_split(
-            ctx, model_for(spec, experiment.namespace), weights, holder=st.ref_of(obj)
+            ctx, backend_for(spec, experiment.namespace), weights, holder=st.ref_of(obj)
         )
 
     now = ctx.clock.now()

@@ -34,7 +34,7 @@ from analytics.model import Experiment, TestingPattern
 from analytics.recommendation import Action
 from functions.core import events, failures, ownership, rollout, sweep
 from functions.core import status as st
-from functions.core.backends import TrafficBackend, model_for
+from functions.core.backends import TrafficBackend, backend_for
 from functions.core.context import Context
 from functions.core.errors import ArbiterError, NotFoundError, PermanentError
 from functions.core.events import ExperimentRef
@@ -125,7 +125,7 @@ def finish(ctx: Context, ref: ExperimentRef, iteration: int, hint: events.Conclu
         message = f"cannot restore the baseline: the stored spec does not parse: {e}"
         _end_failed(ctx, obj, status, "InvalidSpec", message)
         return
-    model = model_for(experiment.spec, experiment.namespace)
+    model = backend_for(experiment.spec, experiment.namespace)
     holder = st.ref_of(obj)
     info = experiment.spec.version_info
     baseline = info.baseline.name if info else ""
@@ -206,7 +206,7 @@ def _last_attempt(
         message = f"{late}; Conformance moves no traffic"
     else:
         try:
-            backend = model_for(experiment.spec, experiment.namespace)
+            backend = backend_for(experiment.spec, experiment.namespace)
             split = rollout.rollback(ctx, backend, holder=st.ref_of(obj))
         except NotFoundError as e:
             message = f"{late}; {target}: {e}; nothing to restore"
@@ -263,7 +263,7 @@ def _restorable(obj: Mapping[str, Any]) -> TrafficBackend | None:
             return None
         if experiment.spec.version_info is None:
             return None
-        model = model_for(experiment.spec, experiment.namespace)
+        model = backend_for(experiment.spec, experiment.namespace)
         model.refs  # noqa: B018 - a spec that cannot name its objects raises here
         return model
     except PermanentError:
@@ -276,7 +276,7 @@ def _let_go(ctx: Context, obj: dict[str, Any]) -> None:
     ref = st.ref_of(obj)
     try:
         experiment = st.resolved_experiment(obj)
-        model: TrafficBackend | None = model_for(experiment.spec, experiment.namespace)
+        model: TrafficBackend | None = backend_for(experiment.spec, experiment.namespace)
     except PermanentError:
         model = None
     if model is not None:

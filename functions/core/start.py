@@ -26,7 +26,7 @@ from analytics.model import DeploymentPattern, Experiment, TestingPattern
 from analytics.split import initial_weights
 from functions.core import events, failures, ownership, rollout, sweep, tenancy
 from functions.core import status as st
-from functions.core.backends import model_for
+from functions.core.backends import backend_for
 from functions.core.context import Context
 from functions.core.errors import NotFoundError, PermanentError, TransientError
 from functions.core.events import ExperimentRef
@@ -212,7 +212,7 @@ def start_one(
         return
     status = status.with_condition(ConditionType.TARGET_ACQUIRED, True, "TargetAcquired", "", now)
 
-    model = model_for(experiment.spec, experiment.namespace)
+    model = backend_for(experiment.spec, experiment.namespace)
     try:
         objects = rollout.fetch(ctx, model)
         resolution = model.resolve(objects)
@@ -303,7 +303,7 @@ def _apply_first_split(ctx: Context, obj: dict[str, Any]) -> dict[str, Any]:
     if not desired or desired == status.split:
         return obj
     experiment = st.resolved_experiment(obj)
-    model = model_for(experiment.spec, experiment.namespace)
+    model = backend_for(experiment.spec, experiment.namespace)
     applied = rollout.set_split(ctx, model, desired, holder=st.ref_of(obj))
     status = replace(status.with_split(applied), last_update_time=ctx.clock.now())
     return ctx.store.write_status(obj, status.to_dict())

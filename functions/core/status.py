@@ -30,7 +30,7 @@ from analytics.conditional import RatioTest
 from analytics.model import Experiment
 from analytics.parse import SpecError, parse_experiment
 from analytics.recommendation import Action, Recommendation, recommendation_to_dict
-from functions.core.backends import model_for
+from functions.core.backends import backend_for
 from functions.core.errors import ConflictError, NotFoundError, PermanentError
 from functions.core.events import ExperimentRef
 from functions.core.ports import ExperimentStore
@@ -524,7 +524,7 @@ def spec_problems(obj: Mapping[str, Any]) -> list[str]:
     carry its traffic: a CRD-valid spec may still name half a weightObjRef)."""
     try:
         experiment = parse_experiment(_without_status(obj), require_versions=False)
-        model_for(experiment.spec, experiment.namespace).refs  # noqa: B018 - validates
+        backend_for(experiment.spec, experiment.namespace).refs  # noqa: B018 - validates
     except SpecError as e:
         return list(e.problems)
     except PermanentError as e:

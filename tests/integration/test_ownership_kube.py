@@ -18,7 +18,7 @@ from kubernetes import client
 
 from functions.adapters.kubernetes import KubeExperimentStore, KubeObjects
 from functions.core import finish, ownership, start, status
-from functions.core.backends import Patch, model_for
+from functions.core.backends import Patch, backend_for
 from functions.core.context import Context
 from functions.core.events import ExperimentRef
 from functions.core.resources import KSERVE, ObjectRef
@@ -181,4 +181,4 @@ def test_a_take_that_loses_only_to_a_status_write_is_tried_again_and_holds(
 
 def _model(ctx: Context) -> Any:
     experiment = status.resolved_experiment(ctx.store.get(ExperimentRef(NS, "iris-canary")))
-    return model_for(experiment.spec, NS)
+    return backend_for(experiment.spec, NS)

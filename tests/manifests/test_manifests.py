@@ -1228,7 +1228,7 @@ class PortCallScan:
 
     def imports(self, tree: ast.Module) -> tuple[dict[str, str], dict[str, Fn]]:
         """Module aliases (`from functions.core import status as st`) and imported
-        functions (`from functions.core.traffic import model_for`) of a module."""
+        functions (`from functions.core.backends import backend_for`) of a module."""
         modules: dict[str, str] = {}
         names: dict[str, Fn] = {}
         for node in tree.body:

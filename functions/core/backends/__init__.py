@@ -52,7 +52,6 @@ __all__ = [
     "TrafficBackend",
     "backend_for",
     "get_path",
-    "model_for",
     "parse_field_path",
 ]
 
@@ -91,8 +90,3 @@ def backend_for(spec: ExperimentSpec, namespace: str) -> TrafficBackend:
     if ref.kind == KNATIVE_SERVICE.kind and ref.api_version == KNATIVE and not ref.field_path:
         return KnativeBackend(KNATIVE_SERVICE.ref(ref.namespace or ns, ref.name), spec)
     return FieldPathBackend(spec, ns)
-
-
-# The stages still call the old name; kept only until the concurrent typing of the stages
-# lands, then the call sites move to `backend_for` and this alias goes.
-model_for = backend_for

@@ -14,7 +14,7 @@ import pytest
 from cloudevents.http import CloudEvent
 
 from functions.core import finish, ownership, rollout
-from functions.core.backends import Patch, model_for
+from functions.core.backends import Patch, backend_for
 from functions.core.errors import TransientError
 from functions.core.events import (
     CONCLUDED,
@@ -342,7 +342,7 @@ def test_the_first_split_is_recorded_before_it_is_applied_and_applied_by_the_nex
     w = kserve_world(NS)
     obj = w.store.add(experiment())
     # the holder annotation is a patch too: take the target first, then fail the traffic patch
-    model = model_for(resolved_experiment(obj).spec, NS)
+    model = backend_for(resolved_experiment(obj).spec, NS)
     ownership.ensure_held(w.ctx, model, ref(obj), rollout.fetch(w.ctx, model))
     w.objects.failures.add("patch", TransientError("InferenceService API down"))
     assert w.deliver("start", added(obj)) == 503
@@ -413,7 +413,7 @@ def test_a_target_someone_else_holds_is_waited_for() -> None:
 def test_two_starts_racing_cannot_both_take_the_target() -> None:
     w = kserve_world(NS)
     a = w.store.add(experiment(name="a"))
-    model = model_for(resolved_experiment(a).spec, NS)
+    model = backend_for(resolved_experiment(a).spec, NS)
     seen = rollout.fetch(w.ctx, model)  # both read the target free
     ownership.ensure_held(w.ctx, model, ExperimentRef(NS, "a", "uid-a"), seen)
     # b's conditional take loses (409); it reads the target again and finds a holding it.
