@@ -85,3 +85,19 @@ def to_dict(analysis: Analysis) -> dict[str, Any]:
             },
         },
     }
+
+
+def status_analysis(analysis: Analysis, aggregated: dict[str, Any]) -> dict[str, Any]:
+    """`status.analysis` as the Experiment stores it: the measurements analysed and the
+    analysis in iter8's shape (each part under `data`), with the evidence beside."""
+    report = to_dict(analysis)
+    return {
+        "aggregatedMetrics": aggregated,
+        "versionAssessments": {"data": report["versionAssessments"]},
+        "winnerAssessment": {
+            "data": report["winnerAssessment"],
+            "message": analysis.winner.message,
+        },
+        "weights": {"data": report["weights"]},
+        "evidence": report["evidence"],
+    }

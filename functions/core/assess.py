@@ -33,7 +33,7 @@ from cloudevents.http import CloudEvent
 from analytics.analysis import analyze
 from analytics.assessment import RatioTests
 from analytics.conditional import RatioTest
-from analytics.document import to_dict
+from analytics.document import status_analysis
 from analytics.model import DeploymentPattern, Experiment, TestingPattern
 from analytics.recommendation import Action
 from functions.core import events, failures, rollout, sweep
@@ -149,7 +149,7 @@ def assess(ctx: Context, request: Request[events.Measured]) -> None:
         experiment = replace(experiment, status=replace(experiment.status, ratio_tests=tests))
     uid = str(st.ref_of(obj).uid or ref)
     analysis = analyze(experiment, rng_for(uid, iteration))
-    report = to_dict(analysis)
+    stored = status_analysis(analysis, aggregated)
     action = analysis.recommendation.action
     spec = experiment.spec
 
@@ -183,16 +183,7 @@ def assess(ctx: Context, request: Request[events.Measured]) -> None:
         last_iteration_time=min(taken or now, now),
         last_update_time=now,
         transient_failures=0,
-        analysis={
-            "aggregatedMetrics": aggregated,
-            "versionAssessments": {"data": report["versionAssessments"]},
-            "winnerAssessment": {
-                "data": report["winnerAssessment"],
-                "message": analysis.winner.message,
-            },
-            "weights": {"data": report["weights"]},
-            "evidence": report["evidence"],
-        },
+        analysis=stored,
         recommendation=analysis.recommendation,
         version_recommended_for_promotion=analysis.version_recommended_for_promotion,
         message=(
@@ -205,7 +196,7 @@ def assess(ctx: Context, request: Request[events.Measured]) -> None:
     # The iteration as `arbiter report` plots it: a bounded history kept in the status.
     names = [v.name for v in spec.version_info.versions] if spec.version_info else []
     entry = st.history_entry(
-        iteration, now, names, status.split, report["evidence"], analysis.recommendation
+        iteration, now, names, status.split, stored["evidence"], analysis.recommendation
     )
     status = replace(status, history=st.with_history(status.history, entry))
     follow_up: events.Payload = events.Assessed()

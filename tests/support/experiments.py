@@ -19,7 +19,7 @@ import numpy as np
 import yaml
 
 from analytics.analysis import analyze
-from analytics.document import to_dict
+from analytics.document import status_analysis
 from analytics.parse import parse_experiment
 from analytics.recommendation import Action, Recommendation
 from functions.core import status as st
@@ -86,7 +86,7 @@ def staged(
             "analysis": {"aggregatedMetrics": aggregated},
         }
         analysis = analyze(parse_experiment(doc), np.random.default_rng(i))
-        report = to_dict(analysis)
+        stored = status_analysis(analysis, aggregated)
         at = T0 + i * INTERVAL
         split = status.split
         if analysis.weights is not None and analysis.recommendation.action is Action.CONTINUE:
@@ -96,22 +96,13 @@ def staged(
             completed_iterations=i,
             last_iteration_time=at,
             last_update_time=at,
-            analysis={
-                "aggregatedMetrics": aggregated,
-                "versionAssessments": {"data": report["versionAssessments"]},
-                "winnerAssessment": {
-                    "data": report["winnerAssessment"],
-                    "message": analysis.winner.message,
-                },
-                "weights": {"data": report["weights"]},
-                "evidence": report["evidence"],
-            },
+            analysis=stored,
             recommendation=analysis.recommendation,
             version_recommended_for_promotion=analysis.version_recommended_for_promotion,
             message=f"iteration {i} of 10: {analysis.recommendation.message}",
         ).with_split(split)
         entry = st.history_entry(
-            i, at, [BASELINE, CANDIDATE], split, report["evidence"], analysis.recommendation
+            i, at, [BASELINE, CANDIDATE], split, stored["evidence"], analysis.recommendation
         )
         status = replace(status, history=st.with_history(status.history, entry))
         if analysis.recommendation.action is not Action.CONTINUE:
