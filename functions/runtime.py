@@ -30,7 +30,7 @@ from werkzeug.exceptions import (
 )
 
 from analytics.measurements import Measurement
-from functions.adapters.kubernetes import KubeExperimentStore, KubeObjects, api_client
+from functions.adapters.kubernetes import KubeExperimentStore, KubeObjects, connect
 from functions.adapters.sink import FileToken, HttpEventSink
 from functions.core.context import Context
 from functions.core.errors import PermanentError, TransientError
@@ -99,7 +99,7 @@ def _default_context() -> Context:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    api = api_client(os.environ.get("KUBECONFIG"))
+    api = connect(os.environ.get("KUBECONFIG"), settings.kubernetes_url)
     return Context(
         store=KubeExperimentStore(api),
         objects=KubeObjects(api),

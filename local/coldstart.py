@@ -463,12 +463,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         server.emulator = ConvergedKServe()
         register_resources(server.emulator)
         stack.enter_context(server)
-        kubeconfig = server.write_kubeconfig(workdir / "kubeconfig")
         outside = Outside(metrics="")  # each round serves its own series
         url = stack.enter_context(outside.serve())
         env = {
             **os.environ,
-            "KUBECONFIG": str(kubeconfig),
+            # As in a pod: no kubeconfig to read (a pod's service account is two small files).
+            "KUBECONFIG": "",
+            "ARBITER_KUBERNETES_URL": server.url,
             "K_SINK": url + "/",
             "ARBITER_METRICS_TARGETS": url + "/metrics",
             "ARBITER_READBACK_TIMEOUT_SECONDS": "10",

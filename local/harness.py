@@ -30,10 +30,9 @@ from typing import Any, Final, TextIO
 import numpy as np
 import requests
 import yaml
-from kubernetes import client
+from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from functions.adapters.kubernetes import api_client
 from functions.core import status as st
 from functions.core.events import TRIGGERS
 from functions.core.resources import EXPERIMENT, METRIC, ObjectRef
@@ -267,7 +266,7 @@ class LocalRun:
                     prometheus = self._prometheus(stack, workdir, targets)
             else:
                 kubeconfig = str(self.options.kubeconfig)
-                api = api_client(kubeconfig)
+                api = config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
                 stack.callback(api.close)
                 servers = {}
                 prometheus = self.options.prometheus_url or ""
@@ -281,7 +280,11 @@ class LocalRun:
                 stack,
                 workdir,
                 {
-                    "KUBECONFIG": kubeconfig,
+                    # The emulator is reached as through `kubectl proxy`, so the functions take
+                    # the path they take in a pod (no kubeconfig, no official client); an
+                    # inherited KUBECONFIG must not point them at another cluster.
+                    "KUBECONFIG": "" if local else kubeconfig,
+                    "ARBITER_KUBERNETES_URL": api.configuration.host if local else "",
                     "K_SINK": sink,
                     "ARBITER_PROMETHEUS_URL": prometheus,
                     "ARBITER_METRICS_TARGETS": direct,

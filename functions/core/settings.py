@@ -42,6 +42,9 @@ class Settings:
     # The OIDC token the SinkBinding mounts when Eventing's authentication-oidc is on; sent
     # to the broker as a bearer token. No file, no token: OIDC is off.
     sink_token_file: str = "/oidc/token"
+    # The API server's URL when it is reached through `kubectl proxy` (which adds the
+    # credentials) or in a local run; unset on a cluster: the pod's service account is used.
+    kubernetes_url: str | None = None
     # Read these /metrics endpoints directly instead of Prometheus (a local run without a
     # prometheus binary); empty on a cluster.
     metrics_targets: tuple[str, ...] = ()
@@ -102,6 +105,7 @@ class Settings:
             log_level=level,
             sink=env.get("K_SINK") or None,
             sink_token_file=env.get(_PREFIX + "SINK_TOKEN_FILE") or cls.sink_token_file,
+            kubernetes_url=(env.get(_PREFIX + "KUBERNETES_URL") or "").strip() or None,
             metrics_targets=tuple(
                 t.strip() for t in env.get(_PREFIX + "METRICS_TARGETS", "").split(",") if t.strip()
             ),

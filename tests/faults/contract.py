@@ -12,13 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
-import urllib3
 import yaml
 from cloudevents.http import CloudEvent
-from kubernetes.client.exceptions import ApiException
 
-from functions.adapters.kubernetes import KubeExperimentStore, KubeObjects
-from functions.adapters.kubernetes import call as kube_call
+from functions.adapters.kubernetes import KubeExperimentStore, KubeObjects, api_error, unreachable
 from functions.adapters.prometheus import PrometheusSource
 from functions.core import events, ownership
 from functions.core.context import Context
@@ -109,19 +106,11 @@ def context(*, store: Any, objects: Any, metrics: Any, sink: Any, clock: Any) ->
 def api_failure(what: str, kind: str) -> Exception:
     """The error the Kubernetes adapter raises for an API 409, 500 or a read timeout: the
     failure goes through the adapter's own translation, as a real one would."""
-
-    def fail() -> object:
-        if kind == "409":
-            raise ApiException(status=409, reason="Conflict")
-        if kind == "500":
-            raise ApiException(status=500, reason="Internal Server Error")
-        raise urllib3.exceptions.ReadTimeoutError(None, what, "read timed out")  # type: ignore[arg-type]
-
-    try:
-        kube_call(what, fail)
-    except Exception as e:
-        return e
-    raise AssertionError("unreachable")
+    if kind == "409":
+        return api_error(what, 409, "", "Conflict")
+    if kind == "500":
+        return api_error(what, 500, "", "Internal Server Error")
+    return unreachable(what, TimeoutError("read timed out"))
 
 
 __all__ = [

@@ -1,9 +1,10 @@
 """The adapters' error mapping, with the real clients: what each failure becomes for a stage.
 
-`functions.adapters.kubernetes` runs the official kubernetes client against the emulated
-API server for what it really answers (404, 409 on a stale resourceVersion, 400/422 on a
-bad patch), and against a tiny HTTP server for what it cannot be made to answer (429,
-5xx, a timeout) and against a closed port. `functions.adapters.sink.HttpEventSink` posts
+`functions.adapters.kubernetes` (its own REST calls; an official client's configuration
+handed over with `KubeApi.of`) runs against the emulated API server for what it really
+answers (404, 409 on a stale resourceVersion, 400/422 on a bad patch), against a tiny HTTP
+server for what it cannot be made to answer (429, 5xx, a redirect, a timeout) and against a
+closed port. `functions.adapters.sink.HttpEventSink` posts
 to pytest-httpserver. The mapping decides retries: TransientError answers 503 (Knative
 redelivers), PermanentError 422 (dead letter), so a wrong one loses events or loops.
 """
@@ -14,6 +15,7 @@ import json
 import re
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,8 +25,8 @@ from werkzeug import Request, Response
 
 from functions.adapters import kubernetes as kube_adapter
 from functions.adapters import sink as sink_adapter
-from functions.adapters.kubernetes import KubeExperimentStore, KubeObjects
-from functions.adapters.sink import HttpEventSink
+from functions.adapters.kubernetes import KubeApi, KubeExperimentStore, KubeObjects
+from functions.adapters.sink import FileToken, HttpEventSink
 from functions.core.backends import Patch
 from functions.core.errors import (
     ConflictError,
@@ -72,11 +74,8 @@ def isvc() -> dict[str, Any]:
     }
 
 
-def api_for(url: str) -> client.ApiClient:
-    configuration = client.Configuration()
-    configuration.host = url.rstrip("/")
-    configuration.retries = False  # one request per call: the broker does the retrying
-    return client.ApiClient(configuration)
+def api_for(url: str) -> KubeApi:
+    return KubeApi(url)
 
 
 # --- the Kubernetes adapter against the emulator -----------------------------------------
@@ -243,6 +242,67 @@ def test_a_refused_connection_is_transient() -> None:
             KubeObjects(api).patch(Patch(ISVC_REF, "merge", {}))
     finally:
         api.close()
+
+
+def test_the_service_account_is_read_in_a_pod(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("t0\n")
+    (tmp_path / "ca.crt").write_text("-----BEGIN CERTIFICATE-----\n")
+    env = {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"}
+    api = KubeApi.in_cluster(env, tmp_path)
+    assert api is not None
+    assert api.host == "https://10.96.0.1:443"
+    assert api._session.verify == str(tmp_path / "ca.crt")
+    six = KubeApi.in_cluster({**env, "KUBERNETES_SERVICE_HOST": "fd00::1"}, tmp_path)
+    assert six is not None and six.host == "https://[fd00::1]:443"
+    assert KubeApi.in_cluster({}, tmp_path) is None
+
+
+def test_the_token_is_read_afresh_for_every_request(httpserver: HTTPServer, tmp_path: Path) -> None:
+    # Projected service account tokens are rotated in place by the kubelet.
+    token = tmp_path / "token"
+    token.write_text("first")
+    seen: list[str | None] = []
+
+    def answer(request: Request) -> Response:
+        seen.append(request.headers.get("Authorization"))
+        return Response(json.dumps(experiment()), content_type="application/json")
+
+    httpserver.expect_request(re.compile(".*")).respond_with_handler(answer)
+    store = KubeExperimentStore(KubeApi(httpserver.url_for("/"), token=FileToken(str(token))))
+    store.get(REF)
+    token.write_text("second")
+    store.get(REF)
+    assert seen == ["Bearer first", "Bearer second"]
+
+
+def test_an_official_clients_credentials_are_carried_over(httpserver: HTTPServer) -> None:
+    seen: list[str | None] = []
+
+    def answer(request: Request) -> Response:
+        seen.append(request.headers.get("Authorization"))
+        return Response(json.dumps({"items": []}), content_type="application/json")
+
+    httpserver.expect_request(re.compile(".*")).respond_with_handler(answer)
+    configuration = client.Configuration()
+    configuration.host = httpserver.url_for("/").rstrip("/")
+    configuration.api_key = {"authorization": "from-kubeconfig"}
+    configuration.api_key_prefix = {"authorization": "Bearer"}
+    with client.ApiClient(configuration) as official:
+        assert KubeExperimentStore(official).list() == []
+    assert seen == ["Bearer from-kubeconfig"]
+
+
+def test_a_redirect_is_refused_not_followed(
+    answering: tuple[HTTPServer, KubeExperimentStore],
+) -> None:
+    # The API server never redirects; following one would carry the token elsewhere.
+    server, store = answering
+    server.expect_request(re.compile(".*")).respond_with_data(
+        "", status=302, headers={"Location": "http://elsewhere.invalid/"}
+    )
+    with pytest.raises(PermanentError, match="answered 302"):
+        store.get(REF)
+    assert len(server.log) == 1
 
 
 # --- the event sink ----------------------------------------------------------------------
