@@ -982,16 +982,11 @@ def test_the_series_follow_the_status(prometheus: str) -> None:
     assert value(f"max by (type) (arbiter_experiment_condition{{{sel}}})") == {
         c["type"]: 1.0 if c["status"] == "True" else 0.0 for c in final["conditions"]
     }
-    # The traffic split at every write is the one the status read back then.
+    # At every write, the weights are the split that write read back (none before the first).
+    ramp = []
     for i, obj in enumerate(canary_run()):
-        split = (obj.get("status") or {}).get("currentWeightDistribution")
-        at = T0 + i * STEP
-        got = value(f"max by (version) (arbiter_experiment_version_weight{{{sel}}})", at)
-        if split:
-            assert got == {w["name"]: w["value"] for w in split}, f"write {i}"
-    ramp = [
-        value(f'arbiter_experiment_version_weight{{version="{CANDIDATE_REVISION}"}}', T0 + i * STEP)
-        for i in range(len(canary_run()))
-    ]
-    seen = [next(iter(v.values())) for v in ramp if v]
-    assert seen[-1] == 100 and len(set(seen)) > 2, f"the candidate's ramp: {seen}"
+        split = (obj.get("status") or {}).get("currentWeightDistribution") or []
+        got = value(f"max by (version) (arbiter_experiment_version_weight{{{sel}}})", T0 + i * STEP)
+        assert got == {w["name"]: w["value"] for w in split}, f"write {i}"
+        ramp += [got[CANDIDATE_REVISION]] if got else []
+    assert ramp == sorted(ramp) and len(set(ramp)) > 2 and ramp[-1] == 100, ramp
