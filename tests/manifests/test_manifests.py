@@ -1105,12 +1105,13 @@ def granted(service_account: str, *paths: str) -> set[tuple[str, str, str]]:
 
 
 def _traffic_resources() -> set[tuple[str, str]]:
-    """Every kind of object a traffic backend patches: the three built in, plus whatever
+    """Every kind of object a traffic backend patches: the four built in, plus whatever
     a sample names as a weightObjRef (the generic field-path backend)."""
     refs = [
         resources.ObjectRef(resources.KSERVE, "InferenceService", "", ""),
         resources.ObjectRef(resources.KFSERVING, "InferenceService", "", ""),
         resources.ObjectRef(resources.KNATIVE, "Service", "", ""),
+        resources.ObjectRef(resources.GATEWAY, "HTTPRoute", "", ""),
     ]
     for _, doc in docs_in("samples/experiments"):
         info = doc.get("spec", {}).get("versionInfo") or {}
