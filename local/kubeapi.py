@@ -93,6 +93,7 @@ from kmock._internal import parsing, rendering
 from functions.core.backends import PROBLEMS
 from functions.core.resources import (
     EXPERIMENT,
+    HTTPROUTE,
     ISTIO_VIRTUAL_SERVICE,
     KFSERVING_ISVC,
     KNATIVE_REVISION,
@@ -774,6 +775,7 @@ def register_resources(emulator: kmock.KubernetesEmulator) -> None:
         (KNATIVE_SERVICE, {"ksvc", "kservice"}, True, True),
         (KNATIVE_REVISION, {"rev"}, True, False),
         (ISTIO_VIRTUAL_SERVICE, {"vs"}, True, False),
+        (HTTPROUTE, set(), True, True),
         (Resource("", "v1", "Namespace"), {"ns"}, False, True),
         (Resource("", "v1", "ConfigMap"), {"cm"}, True, False),
         (Resource("", "v1", "Event"), {"ev"}, True, False),
