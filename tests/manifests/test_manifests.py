@@ -3,8 +3,9 @@
 No cluster is needed: the CRD schemas are applied with `jsonschema` (after translating the
 Kubernetes structural-schema extensions) and their CEL rules with cel-python; the Trigger
 filters are compared with functions.core.events.TRIGGERS, the RBAC with the API calls the
-stages make, the settings ConfigMap with Settings, and the Knative objects are validated with
-the JSON schemas of @kubernetes-models/knative (tools/knative-validate, run by node).
+stages make, the settings ConfigMap with Settings, and the Knative, Gateway API and Istio
+objects are validated with the JSON schemas of @kubernetes-models (tools/knative-validate,
+run by node).
 """
 
 from __future__ import annotations
