@@ -41,7 +41,8 @@ os-deps:
 		echo '  sudo apt-get install --no-install-recommends chromium' >&2; \
 	fi
 
-# The Knative manifest validator (tools/knative-validate), pinned by its package-lock.
+# The schema validator for Knative, Gateway API and Istio objects (tools/knative-validate),
+# pinned by its package-lock: the manifest tests and the local API server use it.
 KNATIVE_VALIDATE := tools/knative-validate
 NODE_STAMP := $(KNATIVE_VALIDATE)/node_modules/.package-lock.json
 

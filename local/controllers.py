@@ -1,4 +1,5 @@
-"""Stand-ins for the KServe, KFServing and Knative Serving controllers, for the local run.
+"""Stand-ins for the KServe, KFServing, Knative Serving and Gateway API controllers, for the
+local run.
 
 On a cluster those controllers turn a traffic spec into routes and report the split in
 status; Arbiter reads the split back from there. Locally nothing would, so

@@ -45,17 +45,23 @@ each one closed) that this subclass closes:
 - the request log is bounded (see below);
 - the backends' validating webhooks: a create or update of a Knative Service or a KFServing
   v1alpha2 InferenceService that the webhook would deny answers 400 with its problems (the
-  rules are the backends', functions.core.backends `PROBLEMS`).
+  rules are the backends', functions.core.backends `PROBLEMS`);
+- schema validation, for the kinds whose schemas are published (Knative, Gateway API
+  HTTPRoute, Istio VirtualService; local.schemas runs the validator the manifest tests use):
+  any write, status included, that breaks the schema answers 422 Invalid with a cause per
+  field, as the API server does for a CRD; so do the CRD CEL rules the schemas leave out,
+  written by hand (functions.core.backends `CEL_RULES`).
 
-Not closed: no schema validation, defaulting, other admission, owner-reference garbage collection or
-namespace existence checks; no server-side apply; strategic merge is a plain merge (lists
-are replaced, not merged by key); no pagination (`limit`/`continue` are ignored, every item is
-returned); field selectors accept any path (a cluster allows a few per kind); no BOOKMARK
-events; no deletecollection; PUT without a resourceVersion is an unconditional update (a
-cluster refuses that for custom resources); JSON bodies only, so kubectl's typed generators
-(`kubectl create namespace|configmap`, which send protobuf) get 415, while `kubectl create -f`
-works; no /openapi, so kubectl needs `--validate=false` for create and apply; no Table output;
-no authentication.
+Not closed: no schema validation of other kinds (KServe, Arbiter's own), no defaulting,
+other admission, owner-reference garbage collection or namespace existence checks; no
+server-side apply; strategic merge is a plain merge (lists are replaced, not merged by key);
+no pagination (`limit`/`continue` are ignored, every item is returned); field selectors
+accept any path (a cluster allows a few per kind); no BOOKMARK events; no deletecollection;
+PUT without a resourceVersion is an unconditional update (a cluster refuses that for custom
+resources); JSON bodies only, so kubectl's typed generators (`kubectl create
+namespace|configmap`, which send protobuf) get 415, while `kubectl create -f` works; no
+/openapi, so kubectl needs `--validate=false` for create and apply; no Table output; no
+authentication.
 
 Request log: kmock appends every request to a log and, on every request, scans that log once
 per reaction, so latency grew by about 5 ms per 100 requests served. Here a request stays in
@@ -90,9 +96,10 @@ import jsonpointer
 import kmock
 from kmock._internal import parsing, rendering
 
-from functions.core.backends import PROBLEMS
+from functions.core.backends import CEL_RULES, PROBLEMS
 from functions.core.resources import (
     EXPERIMENT,
+    HTTPROUTE,
     ISTIO_VIRTUAL_SERVICE,
     KFSERVING_ISVC,
     KNATIVE_REVISION,
@@ -102,6 +109,7 @@ from functions.core.resources import (
     Resource,
 )
 from local.lifecycle import Component
+from local.schemas import Cause, SchemasUnavailableError, SchemaValidator
 
 if TYPE_CHECKING:
     import kubernetes.client
@@ -307,6 +315,8 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
 
     watch_window: int
     """How many past changes per kind a watch can resume from (changes apply after `reset`)."""
+    schemas: SchemaValidator | None = None
+    """Checks writes of the kinds with published schemas; None checks none."""
     _revision: int
     _served: int
     _changes: collections.defaultdict[kmock.resource, collections.deque[_Change]]
@@ -465,6 +475,7 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
         if "status" in info.subresources:
             obj.pop("status", None)  # only /status writes status
         self._admit(request.resource, obj)
+        self._validate(request.resource, obj)
         return self._insert(request.resource, namespace, obj)
 
     def _insert(self, resource: kmock.resource, namespace: str | None, obj: Obj) -> Obj:
@@ -504,6 +515,7 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
         new["apiVersion"], new["kind"] = old.get("apiVersion"), old.get("kind")
         if not status_only:
             self._admit(key[0], new)
+        self._validate(key[0], new)
         meta = new["metadata"] = {k: v for k, v in _meta(new).items() if k not in _SERVER_OWNED}
         meta.update((k, old_meta[k]) for k in _SERVER_OWNED if k in old_meta)
         if new == old:
@@ -557,6 +569,38 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
                         f"admission webhook denied the request: validation failed: "
                         f"{'; '.join(found)}",
                     )
+
+    def _validate(self, resource: kmock.resource, obj: Obj) -> None:
+        """Refuse what the CRD's schema and CEL rules refuse, as the API server does: 422
+        Invalid, `Kind.group "name" is invalid: field: message`, a cause per field."""
+        found: list[Cause] = []
+        if self.schemas is not None:
+            try:
+                found = self.schemas.errors(obj)
+            except SchemasUnavailableError as e:
+                raise _fail(500, str(e), "InternalError") from None
+        for declared, rules in CEL_RULES.items():
+            if (declared.group, declared.plural) == (resource.group, resource.plural):
+                for problem in rules(obj):
+                    field, _, message = problem.partition(": ")
+                    found.append(Cause(field, "FieldValueInvalid", message))
+        if not found:
+            return
+        kind = str(obj.get("kind") or resource.plural)
+        name = str(_meta(obj).get("name") or "")
+        listed = [f"{c.field}: {c.message}" for c in found]
+        shown = listed[0] if len(listed) == 1 else f"[{', '.join(listed)}]"
+        raise kmock.KubernetesError(
+            status=422,
+            reason="Invalid",
+            message=f'{kind}.{resource.group} "{name}" is invalid: {shown}',
+            details={
+                "name": name,
+                "group": resource.group,
+                "kind": kind,
+                "causes": [c.as_dict() for c in found],
+            },
+        )
 
     def _delete(self, request: kmock.Request, info: kmock.ResourceInfo) -> Obj:
         key = self._key(request, info)
@@ -774,6 +818,7 @@ def register_resources(emulator: kmock.KubernetesEmulator) -> None:
         (KNATIVE_SERVICE, {"ksvc", "kservice"}, True, True),
         (KNATIVE_REVISION, {"rev"}, True, False),
         (ISTIO_VIRTUAL_SERVICE, {"vs"}, True, False),
+        (HTTPROUTE, set(), True, True),
         (Resource("", "v1", "Namespace"), {"ns"}, False, True),
         (Resource("", "v1", "ConfigMap"), {"cm"}, True, False),
         (Resource("", "v1", "Event"), {"ev"}, True, False),
@@ -798,9 +843,11 @@ class KubeApiServer(Component):
     thread-safe; they run on the server's loop.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, schemas: bool = True) -> None:
         self.emulator = KubeApiEmulator()
         register_resources(self.emulator)
+        self._schemas = SchemaValidator() if schemas else None
+        self.emulator.schemas = self._schemas
         self._host = host
         self._port = port
         self._url: str | None = None
@@ -847,6 +894,8 @@ class KubeApiServer(Component):
             if self._thread.is_alive():
                 raise RuntimeError(f"the API server did not stop within {timeout} s")
         self._url = self._loop = self._stopping = self._thread = None
+        if self._schemas is not None:
+            self._schemas.close()
 
     def _call(self, coroutine: Coroutine[Any, Any, _T], timeout: float = 10.0) -> _T:
         # The store belongs to the server's loop; touch it only from there.

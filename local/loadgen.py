@@ -6,7 +6,8 @@ from the Kubernetes API (re-read every `refresh_s`, 0.25 s by default), so traff
 soon as a function patches the object. `read_split` is the router's rule per backend, as a
 pure function of the object:
 
-- KServe v1beta1, KFServing v1alpha2 and Knative Service: the routes the backend programs
+- KServe v1beta1, KFServing v1alpha2, Knative Service and Gateway API HTTPRoute (its first
+  rule's backendRefs, by Service name): the routes the backend programs
   for the object's spec (functions.core.backends `ROUTES`, the rule the local controllers
   report in status too), derived from spec and status revisions rather than read from the
   status the controller writes after programming the route: the same rule without the

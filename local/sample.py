@@ -1,7 +1,7 @@
 """A local-run sample: the cluster objects to create, plus how the simulated versions behave.
 
 A sample is one multi-document YAML file. Every document but one is an ordinary cluster
-object (InferenceService, Knative Service, VirtualService, Metric, one or more
+object (InferenceService, Knative Service, VirtualService, HTTPRoute, Metric, one or more
 Experiments); the one `LocalRun` document is read only by `arbiter run`: the traffic rate,
 each version's profile (error rate, latency, model quality), the time before the candidate
 turns Ready, and the outcome each experiment promises (the tests hold every sample to it).
@@ -43,7 +43,7 @@ from analytics.parse import SpecError, parse_experiment
 from functions.core.resources import EXPERIMENT, ObjectRef
 from local.servers import Profile
 
-_TRAFFIC_KINDS = ("InferenceService", "Service", "VirtualService")
+_TRAFFIC_KINDS = ("InferenceService", "Service", "VirtualService", "HTTPRoute")
 
 
 class SampleError(ValueError):

@@ -2,7 +2,8 @@
 
 Code spells a kind through these constants, never as a literal: Arbiter's own Experiment and
 Metric, the traffic backends' objects (KServe and KFServing InferenceServices, Knative
-Services and Revisions) and the Istio VirtualService a field-path backend usually points at.
+Services and Revisions, Gateway API HTTPRoutes) and the Istio VirtualService a field-path
+backend usually points at.
 Arbiter's own apiVersion comes from the experiment parser, the lowest layer that checks it.
 `plural` is the one pluraliser and `ObjectRef` the one reference to a stored object.
 """
@@ -60,11 +61,14 @@ KFSERVING_ISVC: Final = Resource("serving.kubeflow.org", "v1alpha2", "InferenceS
 KNATIVE_SERVICE: Final = Resource("serving.knative.dev", "v1", "Service")
 KNATIVE_REVISION: Final = Resource("serving.knative.dev", "v1", "Revision")
 ISTIO_VIRTUAL_SERVICE: Final = Resource("networking.istio.io", "v1beta1", "VirtualService")
+GATEWAY_GROUP: Final = "gateway.networking.k8s.io"
+HTTPROUTE: Final = Resource(GATEWAY_GROUP, "v1", "HTTPRoute")
 
 # The backends' apiVersions, as an experiment's weightObjRef spells them.
 KSERVE: Final = KSERVE_ISVC.api_version
 KFSERVING: Final = KFSERVING_ISVC.api_version
 KNATIVE: Final = KNATIVE_SERVICE.api_version
+GATEWAY: Final = HTTPROUTE.api_version
 
 
 @dataclass(frozen=True)

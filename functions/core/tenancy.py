@@ -110,11 +110,12 @@ def expressible_problems(spec: ExperimentSpec) -> list[Problem]:
     most = backend.MAX_VERSIONS
     problems = []
     if most is not None and count > most:
+        between = "one baseline and one candidate" if most == 2 else f"at most {most} versions"
         problems.append(
             Problem(
                 "NotExpressible",
-                f"spec.versionInfo: {backend.DESCRIPTION} splits traffic between one baseline "
-                f"and one candidate; this experiment has {count} versions",
+                f"spec.versionInfo: {backend.DESCRIPTION} splits traffic between {between}; "
+                f"this experiment has {count} versions",
             )
         )
     if backend in (KnativeBackend, FieldPathBackend) and info is None:

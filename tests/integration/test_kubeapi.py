@@ -38,6 +38,7 @@ CUSTOM_GROUPS = {
     "serving.kubeflow.org/v1alpha2": {"inferenceservices", "inferenceservices/status"},
     "serving.knative.dev/v1": {"services", "services/status", "revisions"},
     "networking.istio.io/v1beta1": {"virtualservices"},
+    "gateway.networking.k8s.io/v1": {"httproutes", "httproutes/status"},
 }
 
 

@@ -74,6 +74,7 @@ def test_there_are_the_samples_the_issue_names() -> None:
         "bluegreen",
         "fixed-split",
         "conformance",
+        "canary-httproute",
     }
 
 
@@ -119,6 +120,10 @@ def test_traffic_moves_the_way_each_pattern_says(
     assert ramp[0] == [90, 10] and ramp[-1] == [0, 100], ramp
     assert all(b[1] - a[1] <= 10 for a, b in itertools.pairwise(ramp[:-1])), ramp
     assert splits("canary-bad-errors")[-1] == [100, 0]
+    # The HTTPRoute's weights, read back as shares once the Gateway stand-in accepted them.
+    route = splits("canary-httproute")
+    assert route[0] == [80, 20] and route[-1] == [0, 100], route
+    assert all(b[1] - a[1] <= 20 for a, b in itertools.pairwise(route[:-1])), route
 
 
 def test_a_bad_sample_is_exit_code_2_naming_the_file(tmp_path: Path) -> None:

@@ -323,7 +323,11 @@ def knative_service(name: str, traffic: list[dict[str, Any]]) -> dict[str, Any]:
         "apiVersion": KNATIVE,
         "kind": "Service",
         "metadata": {"name": name, "namespace": NS},
-        "spec": {"template": {"spec": {}}, "traffic": traffic},
+        # Knative's CRD requires a container (config/core/300-resources/service.yaml).
+        "spec": {
+            "template": {"spec": {"containers": [{"image": "ghcr.io/arbiter/model:1"}]}},
+            "traffic": traffic,
+        },
     }
 
 

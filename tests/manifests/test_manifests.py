@@ -3,8 +3,9 @@
 No cluster is needed: the CRD schemas are applied with `jsonschema` (after translating the
 Kubernetes structural-schema extensions) and their CEL rules with cel-python; the Trigger
 filters are compared with functions.core.events.TRIGGERS, the RBAC with the API calls the
-stages make, the settings ConfigMap with Settings, and the Knative objects are validated with
-the JSON schemas of @kubernetes-models/knative (tools/knative-validate, run by node).
+stages make, the settings ConfigMap with Settings, and the Knative, Gateway API and Istio
+objects are validated with the JSON schemas of @kubernetes-models (tools/knative-validate,
+run by node).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from functions import runtime
 from functions.adapters.kubernetes import KubeApi, KubeExperimentStore, KubeObjects
 from functions.core import events, resources
 from functions.core import status as st
-from functions.core.backends import parse_field_path
+from functions.core.backends import httproute, parse_field_path
 from functions.core.context import Context
 from functions.core.ports import ExperimentStore, Objects
 from functions.core.settings import Settings
@@ -522,8 +523,20 @@ def test_sample_experiments_point_at_the_sample_models() -> None:
             ref = v["weightObjRef"]
             obj = objects[(ref["kind"], ref["namespace"], ref["name"])]
             assert obj["apiVersion"] == ref["apiVersion"], rel(path)
-            weights.append(_field(obj, parse_field_path(ref["fieldPath"])))
-        if len(weights) == len(versions) > 2:  # one field per version: the generic backend
+            if "fieldPath" in ref:
+                weights.append(_field(obj, parse_field_path(ref["fieldPath"])))
+                continue
+            # An HTTPRoute: the version is the first rule's backendRef of its Service.
+            assert ref["kind"] == resources.HTTPROUTE.kind, rel(path)
+            variables = {x["name"]: x["value"] for x in v.get("variables") or []}
+            service = variables.get("service", v["name"])
+            refs = obj["spec"]["rules"][0]["backendRefs"]
+            (backend,) = [b for b in refs if b["name"] == service]
+            weights.append(httproute.weight(backend))
+        # One weight per version (the generic backend with three or more, an HTTPRoute's
+        # backendRefs): all on the baseline.
+        routed = any("fieldPath" not in v.get("weightObjRef", {"fieldPath": ""}) for v in versions)
+        if len(weights) == len(versions) > (1 if routed else 2):
             assert weights[0] == 100 and sum(weights) == 100, (rel(path), weights)
 
 
@@ -1105,12 +1118,13 @@ def granted(service_account: str, *paths: str) -> set[tuple[str, str, str]]:
 
 
 def _traffic_resources() -> set[tuple[str, str]]:
-    """Every kind of object a traffic backend patches: the three built in, plus whatever
+    """Every kind of object a traffic backend patches: the four built in, plus whatever
     a sample names as a weightObjRef (the generic field-path backend)."""
     refs = [
         resources.ObjectRef(resources.KSERVE, "InferenceService", "", ""),
         resources.ObjectRef(resources.KFSERVING, "InferenceService", "", ""),
         resources.ObjectRef(resources.KNATIVE, "Service", "", ""),
+        resources.ObjectRef(resources.GATEWAY, "HTTPRoute", "", ""),
     ]
     for _, doc in docs_in("samples/experiments"):
         info = doc.get("spec", {}).get("versionInfo") or {}
@@ -1606,20 +1620,27 @@ def test_top_level_kustomizations_set_the_namespace_and_the_image() -> None:
     assert [i["name"] for i in config["images"]] == ["arbiter"]
 
 
-# --- Knative schemas through node -----------------------------------------------------------
+# --- Knative, Gateway API and Istio schemas through node -------------------------------------
 
 
-# Knative kinds @kubernetes-models/knative (2.4.4, tools/knative-validate) has no model for;
-# they are checked against their upstream types here instead (test_eventpolicy_*).
-UNMODELLED = {("eventing.knative.dev/v1alpha1", "EventPolicy")}
+# The groups whose objects tools/knative-validate checks, each with the package whose schemas
+# it uses (@kubernetes-models/knative 4.0.0, gateway-api 2.0.0, istio 3.0.1).
+MODELLED_GROUPS = re.compile(r".*\.knative\.dev|gateway\.networking\.k8s\.io|.*\.istio\.io")
+
+
+def modelled_docs() -> list[tuple[Path, Doc]]:
+    return [
+        (p, d)
+        for p, d in all_docs()
+        if MODELLED_GROUPS.fullmatch(d.get("apiVersion", "").rpartition("/")[0])
+    ]
 
 
 def knative_docs() -> list[tuple[Path, Doc]]:
     return [
         (p, d)
-        for p, d in all_docs()
-        if d.get("apiVersion", "").split("/")[0].endswith(".knative.dev")
-        and (d["apiVersion"], d["kind"]) not in UNMODELLED
+        for p, d in modelled_docs()
+        if d["apiVersion"].rpartition("/")[0].endswith(".knative.dev")
     ]
 
 
@@ -1652,28 +1673,59 @@ def run_validate(*files: Path) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.slow
-def test_knative_manifests_validate_against_kubernetes_models_knative() -> None:
-    files = sorted({p for p, _ in knative_docs()})
+def test_manifests_validate_against_the_published_schemas() -> None:
+    files = sorted({p for p, _ in modelled_docs()})
     assert len(files) >= 8
+    assert {d["kind"] for _, d in modelled_docs()} >= {"Service", "HTTPRoute", "VirtualService"}
     result = run_validate(*files)
     assert result.returncode == 0, result.stderr
-    # Every Knative object was checked, none skipped for want of a model.
-    assert f"{len(knative_docs())} valid, 0 invalid" in result.stdout, result.stdout
+    # Every such object was checked (EventPolicy too, since knative 4.0.0), none skipped.
+    assert f"{len(modelled_docs())} valid, 0 invalid" in result.stdout, result.stdout
+    assert any("EventPolicy" in line for line in result.stdout.splitlines()), result.stdout
+
+
+def _upstream(mirror: str, path: str) -> Doc:
+    repo = Path("/work/.mirror") / mirror / "repo"
+    assert repo.is_dir(), f"{repo}: fetch github:{mirror.replace('+', '/')} to check the CRD"
+    text = subprocess.run(
+        ["git", "-C", str(repo), "show", f"HEAD:{path}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return next(
+        d for d in yaml.safe_load_all(text) if d and d.get("kind") == "CustomResourceDefinition"
+    )
 
 
 @pytest.mark.slow
-def test_the_validator_still_has_no_model_for_the_kinds_checked_here() -> None:
-    """When @kubernetes-models/knative gains an EventPolicy model, this fails: then validate
-    eventing/eventpolicy.yaml with it too and drop the kind from UNMODELLED."""
-    result = run_validate(ROOT / "eventing" / "eventpolicy.yaml")
-    assert result.returncode == 1
-    for api_version, kind in UNMODELLED:
-        # No model for the kind, or (2.4.4) for its whole apiVersion.
-        assert f"no schema for kind {kind} in {api_version}" in result.stderr or (
-            f"{kind} arbiter-system/" in result.stderr
-            and f"no schema for apiVersion {api_version}" in result.stderr
-        ), result.stderr
-    assert "0 valid" in result.stdout
+def test_where_a_package_is_stricter_than_the_cluster_the_validator_follows_the_crd(
+    tmp_path: Path,
+) -> None:
+    """validate.js LOOSER_ON_THE_CLUSTER: the packages require a container name and a
+    SinkBinding status; the CRDs Knative installs do not (knative/serving
+    config/core/300-resources/service.yaml, knative/eventing
+    config/core/resources/sinkbindings.yaml), so neither is refused here."""
+    service = _upstream("knative+serving", "config/core/300-resources/service.yaml")
+    schema = service["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    container = schema["properties"]["spec"]["properties"]["template"]["properties"]["spec"][
+        "properties"
+    ]["containers"]["items"]
+    assert "name" in container["properties"] and "name" not in container.get("required", [])
+    binding = _upstream("knative+eventing", "config/core/resources/sinkbindings.yaml")
+    assert "status" not in binding["spec"]["versions"][0]["schema"]["openAPIV3Schema"].get(
+        "required", []
+    )
+    ksvc = copy.deepcopy(one("Service", "arbiter-dead-letter", "eventing"))
+    assert all("name" not in c for c in ksvc["spec"]["template"]["spec"]["containers"])
+    # Still strict about what the CRD does require: a container's env entry needs a name.
+    bad = copy.deepcopy(ksvc)
+    bad["spec"]["template"]["spec"]["containers"][0]["env"] = [{"value": "x"}]
+    (tmp_path / "ok.yaml").write_text(yaml.safe_dump(ksvc))
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+    assert run_validate(tmp_path / "ok.yaml").returncode == 0
+    result = run_validate(tmp_path / "bad.yaml")
+    assert result.returncode == 1 and "env/0 must have required property name" in result.stderr
 
 
 @pytest.mark.slow

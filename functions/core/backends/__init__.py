@@ -1,8 +1,9 @@
 """The traffic backends: which backend an experiment uses, and each backend's rules by kind.
 
 `backend_for` picks the backend from the experiment's weightObjRef; `ROUTES`,
-`EXPECTED_STATUS` and `PROBLEMS` give, per resource, the pure rules of the backends that have
-them, for the local controllers, router and API server. The adapter fetches and patches the
+`EXPECTED_STATUS`, `PROBLEMS` (a webhook's) and `CEL_RULES` (a CRD's) give, per resource,
+the pure rules of the backends that have them, for the local controllers, router and API
+server. The adapter fetches and patches the
 objects; everything that depends on their field layout lives in these modules.
 """
 
@@ -12,7 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from analytics.model import ExperimentSpec
-from functions.core.backends import kfserving, knative, kserve
+from functions.core.backends import httproute, kfserving, knative, kserve
 from functions.core.backends.base import (
     Obj,
     Patch,
@@ -22,10 +23,13 @@ from functions.core.backends.base import (
     get_path,
 )
 from functions.core.backends.fieldpath import FieldPathBackend, parse_field_path
+from functions.core.backends.httproute import HTTPRouteBackend
 from functions.core.backends.kfserving import KFServingBackend
 from functions.core.backends.knative import KnativeBackend
 from functions.core.backends.kserve import KServeBackend
 from functions.core.resources import (
+    GATEWAY,
+    HTTPROUTE,
     KFSERVING,
     KFSERVING_ISVC,
     KNATIVE,
@@ -37,10 +41,12 @@ from functions.core.resources import (
 )
 
 __all__ = [
+    "CEL_RULES",
     "EXPECTED_STATUS",
     "PROBLEMS",
     "ROUTES",
     "FieldPathBackend",
+    "HTTPRouteBackend",
     "KFServingBackend",
     "KServeBackend",
     "KnativeBackend",
@@ -59,15 +65,22 @@ ROUTES: Final[Mapping[Resource, Callable[[Obj], tuple[Route, ...]]]] = {
     KSERVE_ISVC: kserve.routes,
     KFSERVING_ISVC: kfserving.routes,
     KNATIVE_SERVICE: knative.routes,
+    HTTPROUTE: httproute.routes,
 }
 EXPECTED_STATUS: Final[Mapping[Resource, Callable[[Obj], dict[str, Any]]]] = {
     KSERVE_ISVC: kserve.expected_status,
     KFSERVING_ISVC: kfserving.expected_status,
     KNATIVE_SERVICE: knative.expected_status,
+    HTTPROUTE: httproute.expected_status,
 }
 PROBLEMS: Final[Mapping[Resource, Callable[[Obj], list[str]]]] = {
     KFSERVING_ISVC: kfserving.problems,
     KNATIVE_SERVICE: knative.problems,
+}
+# What a CRD's CEL rules (x-kubernetes-validations) refuse, which the published JSON schemas
+# leave out: the API server answers 422 Invalid, as for a schema violation.
+CEL_RULES: Final[Mapping[Resource, Callable[[Obj], list[str]]]] = {
+    HTTPROUTE: httproute.problems,
 }
 
 
@@ -78,7 +91,8 @@ def _split_target(target: str, namespace: str) -> tuple[str, str]:
 
 def backend_for(spec: ExperimentSpec, namespace: str) -> TrafficBackend:
     """The backend an experiment uses, chosen by its versions' weightObjRef: KServe when none
-    names one, KFServing or Knative for their kinds (without a fieldPath), else the field path."""
+    names one, KFServing, Knative or a Gateway API HTTPRoute for their kinds (without a
+    fieldPath), else the field path."""
     ns, name = _split_target(spec.target, namespace)
     versions = spec.version_info.versions if spec.version_info else ()
     # iter8 put the weightObjRef on the candidate only; the first one found decides.
@@ -89,4 +103,6 @@ def backend_for(spec: ExperimentSpec, namespace: str) -> TrafficBackend:
         return KFServingBackend(KFSERVING_ISVC.ref(ref.namespace or ns, ref.name), spec)
     if ref.kind == KNATIVE_SERVICE.kind and ref.api_version == KNATIVE and not ref.field_path:
         return KnativeBackend(KNATIVE_SERVICE.ref(ref.namespace or ns, ref.name), spec)
+    if ref.kind == HTTPROUTE.kind and ref.api_version == GATEWAY and not ref.field_path:
+        return HTTPRouteBackend(HTTPROUTE.ref(ref.namespace or ns, ref.name), spec)
     return FieldPathBackend(spec, ns)
