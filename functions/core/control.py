@@ -186,6 +186,8 @@ def problem(obj: Mapping[str, Any], status: Status, request: Request) -> str | N
     except ValueError:
         allowed = ", ".join(a.value for a in ControlAction)
         return f"spec.control.action: {request.action!r} is not one of {allowed}"
+    if action is ControlAction.PROMOTE and conformance(obj):
+        return "a Conformance experiment validates the version that serves; it promotes nothing"
     if status.stage in TERMINAL:
         return f"the experiment has ended ({status.stage}); nothing to {action.value}"
     if status.stage is Stage.FINISHING:
@@ -195,8 +197,6 @@ def problem(obj: Mapping[str, Any], status: Status, request: Request) -> str | N
     if action in {ControlAction.ABORT, ControlAction.PROMOTE} and not request.reason:
         return f"spec.control.reason: {action.value} needs a reason (arbiter {action} --reason)"
     if action is ControlAction.PROMOTE:
-        if conformance(obj):
-            return "a Conformance experiment validates the version that serves; it promotes nothing"
         names = [v.name for v in status.versions]
         if not request.version:
             return "spec.control.version: promote needs the version to promote (--version)"
