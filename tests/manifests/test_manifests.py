@@ -654,6 +654,30 @@ def test_abn_and_ab_shapes() -> None:
     assert rejections("experiments", doc)
 
 
+def test_a_control_request_and_manual_promotion_are_accepted_and_bad_ones_named() -> None:
+    doc = canary()
+    doc["spec"]["strategy"]["promotion"] = "Manual"
+    doc["spec"]["control"] = {
+        "action": "promote",
+        "version": "v2",
+        "reason": "load test passed",
+        "requestedBy": "ann",
+        "id": "20260101T000000Z-0a1b2c3d",
+    }
+    assert rejections("experiments", doc) == []
+    doc["spec"]["strategy"]["promotion"] = "Sometimes"
+    doc["spec"]["control"]["action"] = "explode"
+    problems = rejections("experiments", doc)
+    assert any("Sometimes" in p for p in problems) and any("explode" in p for p in problems)
+    del doc["spec"]["control"]["id"]
+    assert any("id" in p for p in rejections("experiments", doc))
+    assert set(control.ControlAction) == set(
+        openapi("experiments")["properties"]["spec"]["properties"]["control"]["properties"][
+            "action"
+        ]["enum"]
+    )
+
+
 def test_status_with_every_field_the_functions_write_is_accepted() -> None:
     doc = canary()
     doc["status"] = {
