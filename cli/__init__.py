@@ -11,7 +11,7 @@ import importlib.metadata
 import sys
 from collections.abc import Sequence
 
-from cli import analyze, bench, completion, describe, plan, report, run, watch
+from cli import analyze, bench, completion, control, describe, plan, report, run, watch
 
 
 def version() -> str:
@@ -35,6 +35,7 @@ def build_parser(prog: str = "arbiter") -> argparse.ArgumentParser:
     describe.register(commands)
     watch.register(commands)
     report.register(commands)
+    control.register(commands)
     completion.register(commands, parser)
     return parser
 

@@ -21,6 +21,7 @@ import yaml
 
 from analytics.model import Objective
 from cli import kube
+from functions.core import control
 from functions.core import status as st
 from functions.core.errors import PermanentError
 from functions.core.timestamps import iso, parse_time
@@ -184,9 +185,46 @@ def describe(obj: Mapping[str, Any], read_back: kube.ReadBack | None) -> dict[st
             "message": rec.message,
         },
         "abortReason": status.abort_reason,
+        "control": _control(obj, status),
         "conditions": [c.to_dict() for c in status.conditions],
         "transitions": _transitions(status),
     }
+
+
+def _control(obj: Mapping[str, Any], status: st.Status) -> dict[str, Any]:
+    """Manual control: paused since when (and for how long before), a request not handled
+    yet, the last one handled (applied or refused), a Manual promotion waiting."""
+    pending = control.unhandled(obj, status)
+    waiting = status.awaiting_promotion
+    out = {
+        "pausedSince": None if status.paused_at is None else iso(status.paused_at),
+        "pausedSeconds": status.paused_seconds,
+        "pending": None
+        if pending is None
+        else {
+            k: v
+            for k, v in {
+                "id": pending.id,
+                "action": pending.action,
+                "version": pending.version,
+                "reason": pending.reason,
+                "requestedBy": pending.requested_by,
+            }.items()
+            if v is not None
+        },
+        "last": None if status.control is None else status.control.to_dict(),
+        "awaitingPromotion": None
+        if waiting is None
+        else {"version": waiting.version, "rule": waiting.rule, "message": waiting.message},
+    }
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def _request_text(r: Mapping[str, Any]) -> str:
+    version = f" {r['version']}" if r.get("version") else ""
+    who = f" by {r['requestedBy']}" if r.get("requestedBy") else ""
+    why = f": {r['reason']}" if r.get("reason") else ""
+    return f"{r['action']}{version}{who}{why} (id {r.get('id') or r.get('appliedId')})"
 
 
 def _percent(split: Mapping[str, int] | None) -> str:
@@ -255,6 +293,28 @@ def render(d: Mapping[str, Any]) -> str:
         lines.append(f"Decision:    {rec['action']}{target} (rule {rec['rule']}): {rec['message']}")
     if d["abortReason"]:
         lines.append(f"Aborted:     {d['abortReason']}")
+    ctl = d.get("control") or {}
+    if "pausedSince" in ctl:
+        paused = ctl.get("pausedSeconds")
+        before = f" (paused {paused:.0f} s before)" if paused else ""
+        lines.append(f"Paused:      since {ctl['pausedSince']}{before}; resume: arbiter resume")
+    elif ctl.get("pausedSeconds"):
+        lines.append(f"Paused:      no ({ctl['pausedSeconds']:.0f} s paused in all)")
+    if "awaitingPromotion" in ctl:
+        waiting = ctl["awaitingPromotion"]
+        lines.append(
+            f"Awaiting:    manual promotion, {waiting['version']} recommended "
+            f"(rule {waiting['rule']}): arbiter promote --version V --reason TEXT, or abort"
+        )
+    if "pending" in ctl:
+        lines.append(
+            f"Requested:   {_request_text(ctl['pending'])}; applied by the next clock tick"
+        )
+    if "last" in ctl:
+        last = ctl["last"]
+        verdict = f"REFUSED: {last['refused']}" if last.get("refused") else "applied"
+        at = f" at {last['appliedAt']}" if last.get("appliedAt") else ""
+        lines.append(f"Control:     {_request_text(last)} {verdict}{at}")
     if d["conditions"]:
         lines.append("Conditions:")
         for c in d["conditions"]:

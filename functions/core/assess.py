@@ -14,6 +14,10 @@ after the completed ones, with the digest in `status.measurement`. Anything else
 iteration already recorded is acknowledged without sending its follow-up again: a re-send
 per duplicate would multiply every later event.
 
+Under `spec.strategy.promotion: Manual` a recommendation to promote is not a decision: it
+is recorded in `status.awaitingPromotion` and waits for `arbiter promote` or `arbiter
+abort` (functions/core/control.py). Nothing is assessed while paused.
+
 The measurements' `windows` (each version's own counts this iteration) are folded into
 `status.ratioTests` once, keyed by the iteration, before the analysis judges maxRatio
 conditions by them.
@@ -35,14 +39,14 @@ from analytics.assessment import RatioTests
 from analytics.conditional import RatioTest
 from analytics.document import status_analysis
 from analytics.model import DeploymentPattern, Experiment, TestingPattern
-from analytics.recommendation import Action
-from functions.core import events, failures, rollout, sweep
+from analytics.recommendation import Action, Recommendation
+from functions.core import control, events, failures, rollout, sweep
 from functions.core import status as st
 from functions.core.backends import backend_for
 from functions.core.context import Context
 from functions.core.errors import InvalidEventError
 from functions.core.events import Request
-from functions.core.status import Stage, Status
+from functions.core.status import ConditionType, Stage, Status
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +137,11 @@ def assess(ctx: Context, request: Request[events.Measured]) -> None:
             "assess: %s iteration %d ignored (stage %s, done %d)", ref, iteration, stage, completed
         )
         return
+    if control.holds_still(obj, status):
+        # Paused, or a pause or an end asked for: no traffic moves, nothing is recorded. The
+        # clock asks for this iteration again once resumed (the record goes stale).
+        log.info("assess: %s iteration %d: paused or ending on request", ref, iteration)
+        return
     if not _believed(status, request):
         log.info("assess: %s iteration %d: a superseded measurement, ignored", ref, iteration)
         return
@@ -200,7 +209,23 @@ def assess(ctx: Context, request: Request[events.Measured]) -> None:
     )
     status = replace(status, history=st.with_history(status.history, entry))
     follow_up: events.Payload = events.Assessed()
-    if action is not Action.CONTINUE:
+    if (
+        action is Action.PROMOTE
+        and control.promotion(obj) is control.Promotion.MANUAL
+        and spec.strategy.testing_pattern is not TestingPattern.CONFORMANCE
+    ):
+        # promotion: Manual: the recommendation waits for a person (arbiter promote or
+        # abort); the split in force keeps serving and the clock measures no more. It is
+        # recorded apart from `recommendation`, which must not read as a decision taken.
+        rec = analysis.recommendation
+        waiting = f"awaiting manual promotion (recommended: {rec.version}): {rec.message}"
+        status = replace(
+            status,
+            awaiting_promotion=rec,
+            recommendation=Recommendation(Action.CONTINUE, rec.version, rec.rule, waiting),
+            message=f"iteration {iteration}: {waiting}",
+        ).with_condition(ConditionType.AWAITING_PROMOTION, True, "Recommended", waiting, now)
+    elif action is not Action.CONTINUE:
         # The decision is recorded (stage Finishing) before experiment.concluded says it.
         follow_up = events.Concluded.recommended(analysis.recommendation)
         status = sweep.with_decision(status, follow_up, now)

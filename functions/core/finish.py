@@ -69,8 +69,16 @@ def handle(ctx: Context, event: CloudEvent) -> None:
 
 
 def deleted(ctx: Context, obj: dict[str, Any]) -> None:
-    """The experiment was deleted: if it held traffic, give it back to the baseline."""
+    """The experiment was deleted: if it held traffic, give it back to the baseline.
+
+    Only if it was: a watch with a label selector reports an object whose label no longer
+    matches as deleted (the arbiter-control source, once the control-pending label comes
+    off), so an experiment still stored and not being deleted is left alone."""
     ref = st.ref_of(obj)
+    stored = st.current(ctx.store, ref)
+    if stored is not None and not ownership.deleting(stored):
+        log.info("finish: %s reported deleted but still stored; ignored", ref)
+        return
     status = Status.read(obj)
     stage = status.stage
     if stage in ACTIVE:

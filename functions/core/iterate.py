@@ -1,7 +1,8 @@
 """The iterate stage: find the experiments whose interval is due and measure them.
 
-A ping (or `experiment.started`) runs the clock (functions/core/sweep.py): for each due
-experiment the request for iteration completed + 1 is recorded in `status.measurement`,
+A ping (or `experiment.started`, or the update event of an Experiment with a pending
+manual control request, for that one experiment) runs the clock (functions/core/sweep.py):
+for each due experiment the request for iteration completed + 1 is recorded in `status.measurement`,
 then one `experiment.due` is emitted, so many experiments on one tick are measured by
 parallel deliveries, not one after another in one request; every other experiment holding
 its target is re-driven too.
@@ -16,6 +17,9 @@ A metric a maxRatio objective judges is read twice: since the start, and over th
 iteration's own window (since `status.lastIterationTime`, the same template with
 `$elapsed` the window's length), rounded to counts and carried as the event's `windows`
 for the conditional ratio test assess keeps in `status.ratioTests`.
+
+Nothing is measured while the experiment is paused, or a pause or an end is asked for and
+not yet handled (functions/core/control.py).
 
 A measurement that cannot be taken for good (a missing Metric, a template that does not
 render) ends the experiment the safe way (`failures.guarded`). A transient failure is
@@ -37,7 +41,7 @@ from cloudevents.http import CloudEvent
 
 from analytics.measurements import Counts, Histogram, Measurement, measurement_to_dict
 from analytics.model import Experiment
-from functions.core import events, failures, sweep
+from functions.core import control, events, failures, sweep
 from functions.core import status as st
 from functions.core.context import Context
 from functions.core.errors import NotFoundError, PermanentError, TransientError
@@ -61,6 +65,13 @@ def handle(ctx: Context, event: CloudEvent) -> None:
             "MetricUnavailable",
             lambda: measure(ctx, due.ref, due.iteration),
         )
+        return
+    if event["type"] == events.APISERVER_UPDATE:
+        # An Experiment with a pending control request changed (the arbiter-control source
+        # watches only those): run the clock for that one experiment now.
+        ref = events.experiment_ref(event)
+        if ref is not None:
+            sweep.drive(ctx, ref)
         return
     # A ping (or experiment.started): the clock re-drives every experiment that holds its
     # target, each on its own (functions/core/sweep.py).
@@ -114,6 +125,9 @@ def measure(ctx: Context, ref: ExperimentRef, iteration: int) -> None:
             status.stage,
             completed,
         )
+        return
+    if control.holds_still(obj, status):
+        log.info("iterate: %s iteration %d: paused or ending on request", ref, iteration)
         return
     interval = sweep.interval_seconds(obj)
     now = ctx.clock.now()

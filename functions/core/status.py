@@ -71,6 +71,11 @@ class ConditionType(StrEnum):
     VERSIONS_READY = "VersionsReady"
     COMPLETED = "Completed"
     FAILED = "Failed"
+    # Manual control (functions/core/control.py): paused by request; a Manual promotion
+    # waiting for `arbiter promote`; the last control request applied (True) or refused.
+    PAUSED = "Paused"
+    AWAITING_PROMOTION = "AwaitingPromotion"
+    CONTROL_APPLIED = "ControlApplied"
 
 
 _CONDITION_STATUS: Final = {True: "True", False: "False", None: "Unknown"}
@@ -170,6 +175,50 @@ class MeasurementRecord:
 
 
 @dataclass(frozen=True)
+class ControlRecord:
+    """The last manual control request the functions handled (functions/core/control.py):
+    its id (a request with this id is never handled again), what it asked, and, when it was
+    not applied, why (`refused`)."""
+
+    applied_id: str
+    action: str
+    applied_at: datetime | None = None
+    version: str | None = None
+    reason: str | None = None
+    requested_by: str | None = None
+    refused: str | None = None
+
+    @classmethod
+    def read(cls, raw: object) -> ControlRecord | None:
+        if not isinstance(raw, Mapping):
+            return None
+        applied_id, action = _text(raw.get("appliedId")), _text(raw.get("action"))
+        if not applied_id or action is None:
+            return None
+        return cls(
+            applied_id,
+            action,
+            parse_time(raw.get("appliedAt")),
+            _text(raw.get("version")),
+            _text(raw.get("reason")),
+            _text(raw.get("requestedBy")),
+            _text(raw.get("refused")),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        fields = {
+            "appliedId": self.applied_id,
+            "action": self.action,
+            "appliedAt": None if self.applied_at is None else iso(self.applied_at),
+            "version": self.version,
+            "reason": self.reason,
+            "requestedBy": self.requested_by,
+            "refused": self.refused,
+        }
+        return {k: v for k, v in fields.items() if v is not None}
+
+
+@dataclass(frozen=True)
 class Status:
     """An Experiment's status. Optional fields are None until a stage first writes them, and
     are then left out of `to_dict`, as they were never written."""
@@ -210,6 +259,13 @@ class Status:
     # assess (functions/core/assess.py): the running conditional test of each maxRatio
     # objective, metric -> candidate -> test, each iteration's own counts folded in once.
     ratio_tests: Mapping[str, Mapping[str, RatioTest]] = field(default_factory=dict)
+    # Manual control (functions/core/control.py): the last request handled; since when the
+    # experiment is paused (None: not paused) and the seconds it was paused before; and,
+    # under `promotion: Manual`, the promotion the analysis recommends, waiting for a person.
+    control: ControlRecord | None = None
+    paused_at: datetime | None = None
+    paused_seconds: float | None = None
+    awaiting_promotion: Recommendation | None = None
 
     @classmethod
     def read(cls, obj: Mapping[str, Any]) -> Status:
@@ -245,6 +301,10 @@ class Status:
             history=tuple(dict(h) for h in _items(raw.get("history")) if isinstance(h, Mapping)),
             measurement=MeasurementRecord.read(raw.get("measurement")),
             ratio_tests=_ratio_tests(raw.get("ratioTests")),
+            control=ControlRecord.read(raw.get("control")),
+            paused_at=parse_time(raw.get("pausedAt")),
+            paused_seconds=_seconds(raw.get("pausedSeconds")),
+            awaiting_promotion=_recommendation(raw.get("awaitingPromotion")),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -255,6 +315,7 @@ class Status:
             "lastIterationTime": self.last_iteration_time,
             "lastUpdateTime": self.last_update_time,
             "finishingTime": self.finishing_time,
+            "pausedAt": self.paused_at,
         }
         fields: dict[str, Any] = {
             "stage": self.stage.value,
@@ -286,6 +347,13 @@ class Status:
             "history": [dict(h) for h in self.history] or None,
             "measurement": None if self.measurement is None else self.measurement.to_dict(),
             "ratioTests": ratio_tests_to_list(self.ratio_tests) or None,
+            "control": None if self.control is None else self.control.to_dict(),
+            "pausedSeconds": self.paused_seconds,
+            "awaitingPromotion": (
+                None
+                if self.awaiting_promotion is None
+                else recommendation_to_dict(self.awaiting_promotion)
+            ),
         }
         return {k: v for k, v in fields.items() if v is not None}
 
@@ -302,6 +370,12 @@ class Status:
         names = [e.get("library") for e in data.values() if isinstance(e, Mapping)]
         listed = dict.fromkeys(n for n in names if isinstance(n, str) and n)
         return ", ".join(listed) or None
+
+    @property
+    def paused(self) -> bool:
+        """Paused by a manual request (functions/core/control.py): nothing is measured and
+        no traffic moves until it is resumed."""
+        return self.paused_at is not None
 
     @property
     def iterations_done(self) -> int:
@@ -362,6 +436,12 @@ def _count(value: object) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         return None
     return value
+
+
+def _seconds(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) and value >= 0 else None
 
 
 def _items(value: object) -> list[object]:

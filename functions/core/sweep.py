@@ -22,6 +22,12 @@ moves it on, derived from its status alone:
 
 Experiments that have not started yet are start's to re-check on the same ping.
 
+Before any of that, a manual control request (functions/core/control.py) is handled: its
+effect recorded in status, an abort or a promotion recorded as the decision and announced,
+then the pending label removed. A paused experiment, or one waiting for a Manual
+promotion, is not measured; the maximum duration still counts for both. `drive` does the
+same for one experiment, woken by its update event while a request is pending.
+
 One experiment never stops the others: whatever goes wrong while handling one (an
 exception of any kind, a stored spec no bound admits) is recorded on that experiment and
 the sweep goes on. Only a failed listing fails the ping (a TransientError: 503).
@@ -43,7 +49,7 @@ from typing import Any, Final
 
 from analytics.model import Duration
 from analytics.recommendation import Recommendation
-from functions.core import events, ownership
+from functions.core import control, events, ownership
 from functions.core import status as st
 from functions.core.context import Context
 from functions.core.errors import ConflictError, PermanentError, TransientError
@@ -80,6 +86,8 @@ def recorded_decision(status: Status) -> events.Concluded | None:
 def with_decision(status: Status, decision: events.Concluded, now: datetime) -> Status:
     """`status` with `decision` recorded and the stage Finishing (its deadline from now)."""
     rec = Recommendation(decision.action, decision.version, decision.rule, decision.message)
+    # A decision ends a pause: the time paused is counted, the condition says it is over.
+    status = control.with_paused_time(status, now, "Concluded")
     return replace(
         status,
         stage=Stage.FINISHING,
@@ -207,8 +215,24 @@ def sweep(ctx: Context) -> None:
             isolate(ctx, obj, e)
 
 
+def drive(ctx: Context, ref: events.ExperimentRef) -> None:
+    """The clock for one experiment (its update event while a control request is pending)."""
+    obj = st.current(ctx.store, ref)
+    if obj is None:
+        return
+    try:
+        visit(ctx, obj, ctx.clock.now())
+    except TransientError:
+        raise  # the broker redelivers; the next ping would do it anyway
+    except Exception as e:  # the same isolation as a sweep: recorded on the experiment
+        log.exception("clock: %s failed", ref)
+        isolate(ctx, obj, e)
+
+
 def visit(ctx: Context, obj: Mapping[str, Any], now: datetime) -> None:
-    """Send the one event that moves this experiment on, if any is due."""
+    """Handle a pending control request, then send the one event that moves this
+    experiment on, if any is due."""
+    obj = handle_control(ctx, obj, now)
     status = Status.read(obj)
     ref = st.ref_of(obj)
     if ownership.deleting(obj):
@@ -217,6 +241,34 @@ def visit(ctx: Context, obj: Mapping[str, Any], now: datetime) -> None:
         _drive_running(ctx, obj, status, now)
     elif status.stage is Stage.FINISHING:
         _drive_finishing(ctx, obj, status, now)
+
+
+def handle_control(ctx: Context, obj: Mapping[str, Any], now: datetime) -> Mapping[str, Any]:
+    """Record the effect of the unhandled control request (once: by its id), announce the
+    decision it records, and remove the pending label; the experiment as stored after."""
+    ref = st.ref_of(obj)
+    decided: list[events.Concluded] = []
+
+    def change(status: Status) -> Status | None:
+        result = control.applied(obj, status, now)
+        if result is None:
+            return None
+        status, decision = result
+        decided[:] = [] if decision is None else [decision]
+        return status if decision is None else with_decision(status, decision, now)
+
+    written = None if ownership.deleting(obj) else st.update(ctx.store, dict(obj), change)
+    if written is not None:
+        decision = recorded_decision(written) if decided else None
+        if decision is not None and written.stage is Stage.FINISHING:
+            ctx.sink.emit(events.make(decision, ref, written.iterations_done, stage=STAGE))
+        obj = st.current(ctx.store, ref) or obj
+    if control.pending(obj) and control.unhandled(obj, Status.read(obj)) is None:
+        # Handled (or none left): the update events of this experiment wake nobody now.
+        # Losing a race is fine: the next visit removes it.
+        with contextlib.suppress(ConflictError):
+            obj = ctx.store.patch_metadata(dict(obj), {"labels": {control.PENDING_LABEL: None}})
+    return obj
 
 
 def _drive_running(ctx: Context, obj: Mapping[str, Any], status: Status, now: datetime) -> None:
@@ -234,6 +286,10 @@ def _drive_running(ctx: Context, obj: Mapping[str, Any], status: Status, now: da
             f"ARBITER_MAX_EXPERIMENT_SECONDS={limit:g}: rolled back"
         )
         conclude(ctx, ref, events.Concluded.abort("MaxDurationExceeded", message))
+        return
+    if status.paused or status.awaiting_promotion is not None:
+        # Paused, or a Manual promotion waits for a person: the split in force keeps
+        # serving and nothing is measured (the maximum duration above still counts).
         return
     change = functools.partial(requested, interval=interval_seconds(obj), now=now)
     request = st.update(ctx.store, dict(obj), change)

@@ -24,7 +24,7 @@ import requests
 from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent
 
-from functions.core import events
+from functions.core import control, events
 from local.broker import (
     DeliverySpec,
     LocalBroker,
@@ -220,6 +220,36 @@ def test_routes_each_event_type_by_the_real_trigger_manifests(
     unrouted = [r for r in accepted if r["event"]["type"] == "dev.example.unrelated"]
     assert unrouted[0]["triggers"] == []
     assert {r["outcome"] for r in deliveries(b)} == {"delivered"}
+
+
+def test_only_the_control_sources_experiment_updates_reach_iterate(
+    broker: BrokerFactory, subscriber: SubscriberFactory
+) -> None:
+    """An Experiment update reaches iterate only with the extension the arbiter-control
+    source adds (eventing/apiserversource.yaml); the other source's updates, one per status
+    write of any Experiment, reach nobody."""
+    stages = {stage: subscriber() for stage in events.TRIGGERS}
+    b = broker(
+        manifests=load_manifests(EVENTING),
+        subscribers={f"arbiter-{stage}": s.url for stage, s in stages.items()},
+    )
+    obj = {"metadata": {"name": "exp-1", "namespace": "team-a"}}
+    plain = CloudEvent({"type": events.APISERVER_UPDATE, "source": "https://10.96.0.1"}, obj)
+    marked = CloudEvent(
+        {
+            "type": events.APISERVER_UPDATE,
+            "source": "https://10.96.0.1",
+            control.EXTENSION: control.EXTENSION_VALUE,
+        },
+        obj,
+    )
+    for ce in (plain, marked):
+        assert post(b, ce).status_code == 202
+    assert b.drain(WAIT)
+    assert stages["iterate"].types() == [events.APISERVER_UPDATE]
+    (got,) = stages["iterate"].received
+    assert got.headers[f"ce-{control.EXTENSION}"] == control.EXTENSION_VALUE
+    assert all(not stages[s].types() for s in ("start", "assess", "finish"))
 
 
 def test_legacy_attribute_filters_match_attributes_and_extensions(
@@ -668,3 +698,55 @@ def test_apiserver_source_can_replay_what_exists_at_start(
         "/apis/arbiter.dev/v1alpha1/namespaces/team-b/experiments/b",
     ]
     assert set(sink.types()) == {events.APISERVER_ADD}
+
+
+@pytest.mark.slow
+def test_the_control_source_wakes_iterate_for_labelled_experiments_only(
+    broker: BrokerFactory, subscriber: SubscriberFactory
+) -> None:
+    """eventing/apiserversource.yaml's arbiter-control source, played against the API
+    emulator and routed by the real Triggers: status writes of an unlabelled Experiment wake
+    nobody; a labelled one's updates reach iterate, marked."""
+    from kubernetes import client
+
+    from local.kubeapi import KubeApiServer
+
+    stages = {stage: subscriber() for stage in events.TRIGGERS}
+    b = broker(
+        manifests=load_manifests(EVENTING),
+        subscribers={f"arbiter-{stage}": s.url for stage, s in stages.items()},
+    )
+    manifest = one_source("arbiter-control")
+    group, version, plural = "arbiter.dev", "v1alpha1", "experiments"
+    with KubeApiServer() as server, server.api_client() as api_client:
+        api = client.CustomObjectsApi(api_client)
+        for name in ("quiet", "asked"):
+            api.create_namespaced_custom_object(group, version, "team-a", plural, _experiment(name))
+        with ApiServerSourcePlayer(api_client, manifest, b.url, watch_timeout=1):
+            api.patch_namespaced_custom_object(
+                group, version, "team-a", plural, "quiet", {"spec": {"target": "team-a/x"}}
+            )
+            labelled = {
+                "metadata": {"labels": {control.PENDING_LABEL: "true"}},
+                "spec": {"control": {"action": "pause", "id": "p1"}},
+            }
+            api.patch_namespaced_custom_object(group, version, "team-a", plural, "asked", labelled)
+            api.patch_namespaced_custom_object(
+                group, version, "team-a", plural, "asked", {"spec": {"target": "team-a/y"}}
+            )
+            assert stages["iterate"].wait_for(1)
+            time.sleep(0.5)
+            assert b.drain(WAIT)
+    received = stages["iterate"].received
+    assert received and {r.type for r in received} == {events.APISERVER_UPDATE}
+    for r in received:
+        assert r.headers[f"ce-{control.EXTENSION}"] == control.EXTENSION_VALUE
+        assert json.loads(r.body)["metadata"]["name"] == "asked"
+
+
+def one_source(name: str) -> dict[str, Any]:
+    return next(
+        d
+        for d in load_manifests(EVENTING / "apiserversource.yaml")
+        if d["kind"] == "ApiServerSource" and d["metadata"]["name"] == name
+    )

@@ -36,7 +36,7 @@ from analytics import model, parse
 from analytics.parse import SpecError, parse_experiment
 from functions import runtime
 from functions.adapters.kubernetes import KubeApi, KubeExperimentStore, KubeObjects
-from functions.core import events, resources
+from functions.core import control, events, resources
 from functions.core import status as st
 from functions.core.backends import httproute, parse_field_path
 from functions.core.context import Context
@@ -323,6 +323,8 @@ _NOT_READ_BY_THE_PARSER = {
     # The measurement record: iterate writes it, assess compares digests.
     "status.measurement.iteration": parse.Bound(minimum=0, maximum=parse.MAX_ITERATIONS),
     "status.measurement.digest": parse.Bound(max_length=64, pattern="^[0-9a-f]{64}$"),
+    # Manual control (functions/core/control.py): the request and its record.
+    **control.BOUNDS,
 }
 
 
@@ -665,6 +667,30 @@ def test_abn_and_ab_shapes() -> None:
     assert rejections("experiments", doc)
 
 
+def test_a_control_request_and_manual_promotion_are_accepted_and_bad_ones_named() -> None:
+    doc = canary()
+    doc["spec"]["strategy"]["promotion"] = "Manual"
+    doc["spec"]["control"] = {
+        "action": "promote",
+        "version": "v2",
+        "reason": "load test passed",
+        "requestedBy": "ann",
+        "id": "20260101T000000Z-0a1b2c3d",
+    }
+    assert rejections("experiments", doc) == []
+    doc["spec"]["strategy"]["promotion"] = "Sometimes"
+    doc["spec"]["control"]["action"] = "explode"
+    problems = rejections("experiments", doc)
+    assert any("Sometimes" in p for p in problems) and any("explode" in p for p in problems)
+    del doc["spec"]["control"]["id"]
+    assert any("id" in p for p in rejections("experiments", doc))
+    assert set(control.ControlAction) == set(
+        openapi("experiments")["properties"]["spec"]["properties"]["control"]["properties"][
+            "action"
+        ]["enum"]
+    )
+
+
 def test_status_with_every_field_the_functions_write_is_accepted() -> None:
     doc = canary()
     doc["status"] = {
@@ -747,8 +773,48 @@ def test_good_metric_of_each_type_is_accepted() -> None:
 
 
 def trigger_types(trigger: Doc) -> list[str]:
+    """The event types a Trigger takes whatever their other attributes (an `exact` type
+    filter); an `all` also asks for an attribute (the control extension: see below)."""
     (only,) = trigger["spec"]["filters"]
-    return [f["exact"]["type"] for f in only["any"]]
+    return [f["exact"]["type"] for f in only["any"] if "exact" in f]
+
+
+def test_only_the_control_source_wakes_iterate_with_an_experiment_update() -> None:
+    """iterate takes an Experiment update only with arbitercontrol=pending, which only the
+    arbiter-control source adds; the source watches only Experiments labelled
+    arbiter.dev/control-pending (ApiServerSource v1 spec.resources[].selector, a
+    metav1.LabelSelector: knative/eventing v1.22 pkg/apis/sources/v1/apiserver_types.go
+    APIVersionKindSelector.LabelSelector `json:"selector"`; ceOverrides from the inlined
+    duckv1.SourceSpec)."""
+    iterate = one("Trigger", "arbiter-iterate", "eventing")
+    (only,) = iterate["spec"]["filters"]
+    gated = [f["all"] for f in only["any"] if "all" in f]
+    assert gated == [
+        [
+            {"exact": {"type": events.APISERVER_UPDATE}},
+            {"exact": {control.EXTENSION: control.EXTENSION_VALUE}},
+        ]
+    ]
+    for t in of_kind("Trigger", "eventing.knative.dev/v1", "eventing"):
+        assert events.APISERVER_UPDATE not in trigger_types(t)
+        if t is not iterate:
+            (filters,) = t["spec"]["filters"]
+            assert all("exact" in f for f in filters["any"])
+    source = one("ApiServerSource", "arbiter-control", "eventing")
+    assert source["spec"]["mode"] == "Resource"
+    assert source["spec"]["resources"] == [
+        {
+            "apiVersion": ARBITER_API,
+            "kind": "Experiment",
+            "selector": {"matchLabels": {control.PENDING_LABEL: "true"}},
+        }
+    ]
+    assert source["spec"]["ceOverrides"] == {
+        "extensions": {control.EXTENSION: control.EXTENSION_VALUE}
+    }
+    assert _to_broker(source["spec"]["sink"])
+    watcher = one("ApiServerSource", "arbiter-experiments", "eventing")
+    assert "ceOverrides" not in watcher["spec"]
 
 
 def test_one_trigger_per_function_with_exactly_its_event_types() -> None:
@@ -793,7 +859,7 @@ def test_sources_send_to_the_broker() -> None:
     ping = one("PingSource", "arbiter-tick", "eventing")
     assert ping["spec"]["schedule"] == "* * * * *"
     assert _to_broker(ping["spec"]["sink"])
-    (source,) = of_kind("ApiServerSource", "sources.knative.dev/v1", "eventing")
+    source = one("ApiServerSource", "arbiter-experiments", "eventing")
     assert source["spec"]["mode"] == "Resource"
     assert source["spec"]["resources"] == [{"apiVersion": ARBITER_API, "kind": "Experiment"}]
     assert _to_broker(source["spec"]["sink"])
@@ -951,7 +1017,7 @@ APISERVER_TYPES = {events.APISERVER_ADD, events.APISERVER_UPDATE, events.APISERV
 
 def test_eventpolicies_use_only_fields_of_the_upstream_types() -> None:
     policies = eventpolicies()
-    assert len(policies) == 3
+    assert len(policies) == 4
     for policy in policies:
         assert eventpolicy_rejections(policy) == [], policy["metadata"]["name"]
     # The check can fail: a misspelt field, a sender with both ref and sub, a bad glob.
@@ -974,11 +1040,11 @@ def test_each_sender_may_post_only_its_own_event_types_to_the_broker() -> None:
     and the PingSource, each in exactly one policy: the broker stops at the first applying
     policy naming the sender (pkg/auth/event_policy.go SubjectAndFiltersPass)."""
     (binding,) = of_kind("SinkBinding", "sources.knative.dev/v1", "eventing")
-    (apiserver,) = of_kind("ApiServerSource", "sources.knative.dev/v1", "eventing")
+    apiservers = of_kind("ApiServerSource", "sources.knative.dev/v1", "eventing")
     ping = one("PingSource", "arbiter-tick", "eventing")
     emits = {
         ("SinkBinding", binding["metadata"]["name"]): FUNCTION_TYPES,
-        ("ApiServerSource", apiserver["metadata"]["name"]): APISERVER_TYPES,
+        **{("ApiServerSource", a["metadata"]["name"]): APISERVER_TYPES for a in apiservers},
         ("PingSource", ping["metadata"]["name"]): {events.PING},
     }
     assert len(FUNCTION_TYPES) == 7 and events.DELETING in FUNCTION_TYPES
@@ -1163,12 +1229,14 @@ CALLS: dict[str, set[Call]] = {
         ("objects", "get"),
         ("objects", "patch"),
     },
-    # Lists to find the experiments due; resolves Metrics; counts failures in status.
+    # Lists to find the experiments due; resolves Metrics; counts failures in status;
+    # removes the control-pending label once a manual request is handled (a metadata patch).
     "iterate": {
         ("store", "list"),
         ("store", "get"),
         ("store", "write_status"),
         ("store", "get_metric"),
+        ("store", "patch_metadata"),
     },
     "assess": {
         ("store", "get"),

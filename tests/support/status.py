@@ -10,6 +10,7 @@ from analytics.recommendation import Action, Recommendation
 from functions.core.status import (
     Condition,
     ConditionType,
+    ControlRecord,
     MeasurementRecord,
     Outcome,
     Stage,
@@ -59,6 +60,12 @@ def full_status() -> Status:
             3, T0.replace(minute=3), T0.replace(minute=3, second=1), "0" * 64, failed=True
         ),
         ratio_tests={"error-rate": {"b": RatioTest(1.5).fold(3, 4, 300, 10, 700)}},
+        control=ControlRecord(
+            "20260101T000300Z-ab12", "promote", T0.replace(minute=3), "b", "ok", "ann", "late"
+        ),
+        paused_at=T0.replace(minute=2),
+        paused_seconds=30.5,
+        awaiting_promotion=Recommendation(Action.PROMOTE, "b", "all-objectives-met", "promote b"),
     )
     unset = [f.name for f in dataclasses.fields(status) if not getattr(status, f.name)]
     assert not unset, f"full_status leaves {unset} unset"
