@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 SAMPLE ?= samples/local/canary-good.yaml
 
-.PHONY: install os-deps node-deps test pytest faults lint fmt typecheck run bench coldstart clean
+.PHONY: install os-deps node-deps test pytest faults e2e lint fmt typecheck run bench coldstart clean
 
 install: $(STAMP)
 
@@ -56,12 +56,19 @@ test: install os-deps node-deps lint pytest
 pytest: install
 	$(PY) -m pytest -q
 
-# The whole fault matrix (tests/faults), in parallel shards, ending with one table.
 # The whole fault matrix (in parallel shards, ending with its table), then the load runs:
 # 200 experiments in one process, several experiments per run, scale-to-zero.
 faults: install os-deps
 	$(PY) tests/faults/run.py
 	$(PY) -m pytest -q -p no:cacheprovider -m faults tests/integration/test_local_load.py
+
+# Opt-in, for a real cluster (docs/cluster.md#end-to-end-check-on-your-cluster): installs
+# Arbiter where KUBECONFIG points and runs a promotion and a rollback on real
+# InferenceServices. Not part of `make test`: no cluster here.
+e2e: install
+	@test -n "$$KUBECONFIG" || { echo 'make e2e: set KUBECONFIG to a cluster with Knative Serving and Eventing, KServe and Prometheus (docs/cluster.md#end-to-end-check-on-your-cluster)' >&2; exit 2; }
+	@command -v kubectl >/dev/null || { echo 'make e2e: kubectl is not on PATH' >&2; exit 2; }
+	$(PY) -m pytest -q -p no:cacheprovider -m e2e tests/e2e
 
 lint: install
 	$(VENV)/bin/ruff check .
