@@ -243,10 +243,10 @@ class ConditionVerdict:
     satisfied: BoolArray
     conditional: BoolArray
 
-    def code(self, r: int, v: int) -> int:
-        if self.violated[r, v]:
-            return VIOLATED
-        return SATISFIED if self.satisfied[r, v] else UNDECIDED
+    def codes(self) -> IntArray:
+        """(R, K) verdict codes, as if the condition applied everywhere."""
+        code = np.where(self.violated, VIOLATED, np.where(self.satisfied, SATISFIED, UNDECIDED))
+        return np.asarray(code, dtype=np.int64)
 
 
 def judge(
@@ -377,7 +377,9 @@ def assess_versions(
     ]
     computed = np.array(evidence.bounds(requests)).reshape(len(plans), 4, 1, k, 2)
 
-    result: dict[str, list[ObjectiveAssessment]] = {name: [] for name in names}
+    # Judge every condition on arrays, then explain each verdict (a point value gets the
+    # plain comparison instead).
+    explained: list[list[list[ConditionResult]]] = []
     for i, (objective, _, quantities, candidate_conditions) in enumerate(plans):
         lower, upper = computed[i, ..., 0], computed[i, ..., 1]
         present = np.array([[q.kind in (Kind.COUNTS, Kind.MEAN) for q in quantities]])
@@ -396,35 +398,54 @@ def assess_versions(
         judged = judge(
             candidate_conditions, lower, upper, present, alpha, float(alphas[VIOLATE, -1]), ratio
         )
-        for v, name in enumerate(names):
-            q = quantities[v]
-            av, as_ = float(alphas[VIOLATE, v]), alpha
-            results: list[ConditionResult] = []
-            for item in judged:
-                if not item.applies[v]:
+        lo, hi = lower[:, 0].tolist(), upper[:, 0].tolist()
+        per_version: list[list[ConditionResult]] = [[] for _ in names]
+        for item in judged:
+            cond = item.condition
+            codes, applies = item.codes()[0].tolist(), item.applies.tolist()
+            by_test = item.conditional[0].tolist()
+            for v, q in enumerate(quantities):
+                if not applies[v]:
                     continue
-                cond, code = item.condition, VERDICTS[item.code(0, v)]
-                test = tests[v]
-                if item.conditional[0, v] and test is not None:
-                    results.append(_conditional(cond, test, av, as_, code))
+                code, av, test = VERDICTS[codes[v]], float(alphas[VIOLATE, v]), tests[v]
+                if by_test[v] and test is not None:
+                    explanation = _conditional(cond, test, av, alpha, code)
                 elif not cond.relative:
-                    results.append(_absolute(cond, q, lower[:, 0, v], upper[:, 0, v], av, code))
+                    explanation = _absolute(cond, q, lo, hi, v, av, code)
                 else:
-                    results.append(
-                        _relative(cond, q, quantities[0], lower[:, 0], upper[:, 0], v, av, code)
-                    )
-            verdict, conclusive = _combine(results, q)
+                    explanation = _relative(cond, q, quantities[0], lo, hi, v, av, code)
+                per_version[v].append(explanation)
+        explained.append(per_version)
+
+    # The verdicts of every objective and version, combined in one call.
+    width = max((len(c) for rows in explained for c in rows), default=0)
+    violated = np.zeros((len(plans), k, width), dtype=np.bool_)
+    satisfied = np.ones((len(plans), k, width), dtype=np.bool_)
+    for i, rows in enumerate(explained):
+        for v, results in enumerate(rows):
+            for j, c in enumerate(results):
+                violated[i, v, j] = c.verdict is Verdict.VIOLATED
+                satisfied[i, v, j] = c.verdict is Verdict.SATISFIED
+    verdicts = combine(violated, satisfied).tolist()
+
+    bounds = computed.tolist()
+    result: dict[str, list[ObjectiveAssessment]] = {name: [] for name in names}
+    for i, (objective, _, quantities, _) in enumerate(plans):
+        for v, name in enumerate(names):
+            q, results = quantities[v], explained[i][v]
+            verdict = VERDICTS[verdicts[i][v]]
             has_interval = q.kind in (Kind.COUNTS, Kind.MEAN)
-            interval = (float(lower[VIOLATE, 0, v]), float(upper[SATISFY, 0, v]))
             result[name].append(
                 ObjectiveAssessment(
                     version=name,
                     index=i,
                     metric=objective.metric,
                     verdict=verdict,
-                    conclusive=conclusive,
+                    conclusive=_conclusive(verdict, results, q),
                     estimate=q.estimate,
-                    interval=interval if has_interval else None,
+                    interval=(bounds[i][VIOLATE][0][v][0], bounds[i][SATISFY][0][v][1])
+                    if has_interval
+                    else None,
                     sample_size=q.sample_size,
                     bucket_bound=q.bucket_bound,
                     conditions=tuple(results),
@@ -434,32 +455,29 @@ def assess_versions(
     return {name: tuple(items) for name, items in result.items()}
 
 
-def _combine(results: list[ConditionResult], q: Quantity) -> tuple[Verdict, bool]:
-    code = combine(
-        np.array([r.verdict is Verdict.VIOLATED for r in results], dtype=np.bool_),
-        np.array([r.verdict is Verdict.SATISFIED for r in results], dtype=np.bool_),
-    )
-    verdict = VERDICTS[int(code)]
+def _conclusive(verdict: Verdict, results: list[ConditionResult], q: Quantity) -> bool:
+    """Whether `verdict`, combined from `results`, rests on anytime-valid evidence."""
     if not results:
         # An objective with nothing to check for this version (e.g. a relative-only
         # objective on the baseline) holds trivially.
-        return verdict, q.kind is not Kind.POINT
+        return q.kind is not Kind.POINT
     if verdict is Verdict.VIOLATED:
-        return verdict, any(r.conclusive for r in results if r.verdict is Verdict.VIOLATED)
+        return any(r.conclusive for r in results if r.verdict is Verdict.VIOLATED)
     if verdict is Verdict.SATISFIED:
-        return verdict, all(r.conclusive for r in results)
-    return verdict, False
+        return all(r.conclusive for r in results)
+    return False
 
 
 def _absolute(
     cond: Condition,
     q: Quantity,
-    lower: FloatArray,
-    upper: FloatArray,
+    lower: Sequence[Sequence[float]],
+    upper: Sequence[Sequence[float]],
+    v: int,
     alpha_violate: float,
     verdict: Verdict,
 ) -> ConditionResult:
-    """Explain `verdict` (from `judge`); a point value gets the plain comparison instead."""
+    """Explain `verdict` (from `judge`) for version `v`; `lower` and `upper` are (4, K)."""
     if q.kind is Kind.NONE:
         return ConditionResult(
             cond.kind, cond.limit, cond.description, Verdict.UNDECIDED, False, q.note
@@ -477,8 +495,8 @@ def _absolute(
             False,
             f"value {fmt(q.estimate)}, plain comparison",
         )
-    lo_v, hi_v = float(lower[VIOLATE]), float(upper[VIOLATE])
-    lo_s, hi_s = float(lower[SATISFY]), float(upper[SATISFY])
+    lo_v, hi_v = lower[VIOLATE][v], upper[VIOLATE][v]
+    lo_s, hi_s = lower[SATISFY][v], upper[SATISFY][v]
     n = f"n={q.sample_size:.0f}" if q.sample_size is not None else "n=?"
     decided = verdict is not Verdict.UNDECIDED
     if verdict is Verdict.VIOLATED:
@@ -540,8 +558,8 @@ def _relative(
     cond: Condition,
     qc: Quantity,
     qb: Quantity,
-    lower: FloatArray,
-    upper: FloatArray,
+    lower: Sequence[Sequence[float]],
+    upper: Sequence[Sequence[float]],
     v: int,
     alpha_violate: float,
     verdict: Verdict,
@@ -571,8 +589,8 @@ def _relative(
             f"{fmt(qc.estimate)} vs allowed {fmt(allowed)} (baseline {fmt(qb.estimate)}),"
             " plain comparison",
         )
-    c_lo_v, c_hi_s = float(lower[VIOLATE_HALF, v]), float(upper[SATISFY_HALF, v])
-    b_hi_v, b_lo_s = float(upper[VIOLATE_HALF, 0]), float(lower[SATISFY_HALF, 0])
+    c_lo_v, c_hi_s = lower[VIOLATE_HALF][v], upper[SATISFY_HALF][v]
+    b_hi_v, b_lo_s = upper[VIOLATE_HALF][0], lower[SATISFY_HALF][0]
     # Without per-iteration counts only the cumulative figures can be compared; under a
     # moving split a global incident can bias them (Simpson's paradox), so say so.
     cumulative = "; cumulative comparison (no per-iteration counts)" if cond.kind == "ratio" else ""
