@@ -26,7 +26,14 @@ import numpy as np
 import numpy.typing as npt
 
 from analytics import bayes
-from analytics.assessment import Condition, ObjectiveAssessment, Verdict
+from analytics.assessment import (
+    SATISFIED,
+    VERDICTS,
+    VIOLATED,
+    Condition,
+    ObjectiveAssessment,
+    Verdict,
+)
 from analytics.evidence import Arrays, Kind, Quantity, stack
 from analytics.model import DeploymentPattern, Direction, ExperimentSpec, TestingPattern
 from analytics.split import initial_weights
@@ -34,6 +41,7 @@ from analytics.winner import RewardArrays, WinnerAssessment, pairwise_evidence
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
 
 TOP_TWO_BETA = 0.5
 DEFAULT_SAMPLES = 1000
@@ -159,18 +167,39 @@ def top_two_shares(
     return np.asarray(shares, dtype=np.float64)
 
 
+def prob_feasible(verdict: IntArray, conclusive: BoolArray, unmet: FloatArray) -> FloatArray:
+    """Posterior probability that every objective holds (taken as independent), (R, K).
+
+    Args:
+        verdict: (R, K, O) verdict codes (`assessment.VERDICTS`).
+        conclusive: (R, K, O) whether each verdict is anytime-valid; a conclusive violation
+            rules the version out.
+        unmet: (R, K, O) the probability that the objective's conditions not yet satisfied
+            hold (read only where the objective is not satisfied).
+    """
+    p = np.ones(verdict.shape[:-1])
+    for o in range(verdict.shape[-1]):
+        p = p * np.where(verdict[..., o] == SATISFIED, 1.0, unmet[..., o])
+    out = np.any((verdict == VIOLATED) & conclusive, axis=-1)
+    return np.asarray(np.where(out, 0.0, p), dtype=np.float64)
+
+
 def _prob_feasible(
     items: tuple[ObjectiveAssessment, ...], baseline_items: tuple[ObjectiveAssessment, ...]
 ) -> float:
-    """Posterior probability that every objective holds (objectives taken as independent)."""
-    p = 1.0
-    for item, base in zip(items, baseline_items, strict=True):
-        if item.verdict is Verdict.SATISFIED:
-            continue
-        if item.verdict is Verdict.VIOLATED and item.conclusive:
-            return 0.0
-        p *= _prob_objective(item, base)
-    return p
+    """`prob_feasible` for one version."""
+    shape = (1, 1, len(items))
+    verdict = np.array([VERDICTS.index(i.verdict) for i in items], dtype=np.int64)
+    conclusive = np.array([i.conclusive for i in items], dtype=np.bool_)
+    unmet = np.array(
+        [
+            1.0 if i.verdict is Verdict.SATISFIED else _prob_objective(i, b)
+            for i, b in zip(items, baseline_items, strict=True)
+        ],
+        dtype=np.float64,
+    )
+    p = prob_feasible(verdict.reshape(shape), conclusive.reshape(shape), unmet.reshape(shape))
+    return float(p[0, 0])
 
 
 def _prob_objective(item: ObjectiveAssessment, base: ObjectiveAssessment) -> float:

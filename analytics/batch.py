@@ -247,20 +247,17 @@ def _assess(
     return out
 
 
-def _prob_feasible(objectives: list[_Objective], verdict: IntArray) -> FloatArray:
-    """The batched `allocation._prob_feasible` for every version: (R, K)."""
-    r, k, _ = verdict.shape
-    p = np.ones((r, k))
-    for i, objective in enumerate(objectives):
-        factor = np.ones((r, k))
+def _unmet(objectives: list[_Objective], verdict: IntArray) -> FloatArray:
+    """(R, K, O): the probability that each objective's conditions not yet satisfied hold."""
+    out = []
+    for objective in objectives:
+        factor = np.ones(objective.verdict.shape)
         for item in objective.judged:
             holds = item.satisfied | ~item.applies
             prob = allocation.condition_probability(objective.quantity, item.condition)
             factor = factor * np.where(holds, 1.0, prob)
-        p = p * np.where(verdict[:, :, i] == SATISFIED, 1.0, factor)
-    # Sequence verdicts are all conclusive: a violated objective rules the version out.
-    out = np.any(verdict == VIOLATED, axis=-1)
-    return np.asarray(np.where(out, 0.0, p), dtype=np.float64)
+        out.append(factor)
+    return np.stack(out, axis=-1) if out else np.ones(verdict.shape)
 
 
 def _next_weights(
@@ -283,7 +280,9 @@ def _next_weights(
         return allocation.blue_green_split(found, found_conclusive, k)
     running = ~np.any(verdict == VIOLATED, axis=-1)
     if spec.strategy.testing_pattern is TestingPattern.CANARY:
-        feasible = _prob_feasible(objectives, verdict)[:, 1]
+        # Every verdict here is anytime-valid, so conclusive wherever decided.
+        conclusive = verdict != UNDECIDED
+        feasible = allocation.prob_feasible(verdict, conclusive, _unmet(objectives, verdict))[:, 1]
         target = allocation.canary_target(spec, feasible, running[:, 1])
     else:
         target = allocation.reward_target(spec, reward, running)
