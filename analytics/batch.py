@@ -9,7 +9,10 @@ probabilities (`bayes`, `allocation.condition_probability`), the winner
 are the array functions `analyze` itself calls with R = 1. This module only turns arrays of
 measurements into their evidence and wires those functions together;
 tests/unit/benchmarks/test_batch.py checks that every verdict, winner, weight and
-recommendation equals `analyze`'s on random inputs.
+recommendation equals `analyze`'s on random inputs. The one exception is `RatioSums`, the
+running conditional ratio test per replicate: `conditional.RatioTest` folds one candidate in
+pure Python, since the stages that only parse the status must not load numpy, so the array
+fold lives here (tests/unit/analytics/test_conditional.py checks both fold alike).
 
 Measurements are arrays per metric: `Counts` (events, trials), `Moments` (count, sum, sum
 of squares) or `Histogram` (cumulative bucket counts), each (R, K) or (R, K, B) with K the
