@@ -26,14 +26,22 @@ import numpy as np
 import numpy.typing as npt
 
 from analytics import bayes
-from analytics.assessment import ObjectiveAssessment, Verdict
-from analytics.evidence import Kind, Quantity
+from analytics.assessment import (
+    SATISFIED,
+    VERDICTS,
+    VIOLATED,
+    Condition,
+    ObjectiveAssessment,
+    Verdict,
+)
+from analytics.evidence import Arrays, Kind, Quantity, stack
 from analytics.model import DeploymentPattern, Direction, ExperimentSpec, TestingPattern
 from analytics.split import initial_weights
-from analytics.winner import RewardArrays, WinnerAssessment, pairwise_evidence, reward_arrays
+from analytics.winner import RewardArrays, WinnerAssessment, pairwise_evidence
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
 
 TOP_TWO_BETA = 0.5
 DEFAULT_SAMPLES = 1000
@@ -159,18 +167,39 @@ def top_two_shares(
     return np.asarray(shares, dtype=np.float64)
 
 
+def prob_feasible(verdict: IntArray, conclusive: BoolArray, unmet: FloatArray) -> FloatArray:
+    """Posterior probability that every objective holds (taken as independent), (R, K).
+
+    Args:
+        verdict: (R, K, O) verdict codes (`assessment.VERDICTS`).
+        conclusive: (R, K, O) whether each verdict is anytime-valid; a conclusive violation
+            rules the version out.
+        unmet: (R, K, O) the probability that the objective's conditions not yet satisfied
+            hold (read only where the objective is not satisfied).
+    """
+    p = np.ones(verdict.shape[:-1])
+    for o in range(verdict.shape[-1]):
+        p = p * np.where(verdict[..., o] == SATISFIED, 1.0, unmet[..., o])
+    out = np.any((verdict == VIOLATED) & conclusive, axis=-1)
+    return np.asarray(np.where(out, 0.0, p), dtype=np.float64)
+
+
 def _prob_feasible(
     items: tuple[ObjectiveAssessment, ...], baseline_items: tuple[ObjectiveAssessment, ...]
 ) -> float:
-    """Posterior probability that every objective holds (objectives taken as independent)."""
-    p = 1.0
-    for item, base in zip(items, baseline_items, strict=True):
-        if item.verdict is Verdict.SATISFIED:
-            continue
-        if item.verdict is Verdict.VIOLATED and item.conclusive:
-            return 0.0
-        p *= _prob_objective(item, base)
-    return p
+    """`prob_feasible` for one version."""
+    shape = (1, 1, len(items))
+    verdict = np.array([VERDICTS.index(i.verdict) for i in items], dtype=np.int64)
+    conclusive = np.array([i.conclusive for i in items], dtype=np.bool_)
+    unmet = np.array(
+        [
+            1.0 if i.verdict is Verdict.SATISFIED else _prob_objective(i, b)
+            for i, b in zip(items, baseline_items, strict=True)
+        ],
+        dtype=np.float64,
+    )
+    p = prob_feasible(verdict.reshape(shape), conclusive.reshape(shape), unmet.reshape(shape))
+    return float(p[0, 0])
 
 
 def _prob_objective(item: ObjectiveAssessment, base: ObjectiveAssessment) -> float:
@@ -193,10 +222,58 @@ def _prob_relative(qc: Quantity, qb: Quantity, kind: str, limit: float) -> float
     b = bayes.mean_and_variance(qb)
     if c is None or b is None:
         return 0.5
-    ratio = limit if kind == "ratio" else 1.0
-    shift = limit if kind == "increase" else 0.0
-    # P(c - ratio * b - shift <= 0) under a normal approximation of both posteriors.
-    return bayes.prob_normal_at_most((c[0] - ratio * b[0] - shift, c[1] + ratio**2 * b[1]), 0.0)
+    return float(bayes.prob_within(c, b, kind, limit))
+
+
+def condition_probability(x: Arrays, condition: Condition) -> FloatArray:
+    """Posterior probability that `condition` holds, per replicate and version, (R, K);
+    a relative condition compares each version with the baseline (column 0)."""
+    if condition.kind == "upper":
+        return bayes.prob_below(x, condition.limit)
+    if condition.kind == "lower":
+        return np.asarray(1.0 - bayes.prob_below(x, condition.limit), dtype=np.float64)
+    mean, variance = bayes.moments(x)
+    p = bayes.prob_within(
+        (mean, variance), (mean[:, :1], variance[:, :1]), condition.kind, condition.limit
+    )
+    return np.asarray(np.where(x.present & x.present[:, :1], p, 0.5), dtype=np.float64)
+
+
+def canary_target(
+    spec: ExperimentSpec, feasible: npt.ArrayLike, doubtful: npt.ArrayLike
+) -> FloatArray:
+    """(R, 2) target split of a canary: maxCandidateWeight times the probability it is
+    feasible (R,), at least `hold_share` while it is `doubtful` (not conclusively failing)."""
+    share = np.asarray(feasible, dtype=np.float64) * spec.strategy.weights.max_candidate_weight
+    share = share / 100.0
+    # A doubtful canary keeps `hold_share` until it is decided: starving it would stop the
+    # evidence that can roll it back (the tests stay valid under any allocation, so the
+    # floor costs no error rate, only bounded harm).
+    share = np.where(doubtful, np.maximum(share, hold_share(spec)), share)
+    return np.stack([1.0 - share, share], axis=-1)
+
+
+def blue_green_split(winner: npt.ArrayLike, conclusive: npt.ArrayLike, k: int) -> IntArray:
+    """(R, K): everything on the baseline until a candidate is the conclusive winner, then
+    everything on it."""
+    w = np.asarray(winner)
+    validated = (w > 0) & np.asarray(conclusive)
+    flip = np.where(validated[:, None], np.arange(k) == w[:, None], np.arange(k) == 0)
+    return to_percentages(100.0 * flip)
+
+
+def reward_target(
+    spec: ExperimentSpec, reward: RewardArrays | None, running: npt.NDArray[np.bool_]
+) -> FloatArray:
+    """(R, K) A/B and A/B/n target shares: top-two on the first reward among the `running`
+    versions, or an even split when there is nothing comparable to steer by (`None`)."""
+    if reward is None or not spec.criteria.rewards:
+        k = running.shape[-1]
+        even = running / np.maximum(running.sum(axis=-1, keepdims=True), 1)
+        anyone = np.asarray(running.any(axis=-1))
+        return np.asarray(np.where(anyone[:, None], even, np.eye(k)[0]), dtype=np.float64)
+    higher = spec.criteria.rewards[0].preferred_direction is Direction.HIGH
+    return top_two_shares(reward, higher, spec.criteria.alpha, running)
 
 
 def next_weights(
@@ -223,27 +300,16 @@ def next_weights(
     if pattern is DeploymentPattern.FIXED_SPLIT:
         return dict(zip(names, to_percentages(now).tolist(), strict=True))
     if pattern is DeploymentPattern.BLUE_GREEN:
-        validated = winner.winner_found and winner.winner != names[0] and winner.conclusive
-        flip = [100.0 if n == winner.winner else 0.0 for n in names] if validated else None
-        return dict(
-            zip(
-                names,
-                to_percentages(flip or [100.0] + [0.0] * (len(names) - 1)).tolist(),
-                strict=True,
-            )
-        )
+        index = names.index(winner.winner) if winner.winner_found and winner.winner else -1
+        split = blue_green_split([index], [winner.conclusive], len(names))
+        return dict(zip(names, split[0].tolist(), strict=True))
 
     baseline = names[0]
     w = spec.strategy.weights
     if spec.strategy.testing_pattern is TestingPattern.CANARY:
         feasible = _prob_feasible(assessments[names[1]], assessments[baseline])
-        share = feasible * w.max_candidate_weight / 100.0
-        if not any(a.conclusive and not a.satisfied for a in assessments[names[1]]):
-            # A doubtful canary keeps `hold_share` until it is decided: starving it would
-            # stop the evidence that can roll it back (the tests stay valid under any
-            # allocation, so the floor costs no error rate, only bounded harm).
-            share = max(share, hold_share(spec))
-        target = np.array([1.0 - share, share])
+        doubtful = not any(a.conclusive and not a.satisfied for a in assessments[names[1]])
+        target = canary_target(spec, [feasible], [doubtful])[0]
     else:
         target = _reward_target(spec, names, assessments, reward_quantities)
     capped = apply_caps(target, now, w.max_candidate_weight, w.max_candidate_weight_increment)
@@ -264,11 +330,7 @@ def _reward_target(
     )
     quantities = [reward_quantities.get(n) for n in names]
     kinds = {q.kind for q in quantities if q is not None} & {Kind.COUNTS, Kind.MEAN}
-    if not spec.criteria.rewards or any(q is None for q in quantities) or len(kinds) != 1:
-        # Nothing comparable to steer by (point values, or counts beside means).
-        even = running / max(running.sum(), 1)
-        return np.asarray(even if running.any() else np.eye(len(names))[0], dtype=np.float64)
-    arrays = reward_arrays([q for q in quantities if q is not None])
-    higher = spec.criteria.rewards[0].preferred_direction is Direction.HIGH
-    shares = top_two_shares(arrays, higher, spec.criteria.alpha, running[None, :])
-    return np.asarray(shares[0], dtype=np.float64)
+    comparable = all(q is not None for q in quantities) and len(kinds) == 1
+    # Without that (point values, or counts beside means) there is nothing to steer by.
+    arrays = stack([q for q in quantities if q is not None]) if comparable else None
+    return np.asarray(reward_target(spec, arrays, running[None, :])[0], dtype=np.float64)

@@ -13,21 +13,29 @@ The recommendation follows fixed rules, checked in order, and names the one that
 3. `iterations-exhausted` — the last iteration: promote the winner if there is one,
    otherwise roll back to the baseline.
 4. `collecting-evidence` — continue.
+
+The rules run on arrays with a leading replicate axis (`may_roll_back`, `decide`):
+`recommend` calls them for one experiment and words the message, `analytics.batch` for R
+replicates.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Final
 
 import numpy as np
+import numpy.typing as npt
 
-from analytics import allocation, evidence
-from analytics.assessment import ObjectiveAssessment, Verdict, assess_versions
+from analytics import allocation, assessment, evidence
+from analytics.assessment import ObjectiveAssessment, assess_versions
 from analytics.evidence import Quantity
 from analytics.model import DeploymentPattern, Experiment, ExperimentSpec, TestingPattern
 from analytics.recommendation import Action, Recommendation
 from analytics.winner import WinnerAssessment, assess_winner
+
+IntArray = npt.NDArray[np.int64]
 
 
 @dataclass(frozen=True)
@@ -96,15 +104,69 @@ def analyze(
     )
 
 
-def _may_roll_back(spec: ExperimentSpec, item: ObjectiveAssessment) -> bool:
-    if item.verdict is not Verdict.VIOLATED:
-        return False
-    setting = spec.criteria.objectives[item.index].rollback_on_failure
-    if setting is not None:
-        return setting
-    if item.conclusive:
-        return True
-    return spec.strategy.deployment_pattern is DeploymentPattern.BLUE_GREEN
+CONTINUE: Final = 0
+PROMOTE: Final = 1
+ROLLBACK: Final = 2
+ACTIONS: Final = (Action.CONTINUE, Action.PROMOTE, Action.ROLLBACK)
+RULES: Final = (
+    "collecting-evidence",
+    "objective-violated",
+    "winner-conclusive",
+    "iterations-exhausted",
+)
+_COLLECTING, _VIOLATED_RULE, _CONCLUSIVE_RULE, _EXHAUSTED_RULE = range(len(RULES))
+
+
+def may_roll_back(
+    spec: ExperimentSpec, verdict: IntArray, conclusive: npt.NDArray[np.bool_]
+) -> npt.NDArray[np.bool_]:
+    """(R, K, O): where a violated objective allows a rollback (rule 1's rollbackOnFailure)."""
+    violated = verdict == assessment.VIOLATED
+    blue_green = spec.strategy.deployment_pattern is DeploymentPattern.BLUE_GREEN
+    allowed = np.zeros(verdict.shape, dtype=np.bool_)
+    for i, objective in enumerate(spec.criteria.objectives):
+        setting = objective.rollback_on_failure
+        # Unset: any anytime-valid violation may roll back; a point value only under BlueGreen.
+        allowed[..., i] = conclusive[..., i] | blue_green if setting is None else setting
+    return np.asarray(violated & allowed)
+
+
+def decide(
+    pattern: TestingPattern,
+    may: npt.NDArray[np.bool_],
+    winner: IntArray,
+    winner_conclusive: npt.NDArray[np.bool_],
+    last_iteration: bool,
+) -> tuple[IntArray, IntArray, IntArray]:
+    """The recommendation rules over replicates: (action, version or -1, index into RULES).
+
+    Args:
+        pattern: the testing pattern.
+        may: (R, K, O) `may_roll_back`.
+        winner: (R,) the winner's index, or -1.
+        winner_conclusive: (R,) whether the winner rests on anytime-valid evidence.
+        last_iteration: whether this is the experiment's last iteration.
+    """
+    r, k, _ = may.shape
+    at_stake = [0] if pattern is TestingPattern.CONFORMANCE else list(range(1, k))
+    failing = np.asarray(may.any(axis=-1))[:, at_stake]
+    rollback_now = failing.all(axis=-1) if at_stake else np.zeros(r, dtype=np.bool_)
+
+    found = winner >= 0
+    promote = found & ~((winner == 0) & (pattern is TestingPattern.CANARY))
+    settle_now = found & winner_conclusive
+    if last_iteration:
+        settle_rule = np.where(settle_now, _CONCLUSIVE_RULE, _EXHAUSTED_RULE)
+        settle_now = np.ones(r, dtype=np.bool_)
+    else:
+        settle_rule = np.full(r, _CONCLUSIVE_RULE)
+    action = np.where(settle_now, np.where(promote, PROMOTE, ROLLBACK), CONTINUE)
+    version = np.where(settle_now, np.where(promote, winner, 0), -1)
+    rule = np.where(settle_now, settle_rule, _COLLECTING)
+    action = np.where(rollback_now, ROLLBACK, action)
+    version = np.where(rollback_now, 0, version)
+    rule = np.where(rollback_now, _VIOLATED_RULE, rule)
+    return action.astype(np.int64), version.astype(np.int64), rule.astype(np.int64)
 
 
 def recommend(
@@ -114,35 +176,40 @@ def recommend(
     last_iteration: bool,
 ) -> Recommendation:
     assert spec.version_info is not None
-    info = spec.version_info
-    baseline = info.baseline.name
-    pattern = spec.strategy.testing_pattern
-
-    at_stake = (
-        [baseline] if pattern is TestingPattern.CONFORMANCE else [c.name for c in info.candidates]
+    names = spec.version_info.names
+    baseline = names[0]
+    verdict = np.array(
+        [[[assessment.VERDICTS.index(a.verdict) for a in assessments[n]] for n in names]]
     )
-    failing = {v: [a for a in assessments[v] if _may_roll_back(spec, a)] for v in at_stake}
-    if at_stake and all(failing[v] for v in at_stake):
-        details = "; ".join(a.message for v in at_stake for a in failing[v][:1])
-        return Recommendation(
-            Action.ROLLBACK, baseline, "objective-violated", f"roll back to {baseline}: {details}"
+    conclusive = np.array([[[a.conclusive for a in assessments[n]] for n in names]])
+    if verdict.size == 0:
+        verdict = np.zeros((1, len(names), 0), dtype=np.int64)
+        conclusive = np.zeros((1, len(names), 0), dtype=np.bool_)
+    may = may_roll_back(spec, verdict, conclusive)
+    index = names.index(winner.winner) if winner.winner_found and winner.winner else -1
+    action_, version_, rule_ = decide(
+        spec.strategy.testing_pattern,
+        may,
+        np.array([index]),
+        np.array([winner.conclusive]),
+        last_iteration,
+    )
+    action, rule = ACTIONS[int(action_[0])], RULES[int(rule_[0])]
+    version = names[int(version_[0])] if version_[0] >= 0 else None
+    if rule == "objective-violated":
+        details = "; ".join(
+            next(a.message for j, a in enumerate(assessments[n]) if may[0, v, j])
+            for v, n in enumerate(names)
+            if may[0, v].any()
+            and (v == 0) == (spec.strategy.testing_pattern is TestingPattern.CONFORMANCE)
         )
-
-    def settle(rule: str) -> Recommendation:
-        if winner.winner_found and winner.winner is not None:
-            if winner.winner == baseline and pattern is TestingPattern.CANARY:
-                return Recommendation(
-                    Action.ROLLBACK, baseline, rule, f"roll back to {baseline}: {winner.message}"
-                )
-            return Recommendation(
-                Action.PROMOTE, winner.winner, rule, f"promote {winner.winner}: {winner.message}"
-            )
-        return Recommendation(
-            Action.ROLLBACK, baseline, rule, f"no winner; keep {baseline}: {winner.message}"
-        )
-
-    if winner.winner_found and winner.conclusive:
-        return settle("winner-conclusive")
-    if last_iteration:
-        return settle("iterations-exhausted")
-    return Recommendation(Action.CONTINUE, None, "collecting-evidence", winner.message)
+        message = f"roll back to {baseline}: {details}"
+    elif action is Action.CONTINUE:
+        message = winner.message
+    elif action is Action.PROMOTE:
+        message = f"promote {version}: {winner.message}"
+    elif winner.winner_found and winner.winner is not None:
+        message = f"roll back to {baseline}: {winner.message}"
+    else:
+        message = f"no winner; keep {baseline}: {winner.message}"
+    return Recommendation(action, version, rule, message)

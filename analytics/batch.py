@@ -1,15 +1,18 @@
 """`analytics.analysis.analyze` for R replicates of one experiment at once (leading axis R).
 
 The benchmarks run thousands of simulated experiments; building R `Experiment` values and
-analysing them one by one would cost seconds per iteration. This module runs the same
-analysis with arrays. The A/B and A/B/n winner (`winner.reward_winner`) and weights
-(`allocation.top_two_shares`), the caps and the rounding are not copied: both paths call
-the very same array functions. The objectives' verdicts use the confidence sequences of
-`analytics.sequential` and the conditions and prior scales of `analytics.assessment`; where
-those modules only take one `Quantity` at a time (`bayes.prob_at_most`,
-`bayes.mean_and_variance`), their formulas are repeated here term for term, and
+analysing them one by one would cost seconds per iteration. Nothing of the analysis is
+written here: the verdicts (`assessment.judge`, `assessment.combine`), the posterior
+probabilities (`bayes`, `allocation.condition_probability`), the winner
+(`winner.pattern_winner`, `winner.reward_winner`), the targets, caps and rounding
+(`allocation`) and the recommendation rules (`analysis.may_roll_back`, `analysis.decide`)
+are the array functions `analyze` itself calls with R = 1. This module only turns arrays of
+measurements into their evidence and wires those functions together;
 tests/unit/benchmarks/test_batch.py checks that every verdict, winner, weight and
-recommendation equals `analyze`'s on random inputs.
+recommendation equals `analyze`'s on random inputs. The one exception is `RatioSums`, the
+running conditional ratio test per replicate: `conditional.RatioTest` folds one candidate in
+pure Python, since the stages that only parse the status must not load numpy, so the array
+fold lives here (tests/unit/analytics/test_conditional.py checks both fold alike).
 
 Measurements are arrays per metric: `Counts` (events, trials), `Moments` (count, sum, sum
 of squares) or `Histogram` (cumulative bucket counts), each (R, K) or (R, K, B) with K the
@@ -25,47 +28,38 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final
 
 import numpy as np
 import numpy.typing as npt
-from scipy import special
 
-from analytics import allocation, assessment, bayes, conditional, sequential, split
+from analytics import allocation, analysis, assessment, conditional, sequential, split, winner
+from analytics.analysis import CONTINUE, PROMOTE, ROLLBACK, RULES
+from analytics.assessment import SATISFIED, UNDECIDED, VERDICTS, VIOLATED
+from analytics.evidence import Arrays
 from analytics.measurements import Histogram as _ScalarHistogram
-from analytics.model import (
-    DeploymentPattern,
-    Direction,
-    ExperimentSpec,
-    Objective,
-    TestingPattern,
-)
-from analytics.winner import RewardArrays, reward_winner
+from analytics.model import DeploymentPattern, Direction, ExperimentSpec, TestingPattern
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
 
-UNDECIDED: Final = 0
-SATISFIED: Final = 1
-VIOLATED: Final = 2
-VERDICTS: Final = (
-    assessment.Verdict.UNDECIDED,
-    assessment.Verdict.SATISFIED,
-    assessment.Verdict.VIOLATED,
-)
-
-CONTINUE: Final = 0
-PROMOTE: Final = 1
-ROLLBACK: Final = 2
-
-RULES: Final = (
-    "collecting-evidence",
-    "objective-violated",
-    "winner-conclusive",
-    "iterations-exhausted",
-)
-_COLLECTING, _VIOLATED_RULE, _CONCLUSIVE_RULE, _EXHAUSTED_RULE = range(4)
+__all__ = [
+    "CONTINUE",
+    "PROMOTE",
+    "ROLLBACK",
+    "RULES",
+    "SATISFIED",
+    "UNDECIDED",
+    "VERDICTS",
+    "VIOLATED",
+    "BatchAnalysis",
+    "Counts",
+    "Histogram",
+    "Measurement",
+    "Moments",
+    "RatioSums",
+    "analyze",
+]
 
 
 @dataclass(frozen=True, eq=False)
@@ -186,59 +180,8 @@ class BatchAnalysis:
     recommended: IntArray
 
 
-@dataclass(frozen=True, eq=False)
-class _Quantity:
-    """Batched `evidence.Quantity`: counts (a=events, b=trials) or a mean (a=count, b=sum)."""
-
-    is_counts: bool
-    a: FloatArray
-    b: FloatArray
-    sum_of_squares: FloatArray
-    scale: float
-    present: BoolArray
-    estimate: FloatArray
-
-    def bounds(self, alpha: npt.ArrayLike) -> tuple[FloatArray, FloatArray]:
-        """Confidence-sequence bounds, broadcasting `alpha` against (R, K)."""
-        if self.is_counts:
-            lo, hi = sequential.binomial_cs(self.a, self.b, alpha, self.scale)
-        else:
-            lo, hi = sequential.mean_cs(self.a, self.b, self.sum_of_squares, alpha)
-        return np.where(self.present, lo, -np.inf), np.where(self.present, hi, np.inf)
-
-    def arrays(self) -> RewardArrays:
-        return RewardArrays(self.is_counts, self.a, self.b, self.sum_of_squares, self.present)
-
-    def mean_and_variance(self) -> tuple[FloatArray, FloatArray]:
-        """`bayes.mean_and_variance`, elementwise (meaningless where not `present`)."""
-        if self.is_counts:
-            a = self.a + bayes.JEFFREYS
-            b = self.b - self.a + bayes.JEFFREYS
-            return a / (a + b), a * b / ((a + b) ** 2 * (a + b + 1))
-        n = np.maximum(self.a, 2.0)
-        variance = np.maximum(self.sum_of_squares - self.a * self.estimate**2, 0.0) / (n - 1)
-        return self.estimate, variance / n
-
-    def prob_at_most(self, limit: float) -> FloatArray:
-        """`bayes.prob_at_most`, elementwise: 1/2 without data."""
-        if self.is_counts:
-            a = self.a + bayes.JEFFREYS
-            b = self.b - self.a + bayes.JEFFREYS
-            p = special.betainc(a, b, min(max(limit, 0.0), 1.0))
-        else:
-            p = _prob_normal_at_most(*self.mean_and_variance(), limit)
-        return np.asarray(np.where(self.present, p, 0.5), dtype=np.float64)
-
-
-def _prob_normal_at_most(mean: FloatArray, variance: FloatArray, limit: float) -> FloatArray:
-    """`bayes.prob_normal_at_most`, elementwise."""
-    safe = np.where(variance > 0, variance, 1.0)
-    p = special.ndtr((limit - mean) / np.sqrt(safe))
-    return np.asarray(np.where(variance > 0, p, np.where(mean <= limit, 1.0, 0.0)))
-
-
-def _quantity(m: Measurement, bucket_limit: float | None, scale: float) -> _Quantity:
-    """Batched `evidence.quantity`."""
+def _arrays(m: Measurement, bucket_limit: float | None, scale: float) -> Arrays:
+    """The batched `evidence.quantity`: a measurement's evidence as (R, K) arrays."""
     if isinstance(m, Histogram):
         if bucket_limit is None:
             raise ValueError("a histogram objective needs upperLimit to choose its bucket bound")
@@ -251,216 +194,102 @@ def _quantity(m: Measurement, bucket_limit: float | None, scale: float) -> _Quan
     if isinstance(m, Counts):
         events = np.asarray(m.events, dtype=np.float64)
         trials = np.asarray(m.trials, dtype=np.float64)
-        present = trials > 0
-        estimate = np.where(present, events / np.where(present, trials, 1.0), np.nan)
-        return _Quantity(True, events, trials, np.zeros_like(trials), scale, present, estimate)
+        return Arrays(True, events, trials, np.zeros_like(trials), trials > 0, scale)
     count = np.asarray(m.count, dtype=np.float64)
-    total = np.asarray(m.total, dtype=np.float64)
-    present = count > 0
-    estimate = np.where(present, total / np.where(present, count, 1.0), np.nan)
     squares = np.asarray(m.sum_of_squares, dtype=np.float64)
-    return _Quantity(False, count, total, squares, scale, present, estimate)
+    return Arrays(False, count, np.asarray(m.total, dtype=np.float64), squares, count > 0, scale)
 
 
 @dataclass(frozen=True, eq=False)
-class _Assessed:
-    verdict: IntArray  # (R, K, O)
-    # Per objective, per condition: kind, limit and (R, K) satisfied / probability inputs.
-    conditions: list[list[tuple[str, float, BoolArray]]]
-    quantities: list[_Quantity]
-
-
-def _limit_of(kind: str, limit: float, baseline_value: FloatArray) -> FloatArray:
-    if kind == "ratio":
-        return limit * baseline_value
-    return baseline_value + limit
-
-
-_Plan = tuple[Objective, "_Quantity", list[assessment._Condition], list[assessment._Condition]]
+class _Objective:
+    quantity: Arrays
+    judged: list[assessment.ConditionVerdict]
+    verdict: IntArray  # (R, K)
 
 
 def _assess(
     spec: ExperimentSpec,
-    measurements: dict[str, Measurement],
+    measurements: Mapping[str, Measurement],
     shape: tuple[int, int],
-    ratio_sums: Mapping[str, RatioSums] | None = None,
-) -> _Assessed:
-    """Batched `assessment.assess_versions`: verdicts (R, K, O)."""
+    ratio_sums: Mapping[str, RatioSums] | None,
+) -> list[_Objective]:
+    """The batched `assessment.assess_versions`, one entry per objective."""
     alpha = spec.criteria.alpha
-    r, k = shape
-    plans: list[_Plan] = []
+    k = shape[1]
+    plans = []
     for objective in spec.criteria.objectives:
-        m = measurements.get(objective.metric)
-        if m is None:
-            m = Counts(np.zeros(shape), np.zeros(shape))
+        m = measurements.get(objective.metric) or Counts(np.zeros(shape), np.zeros(shape))
         histogram = isinstance(m, Histogram)
-        scale = assessment._scale(objective, histogram, sequential.DEFAULT_SCALE)
-        q = _quantity(m, objective.upper_limit if histogram else None, scale)
-        base_conditions = assessment._conditions(objective, histogram, False)
-        cand_conditions = assessment._conditions(objective, histogram, objective.is_relative)
-        plans.append((objective, q, base_conditions, cand_conditions))
-
-    n_base = max(1, sum(len(p[2]) for p in plans))
-    n_cand = max(1, sum(len(p[3]) for p in plans))
-    av_base, av_cand = alpha / n_base, alpha / n_cand
-    av = np.array([av_base] + [av_cand] * (k - 1))
-
-    verdict = np.zeros((r, k, len(plans)), dtype=np.int64)
-    conditions: list[list[tuple[str, float, BoolArray]]] = []
-    for i, (objective, q, base_conditions, cand_conditions) in enumerate(plans):
-        # One call per objective: the four levels analyze asks for, every version at once.
-        levels = np.stack([av, np.full(k, alpha), np.full(k, av_cand / 2), np.full(k, alpha / 2)])
-        lo, hi = q.bounds(levels[:, None, :])
-        lo_v, hi_v, lo_s, hi_s = lo[0], hi[0], lo[1], hi[1]
-        lo_vh, hi_vh, lo_sh, hi_sh = lo[2], hi[2], lo[3], hi[3]
-        objective_conditions: list[tuple[str, float, BoolArray]] = []
-        sat_all = np.ones((r, k), dtype=np.bool_)
-        viol_any = np.zeros((r, k), dtype=np.bool_)
-        has_conditions = np.array([bool(base_conditions)] + [bool(cand_conditions)] * (k - 1))
-        for cond in cand_conditions:
-            applies = np.ones(k, dtype=np.bool_)
-            if cond.kind in ("upper", "lower"):
-                if cond.kind == "upper":
-                    violated = lo_v > cond.limit
-                    satisfied = ~violated & (hi_s <= cond.limit)
-                else:
-                    violated = hi_v < cond.limit
-                    satisfied = ~violated & (lo_s >= cond.limit)
-                violated &= q.present
-                satisfied &= q.present
-            elif (
-                cond.kind == "ratio"
-                and (sums := (ratio_sums or {}).get(objective.metric)) is not None
-                and math.isclose(sums.margin, cond.limit)
-            ):
-                # `assessment._conditional`: the conditional test on per-iteration counts.
-                applies[0] = False
-                violated = sequential.ratio_log_evidence(sums.violation) >= -np.log(av_cand)
-                satisfied = ~violated & (
-                    sequential.ratio_log_evidence(sums.satisfaction) >= -np.log(alpha)
-                )
-            else:
-                applies[0] = False
-                both = q.present & q.present[:, :1]
-                violated = both & (lo_vh > _limit_of(cond.kind, cond.limit, hi_vh[:, :1]))
-                satisfied = (
-                    both & ~violated & (hi_sh <= _limit_of(cond.kind, cond.limit, lo_sh[:, :1]))
-                )
-            violated &= applies
-            satisfied |= ~applies
-            sat_all &= satisfied
-            viol_any |= violated
-            objective_conditions.append((cond.kind, cond.limit, satisfied))
-        code = np.where(viol_any, VIOLATED, np.where(sat_all, SATISFIED, UNDECIDED))
-        verdict[:, :, i] = np.where(has_conditions, code, SATISFIED)
-        conditions.append(objective_conditions)
-    return _Assessed(verdict, conditions, [p[1] for p in plans])
+        scale = assessment.prior_scale(objective, histogram, sequential.DEFAULT_SCALE)
+        q = _arrays(m, objective.upper_limit if histogram else None, scale)
+        plans.append((objective, histogram, q))
+    n_baseline = sum(len(assessment.conditions(o, h, False)) for o, h, _ in plans)
+    candidate_conditions = [assessment.conditions(o, h, o.is_relative) for o, h, _ in plans]
+    n_candidate = sum(len(c) for c in candidate_conditions)
+    alphas = assessment.levels(alpha, n_baseline, n_candidate, k)
+    out: list[_Objective] = []
+    for (objective, _, q), conditions in zip(plans, candidate_conditions, strict=True):
+        # One call per objective: the four levels, every version at once.
+        lower, upper = q.bounds(alphas[:, None, :])
+        ratio = None
+        sums = (ratio_sums or {}).get(objective.metric)
+        if (
+            sums is not None
+            and objective.max_ratio is not None
+            and math.isclose(sums.margin, objective.max_ratio)
+        ):
+            ratio = assessment.RatioEvidence(
+                sequential.ratio_log_evidence(sums.violation),
+                sequential.ratio_log_evidence(sums.satisfaction),
+                np.ones(shape, dtype=np.bool_),
+            )
+        judged = assessment.judge(
+            conditions, lower, upper, q.present, alpha, float(alphas[assessment.VIOLATE, -1]), ratio
+        )
+        out.append(_Objective(q, judged, assessment.combine_verdicts(judged, shape)))
+    return out
 
 
-def _winner(
-    spec: ExperimentSpec,
-    verdict: IntArray,
-    reward: _Quantity | None,
-) -> tuple[IntArray, BoolArray]:
-    """Batched `winner.assess_winner`: (winner index or -1, conclusive)."""
-    r = verdict.shape[0]
-    satisfied = np.all(verdict == SATISFIED, axis=-1)
-    decided = np.all(verdict != UNDECIDED, axis=-1)
-    violated = np.any(verdict == VIOLATED, axis=-1)
-    none = np.full(r, -1, dtype=np.int64)
-    pattern = spec.strategy.testing_pattern
-    if pattern is TestingPattern.CONFORMANCE:
-        return np.where(satisfied[:, 0], 0, -1), satisfied[:, 0] & decided[:, 0]
-    if pattern is TestingPattern.CANARY:
-        winner = np.where(satisfied[:, 1], 1, np.where(satisfied[:, 0], 0, -1))
-        conclusive = np.where(satisfied[:, 1], decided[:, 1], satisfied[:, 0] & violated[:, 1])
-        return winner, conclusive
-    if reward is None or not spec.criteria.rewards:
-        return none, np.zeros(r, dtype=np.bool_)
-    higher = spec.criteria.rewards[0].preferred_direction is Direction.HIGH
-    decision = reward_winner(reward.arrays(), higher, spec.criteria.alpha, satisfied, ~violated)
-    found = decision.winner
-    conclusive = (found >= 0) & decided[np.arange(r), np.maximum(found, 0)]
-    return found, conclusive
-
-
-def _prob_feasible(assessed: _Assessed) -> FloatArray:
-    """Batched `allocation._prob_feasible` for every version: (R, K)."""
-    r, k, _ = assessed.verdict.shape
-    p = np.ones((r, k))
-    out = np.zeros((r, k), dtype=np.bool_)
-    q_all = assessed.quantities
-    for i, conditions in enumerate(assessed.conditions):
-        v = assessed.verdict[:, :, i]
-        out |= v == VIOLATED
-        q = q_all[i]
-        factor = np.ones((r, k))
-        for kind, limit, satisfied in conditions:
-            if kind == "upper":
-                prob = q.prob_at_most(limit)
-            elif kind == "lower":
-                prob = 1.0 - q.prob_at_most(limit)
-            else:
-                prob = _prob_relative(q, kind, limit)
-            factor = factor * np.where(satisfied, 1.0, prob)
-        p = p * np.where(v == SATISFIED, 1.0, factor)
-    return np.asarray(np.where(out, 0.0, p), dtype=np.float64)
-
-
-def _prob_relative(q: _Quantity, kind: str, limit: float) -> FloatArray:
-    mean, variance = q.mean_and_variance()
-    ratio = limit if kind == "ratio" else 1.0
-    shift = limit if kind == "increase" else 0.0
-    p = _prob_normal_at_most(
-        mean - ratio * mean[:, :1] - shift, variance + ratio**2 * variance[:, :1], 0.0
-    )
-    return np.asarray(np.where(q.present & q.present[:, :1], p, 0.5), dtype=np.float64)
-
-
-def _reward_target(
-    spec: ExperimentSpec, assessed: _Assessed, reward: _Quantity | None
-) -> FloatArray:
-    """`allocation._reward_target` for every replicate: (R, K) target shares."""
-    running = ~np.any(assessed.verdict == VIOLATED, axis=-1)  # sequence verdicts: conclusive
-    if reward is None or not spec.criteria.rewards:
-        shares = running / np.maximum(running.sum(axis=-1, keepdims=True), 1)
-        k = running.shape[-1]
-        return np.asarray(np.where(running.any(axis=-1)[:, None], shares, np.eye(k)[0]))
-    higher = spec.criteria.rewards[0].preferred_direction is Direction.HIGH
-    return allocation.top_two_shares(reward.arrays(), higher, spec.criteria.alpha, running)
+def _unmet(objectives: list[_Objective], verdict: IntArray) -> FloatArray:
+    """(R, K, O): the probability that each objective's conditions not yet satisfied hold."""
+    out = []
+    for objective in objectives:
+        factor = np.ones(objective.verdict.shape)
+        for item in objective.judged:
+            holds = item.satisfied | ~item.applies
+            prob = allocation.condition_probability(objective.quantity, item.condition)
+            factor = factor * np.where(holds, 1.0, prob)
+        out.append(factor)
+    return np.stack(out, axis=-1) if out else np.ones(verdict.shape)
 
 
 def _next_weights(
     spec: ExperimentSpec,
     current: FloatArray,
-    assessed: _Assessed,
-    winner: IntArray,
-    winner_conclusive: BoolArray,
-    reward: _Quantity | None,
-    rng: np.random.Generator | Sequence[np.random.Generator],
-    n_samples: int,
+    objectives: list[_Objective],
+    verdict: IntArray,
+    found: IntArray,
+    found_conclusive: BoolArray,
+    reward: Arrays | None,
 ) -> IntArray | None:
-    """Batched `allocation.next_weights`."""
+    """The batched `allocation.next_weights`."""
     pattern = spec.strategy.deployment_pattern
-    k = assessed.verdict.shape[1]
+    k = verdict.shape[1]
     if spec.strategy.testing_pattern is TestingPattern.CONFORMANCE:
         return None
     if pattern is DeploymentPattern.FIXED_SPLIT:
         return allocation.to_percentages(current)
     if pattern is DeploymentPattern.BLUE_GREEN:
-        validated = (winner > 0) & winner_conclusive
-        flip = np.where(validated[:, None], np.arange(k) == winner[:, None], np.arange(k) == 0)
-        return allocation.to_percentages(100.0 * flip)
-    w = spec.strategy.weights
+        return allocation.blue_green_split(found, found_conclusive, k)
+    running = ~np.any(verdict == VIOLATED, axis=-1)
     if spec.strategy.testing_pattern is TestingPattern.CANARY:
-        feasible = _prob_feasible(assessed)[:, 1]
-        share = feasible * w.max_candidate_weight / 100.0
-        # A candidate not yet conclusively failing keeps `allocation.hold_share`.
-        doubtful = ~np.any(assessed.verdict[:, 1, :] == VIOLATED, axis=-1)
-        share = np.where(doubtful, np.maximum(share, allocation.hold_share(spec)), share)
-        target = np.stack([1.0 - share, share], axis=-1)
+        # Every verdict here is anytime-valid, so conclusive wherever decided.
+        conclusive = verdict != UNDECIDED
+        feasible = allocation.prob_feasible(verdict, conclusive, _unmet(objectives, verdict))[:, 1]
+        target = allocation.canary_target(spec, feasible, running[:, 1])
     else:
-        target = _reward_target(spec, assessed, reward)
+        target = allocation.reward_target(spec, reward, running)
+    w = spec.strategy.weights
     capped = allocation.apply_caps(
         target, current, w.max_candidate_weight, w.max_candidate_weight_increment
     )
@@ -484,7 +313,7 @@ def analyze(
         completed_iterations: iterations already done (the same for every replicate).
         rng: one Generator for all replicates, or one per replicate (see the module doc).
         current_weights: (R, K) percentages now in force; None means none recorded yet.
-        n_samples: posterior draws for P(best).
+        n_samples: posterior draws for P(best) (kept for callers, like `analyze`'s).
         ratio_sums: metric name -> the running conditional tests of its maxRatio condition
             (`ExperimentStatus.ratio_tests`); without one, the cumulative comparison.
 
@@ -504,39 +333,60 @@ def analyze(
     if not isinstance(rng, np.random.Generator) and len(rng) != r:
         raise ValueError(f"need one Generator per replicate ({r}), got {len(rng)}")
 
-    assessed = _assess(spec, measurements, (r, k), ratio_sums)
-    reward: _Quantity | None = None
+    objectives = _assess(spec, measurements, (r, k), ratio_sums)
+    verdict = (
+        np.stack([o.verdict for o in objectives], axis=-1)
+        if objectives
+        else np.zeros((r, k, 0), dtype=np.int64)
+    )
+    # Every verdict here rests on a confidence sequence or the conditional test.
+    conclusive = verdict != UNDECIDED
+    satisfied = np.all(verdict == SATISFIED, axis=-1)
+    all_conclusive = np.all(conclusive, axis=-1)
+    ruled_out = np.any(verdict == VIOLATED, axis=-1)
+
+    reward: Arrays | None = None
+    pattern = spec.strategy.testing_pattern
     if spec.criteria.rewards:
         m = measurements.get(spec.criteria.rewards[0].metric)
-        if m is None:
-            m = Counts(np.zeros((r, k)), np.zeros((r, k)))
-        reward = _quantity(m, None, sequential.DEFAULT_SCALE)
-    winner, winner_conclusive = _winner(spec, assessed.verdict, reward)
+        reward = _arrays(
+            m or Counts(np.zeros((r, k)), np.zeros((r, k))), None, sequential.DEFAULT_SCALE
+        )
+    if pattern in (TestingPattern.CONFORMANCE, TestingPattern.CANARY):
+        found, found_conclusive = winner.pattern_winner(
+            pattern, satisfied, all_conclusive, ruled_out
+        )
+    elif reward is None:
+        found, found_conclusive = np.full(r, -1, dtype=np.int64), np.zeros(r, dtype=np.bool_)
+    else:
+        higher = spec.criteria.rewards[0].preferred_direction is Direction.HIGH
+        decision = winner.reward_winner(reward, higher, spec.criteria.alpha, satisfied, ~ruled_out)
+        found = decision.winner
+        found_conclusive = (found >= 0) & all_conclusive[np.arange(r), np.maximum(found, 0)]
 
     if current_weights is None:
         start = split.initial_weights(spec) or {n: 0 for n in names}
         current = np.broadcast_to(np.array([float(start[n]) for n in names]), (r, k))
     else:
         current = np.asarray(current_weights, dtype=np.float64)
-    weights = _next_weights(
-        spec, current, assessed, winner, winner_conclusive, reward, rng, n_samples
-    )
+    weights = _next_weights(spec, current, objectives, verdict, found, found_conclusive, reward)
 
     last = completed_iterations + 1 >= spec.duration.total_iterations
-    action, version, rule = _recommend(spec, assessed.verdict, winner, winner_conclusive, last)
+    may = analysis.may_roll_back(spec, verdict, conclusive)
+    action, version, rule = analysis.decide(pattern, may, found, found_conclusive, last)
     if weights is not None:
         onehot = (np.arange(k) == np.maximum(version, 0)[:, None]) * 100
         weights = np.where((action != CONTINUE)[:, None], onehot, weights).astype(np.int64)
     return BatchAnalysis(
-        verdict=assessed.verdict,
-        conclusive=assessed.verdict != UNDECIDED,
-        winner=winner,
-        winner_conclusive=winner_conclusive,
+        verdict=verdict,
+        conclusive=conclusive,
+        winner=found,
+        winner_conclusive=found_conclusive,
         weights=weights,
         action=action,
         version=version,
         rule=rule,
-        recommended=np.maximum(winner, 0),
+        recommended=np.maximum(found, 0),
     )
 
 
@@ -544,48 +394,3 @@ def _shape(m: Measurement) -> tuple[int, ...]:
     if isinstance(m, Histogram):
         return tuple(np.shape(m.cumulative)[:2])
     return tuple(np.shape(m.events if isinstance(m, Counts) else m.count))
-
-
-def _recommend(
-    spec: ExperimentSpec,
-    verdict: IntArray,
-    winner: IntArray,
-    winner_conclusive: BoolArray,
-    last: bool,
-) -> tuple[IntArray, IntArray, IntArray]:
-    """Batched `analysis.recommend`: (action, version, rule)."""
-    r, k, _ = verdict.shape
-    pattern = spec.strategy.testing_pattern
-    violated = verdict == VIOLATED
-    may = np.zeros_like(violated)
-    for i, objective in enumerate(spec.criteria.objectives):
-        setting = objective.rollback_on_failure
-        # Sequence verdicts are all conclusive, so unset means "may roll back" whatever the
-        # deployment pattern (only point values, never batched, depend on BlueGreen).
-        allowed = True if setting is None else setting
-        may[:, :, i] = violated[:, :, i] & allowed
-    at_stake = [0] if pattern is TestingPattern.CONFORMANCE else list(range(1, k))
-    failing = may.any(axis=-1)[:, at_stake]
-    rollback_now = failing.all(axis=-1) if at_stake else np.zeros(r, dtype=np.bool_)
-
-    found = winner >= 0
-    canary_baseline = (winner == 0) & (pattern is TestingPattern.CANARY)
-    settle_action = np.where(found & ~canary_baseline, PROMOTE, ROLLBACK)
-    settle_version = np.where(found & ~canary_baseline, winner, 0)
-
-    action = np.full(r, CONTINUE, dtype=np.int64)
-    version = np.full(r, -1, dtype=np.int64)
-    rule = np.full(r, _COLLECTING, dtype=np.int64)
-    settle_now = found & winner_conclusive
-    if last:
-        settle_rule = np.where(settle_now, _CONCLUSIVE_RULE, _EXHAUSTED_RULE)
-        settle_now = np.ones(r, dtype=np.bool_)
-    else:
-        settle_rule = np.full(r, _CONCLUSIVE_RULE)
-    action = np.where(settle_now, settle_action, action)
-    version = np.where(settle_now, settle_version, version)
-    rule = np.where(settle_now, settle_rule, rule)
-    action = np.where(rollback_now, ROLLBACK, action)
-    version = np.where(rollback_now, 0, version)
-    rule = np.where(rollback_now, _VIOLATED_RULE, rule)
-    return action.astype(np.int64), version.astype(np.int64), rule.astype(np.int64)

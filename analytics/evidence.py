@@ -4,6 +4,11 @@ An objective on a histogram bounds the share of requests above a bucket bound; o
 a rate; on moments, a mean. `quantity` reduces any measurement to that number's evidence,
 and `bounds` computes every confidence-sequence bound an analysis needs in one vectorised
 call per kind (each call costs about the same for 1 or 100 bounds).
+
+`Arrays` is the same evidence for R replicates and K versions at once, shape (R, K): the
+form every array function of the analysis takes (`analytics.bayes`, `analytics.winner`,
+`analytics.allocation`), so one experiment is simply R = 1 (`stack`) and the benchmark's
+thousands of replicates run the very same code.
 """
 
 from __future__ import annotations
@@ -14,9 +19,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from analytics import sequential
 from analytics.measurements import Counts, Histogram, Measurement, Moments, NoData, PointValue
+
+FloatArray = npt.NDArray[np.float64]
+BoolArray = npt.NDArray[np.bool_]
 
 
 class Kind(enum.Enum):
@@ -128,3 +137,69 @@ def bounds(requests: Sequence[Request]) -> list[tuple[float, float]]:
         for j, i in enumerate(mean_ix):
             out[i] = (float(lo[j]), float(hi[j]))
     return out
+
+
+@dataclass(frozen=True, eq=False)
+class Arrays:
+    """One metric's evidence per replicate and version, shape (R, K), all of one kind.
+
+    Counts: `a` events out of `b` trials. Means: `a` observations summing to `b`, with
+    `sum_of_squares`. `present` marks versions with data; elsewhere the numbers mean
+    nothing. `scale` is the count prior's centre, as in `Quantity`.
+    """
+
+    is_counts: bool
+    a: FloatArray
+    b: FloatArray
+    sum_of_squares: FloatArray
+    present: BoolArray
+    scale: float = sequential.DEFAULT_SCALE
+
+    @property
+    def estimate(self) -> FloatArray:
+        num, den = (self.a, self.b) if self.is_counts else (self.b, self.a)
+        return np.asarray(np.where(self.present, num / np.where(self.present, den, 1.0), np.nan))
+
+    @property
+    def sample_size(self) -> FloatArray:
+        return self.b if self.is_counts else self.a
+
+    def bounds(self, alpha: npt.ArrayLike) -> tuple[FloatArray, FloatArray]:
+        """Confidence-sequence (lower, upper), broadcasting `alpha` against (R, K); the
+        whole line where there is no data."""
+        if self.is_counts:
+            lo, hi = sequential.binomial_cs(self.a, self.b, alpha, self.scale)
+        else:
+            lo, hi = sequential.mean_cs(self.a, self.b, self.sum_of_squares, alpha)
+        return np.where(self.present, lo, -np.inf), np.where(self.present, hi, np.inf)
+
+
+def stack(quantities: Sequence[Quantity]) -> Arrays:
+    """One replicate's quantities, in version order, as (1, K) `Arrays`.
+
+    Counts and means are the statistical kinds; a version with neither (no data, a point
+    value) is not `present`. Should counts and means be mixed, the counts are taken.
+    """
+    counts = any(q.kind is Kind.COUNTS for q in quantities)
+    a, b, ss, present = [], [], [], []
+    scale = sequential.DEFAULT_SCALE
+    for q in quantities:
+        if q.counts is not None and q.kind is Kind.COUNTS:
+            a.append(q.counts.events)
+            b.append(q.counts.trials)
+            ss.append(0.0)
+            scale = q.scale
+        elif q.moments is not None and q.kind is Kind.MEAN:
+            a.append(q.moments.count)
+            b.append(q.moments.total)
+            ss.append(q.moments.sum_of_squares or 0.0)
+        else:
+            a.append(0.0)
+            b.append(0.0)
+            ss.append(0.0)
+        present.append(q.kind is (Kind.COUNTS if counts else Kind.MEAN))
+
+    def row(x: list[float]) -> FloatArray:
+        return np.array([x], dtype=np.float64)
+
+    return Arrays(counts, row(a), row(b), row(ss), np.array([present]), scale)

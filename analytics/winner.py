@@ -24,8 +24,8 @@
   `sequential.mean_cs`, it is asymptotically valid. With bare point values, iter8's plain
   maximum. Ties and missing rewards are reported, never guessed.
 
-The array functions (`RewardArrays`, `pairwise_evidence`, `reward_winner`) take a leading
-replicate axis, so `analytics.batch` and the benchmark run this very code.
+The array functions (`pairwise_evidence`, `reward_winner`, `pattern_winner`) take a leading
+replicate axis: `assess_winner` calls them with R = 1, `analytics.batch` with R replicates.
 """
 
 from __future__ import annotations
@@ -43,6 +43,10 @@ from analytics.assessment import ObjectiveAssessment, Verdict, fmt
 from analytics.evidence import Kind, Quantity
 from analytics.measurements import Measurement
 from analytics.model import Direction, ExperimentSpec, TestingPattern
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
 
 
 @dataclass(frozen=True)
@@ -87,50 +91,53 @@ def assess_winner(
     feasible = feasible_versions(names, assessments)
     pattern = spec.strategy.testing_pattern
 
-    def conclusive_all(version: str) -> bool:
-        return all(a.conclusive for a in assessments[version])
-
-    if pattern is TestingPattern.CONFORMANCE:
-        if baseline in feasible:
+    if pattern in (TestingPattern.CONFORMANCE, TestingPattern.CANARY):
+        satisfied = np.array([[n in feasible for n in names]])
+        conclusive = np.array([[all(a.conclusive for a in assessments[n]) for n in names]])
+        ruled_out = np.array(
+            [
+                [any(a.verdict is Verdict.VIOLATED and a.conclusive for a in assessments[n])]
+                for n in names
+            ]
+        ).T
+        found, decided = pattern_winner(pattern, satisfied, conclusive, ruled_out)
+        index, is_conclusive = int(found[0]), bool(decided[0])
+        if pattern is TestingPattern.CONFORMANCE:
+            if index == 0:
+                return WinnerAssessment(
+                    True,
+                    baseline,
+                    (baseline,),
+                    is_conclusive,
+                    feasible,
+                    f"baseline {baseline} satisfies all objectives",
+                )
             return WinnerAssessment(
-                True,
-                baseline,
-                (baseline,),
-                conclusive_all(baseline),
+                False,
+                None,
+                (),
+                False,
                 feasible,
-                f"baseline {baseline} satisfies all objectives",
+                f"baseline {baseline} does not (yet) satisfy all objectives: "
+                + _unsatisfied(assessments[baseline]),
             )
-        return WinnerAssessment(
-            False,
-            None,
-            (),
-            False,
-            feasible,
-            f"baseline {baseline} does not (yet) satisfy all objectives: "
-            + _unsatisfied(assessments[baseline]),
-        )
-
-    if pattern is TestingPattern.CANARY:
         candidate = info.candidates[0].name
-        if candidate in feasible:
+        if index == 1:
             return WinnerAssessment(
                 True,
                 candidate,
                 (candidate,),
-                conclusive_all(candidate),
+                is_conclusive,
                 feasible,
                 f"candidate {candidate} satisfies all objectives",
             )
-        candidate_out = any(
-            a.verdict is Verdict.VIOLATED and a.conclusive for a in assessments[candidate]
-        )
         why = _unsatisfied(assessments[candidate])
-        if baseline in feasible:
+        if index == 0:
             return WinnerAssessment(
                 True,
                 baseline,
                 (baseline,),
-                candidate_out,
+                is_conclusive,
                 feasible,
                 f"baseline {baseline} satisfies all objectives; candidate {candidate} does not"
                 f" (yet): {why}",
@@ -145,6 +152,29 @@ def assess_winner(
         )
 
     return _best_by_reward(spec, names, assessments, measurements, feasible)
+
+
+def pattern_winner(
+    pattern: TestingPattern,
+    satisfied: BoolArray,
+    conclusive: BoolArray,
+    ruled_out: BoolArray,
+) -> tuple[IntArray, BoolArray]:
+    """Conformance and Canary winners over replicates: (index or -1, conclusive), (R,).
+
+    Args:
+        pattern: CONFORMANCE or CANARY.
+        satisfied: (R, K) versions satisfying every objective.
+        conclusive: (R, K) versions all of whose verdicts are anytime-valid.
+        ruled_out: (R, K) versions with a conclusively violated objective.
+    """
+    if pattern is TestingPattern.CONFORMANCE:
+        return np.where(satisfied[:, 0], 0, -1), satisfied[:, 0] & conclusive[:, 0]
+    if pattern is not TestingPattern.CANARY:
+        raise ValueError(f"{pattern} picks its winner by reward (reward_winner)")
+    winner = np.where(satisfied[:, 1], 1, np.where(satisfied[:, 0], 0, -1))
+    decided = np.where(satisfied[:, 1], conclusive[:, 1], satisfied[:, 0] & ruled_out[:, 1])
+    return winner.astype(np.int64), np.asarray(decided, dtype=np.bool_)
 
 
 def _unsatisfied(items: tuple[ObjectiveAssessment, ...]) -> str:
@@ -270,58 +300,9 @@ def _best_by_reward(
     )
 
 
-def reward_arrays(quantities: list[Quantity]) -> RewardArrays:
-    """One replicate's reward quantities, in version order, as (1, K) arrays."""
-    counts = any(q.kind is Kind.COUNTS for q in quantities)
-    a, b, ss, present = [], [], [], []
-    for q in quantities:
-        if q.counts is not None:
-            a.append(q.counts.events)
-            b.append(q.counts.trials)
-            ss.append(0.0)
-        elif q.moments is not None and q.kind is Kind.MEAN:
-            a.append(q.moments.count)
-            b.append(q.moments.total)
-            ss.append(q.moments.sum_of_squares or 0.0)
-        else:
-            a.append(0.0)
-            b.append(0.0)
-            ss.append(0.0)
-        present.append(q.kind in (Kind.COUNTS, Kind.MEAN))
-
-    def row(x: list[float]) -> FloatArray:
-        return np.array([x], dtype=np.float64)
-
-    return RewardArrays(counts, row(a), row(b), row(ss), np.array([present]))
-
-
-FloatArray = npt.NDArray[np.float64]
-IntArray = npt.NDArray[np.int64]
-BoolArray = npt.NDArray[np.bool_]
-
-
-@dataclass(frozen=True, eq=False)
-class RewardArrays:
-    """The first reward per replicate and version, shape (R, K).
-
-    Counts: `a` events out of `b` trials. Means: `a` observations summing to `b`, with
-    `sum_of_squares`. `present` marks versions with data.
-    """
-
-    is_counts: bool
-    a: FloatArray
-    b: FloatArray
-    sum_of_squares: FloatArray
-    present: BoolArray
-
-    @property
-    def estimate(self) -> FloatArray:
-        num, den = (self.a, self.b) if self.is_counts else (self.b, self.a)
-        return np.asarray(np.where(self.present, num / np.where(self.present, den, 1.0), np.nan))
-
-    @property
-    def sample_size(self) -> FloatArray:
-        return self.b if self.is_counts else self.a
+RewardArrays = evidence.Arrays
+"""The first reward per replicate and version, (R, K)."""
+reward_arrays = evidence.stack
 
 
 def threshold(k: int, alpha: float) -> float:

@@ -1,5 +1,9 @@
 """analytics.batch gives exactly what analytics.analysis.analyze gives, replicate by replicate.
 
+Both run the same array functions, `analyze` with one replicate and `batch` with several, so
+this guards that R = 1 and R > 1 agree (and that `batch` wires the functions as `analyze`
+does).
+
 Random experiments (every testing and deployment pattern, absolute and relative objectives
 on counts, histograms and moments, count and mean rewards in both directions) and random
 measurements (with versions that have no data yet) go through both; every verdict,
