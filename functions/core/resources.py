@@ -60,6 +60,8 @@ KFSERVING_ISVC: Final = Resource("serving.kubeflow.org", "v1alpha2", "InferenceS
 KNATIVE_SERVICE: Final = Resource("serving.knative.dev", "v1", "Service")
 KNATIVE_REVISION: Final = Resource("serving.knative.dev", "v1", "Revision")
 ISTIO_VIRTUAL_SERVICE: Final = Resource("networking.istio.io", "v1beta1", "VirtualService")
+# An alert sink an Experiment may name (functions/core/notify.py), besides a Knative Service.
+KNATIVE_BROKER: Final = Resource("eventing.knative.dev", "v1", "Broker")
 
 # The backends' apiVersions, as an experiment's weightObjRef spells them.
 KSERVE: Final = KSERVE_ISVC.api_version

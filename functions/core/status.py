@@ -71,6 +71,9 @@ class ConditionType(StrEnum):
     VERSIONS_READY = "VersionsReady"
     COMPLETED = "Completed"
     FAILED = "Failed"
+    # The alert sinks of spec.notify (functions/core/notify.py): True once every due
+    # notification was delivered, False when one was refused or given up.
+    NOTIFIED = "Notified"
 
 
 _CONDITION_STATUS: Final = {True: "True", False: "False", None: "Unknown"}
@@ -210,6 +213,9 @@ class Status:
     # assess (functions/core/assess.py): the running conditional test of each maxRatio
     # objective, metric -> candidate -> test, each iteration's own counts folded in once.
     ratio_tests: Mapping[str, Mapping[str, RatioTest]] = field(default_factory=dict)
+    # notify (functions/core/notify.py): one record per notification and sink, as notify
+    # shapes it; at most 3 events x 5 sinks, so bounded by the CRD's spec.notify maxItems.
+    notifications: tuple[Mapping[str, Any], ...] = ()
 
     @classmethod
     def read(cls, obj: Mapping[str, Any]) -> Status:
@@ -245,6 +251,9 @@ class Status:
             history=tuple(dict(h) for h in _items(raw.get("history")) if isinstance(h, Mapping)),
             measurement=MeasurementRecord.read(raw.get("measurement")),
             ratio_tests=_ratio_tests(raw.get("ratioTests")),
+            notifications=tuple(
+                dict(n) for n in _items(raw.get("notifications")) if isinstance(n, Mapping)
+            ),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -286,6 +295,7 @@ class Status:
             "history": [dict(h) for h in self.history] or None,
             "measurement": None if self.measurement is None else self.measurement.to_dict(),
             "ratioTests": ratio_tests_to_list(self.ratio_tests) or None,
+            "notifications": [dict(n) for n in self.notifications] or None,
         }
         return {k: v for k, v in fields.items() if v is not None}
 

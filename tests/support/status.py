@@ -59,6 +59,18 @@ def full_status() -> Status:
             3, T0.replace(minute=3), T0.replace(minute=3, second=1), "0" * 64, failed=True
         ),
         ratio_tests={"error-rate": {"b": RatioTest(1.5).fold(3, 4, 300, 10, 700)}},
+        notifications=(
+            {
+                "event": "concluded",
+                "sink": "spec.notify[0]",
+                "target": "https://hooks.example.com/arbiter",
+                "attempts": 2,
+                "lastAttempt": "2026-01-01T00:03:07Z",
+                "delivered": True,
+                "refused": False,
+                "error": "spec.notify[0]: https://hooks.example.com/arbiter: refused: 503",
+            },
+        ),
     )
     unset = [f.name for f in dataclasses.fields(status) if not getattr(status, f.name)]
     assert not unset, f"full_status leaves {unset} unset"
