@@ -32,7 +32,7 @@ from typing import Any, Final
 from analytics.recommendation import Action
 from functions.core.events import ExperimentRef
 from functions.core.ports import Clock, EventRecorder, ExperimentStore, Occurrence
-from functions.core.status import ConditionType, Stage, Status, VersionWeight
+from functions.core.status import TERMINAL, ConditionType, Stage, Status, VersionWeight
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ _VERDICT_REASON: Final = {
     "violated": "ObjectiveViolated",
     "undecided": "ObjectiveUndecided",
 }
+_CLOSING: Final = frozenset({Stage.FINISHING, *TERMINAL})
 # Conditions whose True is the trouble; for the others False is.
 _TROUBLE_WHEN_TRUE: Final = frozenset({ConditionType.FAILED})
 
@@ -74,33 +75,37 @@ class StoryTeller:
 
     def write_status(self, obj: Obj, status: Mapping[str, Any]) -> Obj:
         stored = self._store.write_status(obj, status)
+        meta = stored.get("metadata") or {}
+        where = f"{meta.get('namespace')}/{meta.get('name')}"
         old = obj.get("status")
-        for occurrence in story(old if isinstance(old, Mapping) else {}, status):
+        try:
+            told = story(old if isinstance(old, Mapping) else {}, status)
+        except Exception:  # best effort: the status, the truth, is written
+            log.exception("events of %s not derived", where)
+            return stored
+        for occurrence in told:
             try:
                 self._recorder.record(stored, occurrence, self._clock.now())
-            except Exception as e:  # best effort: the status, the truth, is written
-                log.warning(
-                    "event %s on %s/%s not recorded: %s",
-                    occurrence.reason,
-                    (stored.get("metadata") or {}).get("namespace"),
-                    (stored.get("metadata") or {}).get("name"),
-                    e,
-                )
+            except Exception as e:  # best effort, as above
+                log.warning("event %s on %s not recorded: %s", occurrence.reason, where, e)
         return stored
 
 
 def story(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Occurrence]:
     """What changed from status `old` to status `new`, one Occurrence per change, in the
-    order a reader wants them: the stage, traffic, verdicts, conditions, manual requests."""
+    order a reader wants them: the stage (last when it is the decision or the end, which the
+    verdicts and the final traffic move lead up to), traffic, verdicts, conditions, manual
+    requests."""
     before, after = Status.from_dict(old), Status.from_dict(new)
-    return [
-        *_stage(before, after),
+    stage = _stage(before, after)
+    rest = [
         *_traffic(before, after),
         *_verdicts(before, after),
         *_recommendation(before, after),
         *_conditions(before, after),
         *_control(old.get("control"), new.get("control"), after.iterations_done),
     ]
+    return [*rest, *stage] if after.stage in _CLOSING else [*stage, *rest]
 
 
 def _stage(before: Status, after: Status) -> list[Occurrence]:
