@@ -97,6 +97,7 @@ from functions.core.resources import (
     EXPERIMENT,
     ISTIO_VIRTUAL_SERVICE,
     KFSERVING_ISVC,
+    KNATIVE_BROKER,
     KNATIVE_REVISION,
     KNATIVE_SERVICE,
     KSERVE_ISVC,
@@ -840,6 +841,8 @@ def register_resources(emulator: kmock.KubernetesEmulator) -> None:
         (Resource("", "v1", "ConfigMap"), {"cm"}, True, False),
         (Resource("", "v1", "Event"), {"ev"}, True, False),
         (EVENTS_V1, set(), True, False),
+        # An Addressable an experiment's alert sinks may name (functions/core/notify.py).
+        (KNATIVE_BROKER, set(), True, True),
     )
     for resource, shortnames, namespaced, status in declared:
         kind = resource.kind
