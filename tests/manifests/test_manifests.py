@@ -654,6 +654,23 @@ def test_typo_in_a_field_name_is_rejected() -> None:
     assert any("testingPatern" in p for p in rejections("experiments", doc))
 
 
+def test_alert_sinks_are_a_ref_or_an_http_uri_and_at_most_five() -> None:
+    doc = canary()
+    broker = {"apiVersion": "eventing.knative.dev/v1", "kind": "Broker", "name": "alerts"}
+    doc["spec"]["notify"] = [{"ref": broker}, {"uri": "https://hooks.example.com/a"}]
+    assert rejections("experiments", doc) == []
+    doc["spec"]["notify"] = [{"ref": broker, "uri": "https://hooks.example.com/a"}]
+    assert any("exactly one of ref and uri" in p for p in rejections("experiments", doc))
+    doc["spec"]["notify"] = [{}]
+    assert any("exactly one of ref and uri" in p for p in rejections("experiments", doc))
+    doc["spec"]["notify"] = [{"uri": "file:///etc/passwd"}]
+    assert any("https?" in p for p in rejections("experiments", doc))
+    doc["spec"]["notify"] = [{"uri": f"https://h.example.com/{i}"} for i in range(6)]
+    assert rejections("experiments", doc)
+    doc["spec"]["notify"] = [{"ref": {"kind": "Broker", "name": "alerts"}}]
+    assert any("apiVersion" in p for p in rejections("experiments", doc))
+
+
 def test_abn_and_ab_shapes() -> None:
     doc = abn()
     doc["spec"]["criteria"]["rewards"] = []
