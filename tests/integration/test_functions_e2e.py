@@ -554,7 +554,7 @@ def concurrent_copies(p: Pipeline, event: CloudEvent, copies: int) -> None:
 
 def delivered_with_copies(
     server: KubeApiServer, api: client.ApiClient, url: str, namespace: str, copies: int
-) -> tuple[int, tuple[Any, ...]]:
+) -> tuple[int, tuple[Any, ...], list[tuple[str, str]]]:
     p = pipeline(api, url)
     try:
         obj = server.get(*EXPERIMENTS, namespace, "iris-canary")
@@ -573,7 +573,8 @@ def delivered_with_copies(
         p.close()
     assert set(p.answers()) == {200}, [d for d in p.deliveries if d.status != 200]
     outcome = (status["stage"], status.get("outcome"), status["completedIterations"])
-    return len(p.deliveries), outcome
+    told = [(reason, note) for _, reason, note in story(api, namespace)]
+    return len(p.deliveries), outcome, told
 
 
 @pytest.mark.parametrize("namespace", ["bad", "good"], ids=["rolled-back", "promoted"])
@@ -586,7 +587,9 @@ def test_concurrent_duplicates_cost_at_most_k_times_the_clean_deliveries(
         with emulated_cluster() as (server, api):
             seed(server, namespace)
             runs[copies] = delivered_with_copies(server, api, prometheus, namespace, copies)
-    (clean, outcome), (delivered, same) = runs[1], runs[4]
+    (clean, outcome, told), (delivered, same, retold) = runs[1], runs[4]
     assert outcome[:2] == ("Completed", "RolledBack" if namespace == "bad" else "Promoted")
     assert same == outcome, "the copies changed the experiment"
+    # Each status change is told once however many copies ran: the same Events as a clean run.
+    assert sorted(retold) == sorted(told), (told, retold)
     assert delivered <= 4 * clean, f"{delivered} deliveries, clean {clean}"
