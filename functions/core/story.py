@@ -13,8 +13,8 @@ write replaced with the one it stored (`story`) and records an Event per change,
   verdict on an objective; WinnerFound and RecommendedForPromotion while it runs;
 - a condition's change, by its reason, a Warning when it reports trouble (Completed, and
   Failed when the stage says it, are left to the stage's Event);
-- ControlRequested for each change of `status.control` (a manual request), whatever its
-  shape.
+- ControlRequested for each change of `status.control` (a manual request handled),
+  whatever its shape; ControlRefused, a Warning, when the record says it was refused.
 
 Recording is best effort: the status write has happened, so an Event that cannot be written
 is logged and the stage goes on. Each Event's name derives from the experiment's uid, the
@@ -237,22 +237,29 @@ def _conditions(before: Status, after: Status) -> list[Occurrence]:
 
 
 def _control(old: object, new: object, iteration: int) -> list[Occurrence]:
-    """Manual requests recorded in `status.control`, whatever shape it has: each changed
-    entry of an object, each new item of a list, or the whole value."""
+    """Manual requests recorded in `status.control`, whatever shape it has: a changed
+    object is one request (ControlRefused, a Warning, when it carries a truthy `refused`),
+    each new item of a list is one, any other changed value is one."""
     if new is None or new == old:
         return []
-    changed: list[tuple[str, object]]
-    if isinstance(new, Mapping):
-        previous = old if isinstance(old, Mapping) else {}
-        changed = [(f"control.{k}", v) for k, v in new.items() if previous.get(k) != v]
-    elif isinstance(new, list):
-        previous_items = old if isinstance(old, list) else []
-        changed = [("control", v) for v in new if v not in previous_items]
+    changed: list[object]
+    if isinstance(new, list):
+        previous = old if isinstance(old, list) else []
+        changed = [v for v in new if v not in previous]
     else:
-        changed = [("control", new)]
+        changed = [new]
     out = []
-    for where, value in changed:
-        text = json.dumps(value, sort_keys=True, default=str)
-        key = f"{where}={text}@{iteration}"
-        out.append(Occurrence("ControlRequested", "Control", f"status.{where}: {text}", key))
+    for value in changed:
+        key = f"{json.dumps(value, sort_keys=True, default=str)}@{iteration}"
+        refused = isinstance(value, Mapping) and bool(value.get("refused"))
+        if isinstance(value, Mapping):
+            note = "; ".join(f"{k}: {_plain(v)}" for k, v in value.items())
+        else:
+            note = _plain(value)
+        reason = "ControlRefused" if refused else "ControlRequested"
+        out.append(Occurrence(reason, "Control", f"status.control: {note}", key, refused))
     return out
+
+
+def _plain(value: object) -> str:
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)

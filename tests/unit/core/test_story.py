@@ -145,13 +145,25 @@ def test_conditions_are_told_by_reason_and_trouble_is_a_warning() -> None:
 
 
 def test_any_change_of_status_control_is_a_manual_request() -> None:
-    # status.control's shape belongs to the manual control; any shape is told.
-    before = {**RUNNING.to_dict(), "control": {"paused": False}}
-    after = {**RUNNING.to_dict(), "control": {"paused": True, "requestedBy": "ana"}}
-    notes = [o.note for o in story(before, after) if o.reason == "ControlRequested"]
-    assert notes == ["status.control.paused: true", 'status.control.requestedBy: "ana"']
+    # status.control's shape belongs to the manual control; any shape is told, one Event
+    # per request however many of its fields changed.
+    before = {**RUNNING.to_dict(), "control": {"appliedId": "r1", "action": "pause"}}
+    after = {
+        **RUNNING.to_dict(),
+        "control": {"appliedId": "r2", "action": "promote", "version": "v2", "requestedBy": "ana"},
+    }
+    assert [(o.reason, o.warning, o.note) for o in story(before, after)] == [
+        (
+            "ControlRequested",
+            False,
+            "status.control: appliedId: r2; action: promote; version: v2; requestedBy: ana",
+        )
+    ]
+    refused = {**after, "control": {"appliedId": "r3", "action": "promote", "refused": "no"}}
+    ((o,),) = [story(after, refused)]
+    assert (o.reason, o.warning) == ("ControlRefused", True)
     listed = story({"control": [{"action": "pause"}]}, {"control": [{"action": "pause"}, "go"]})
-    assert [o.note for o in listed] == ['status.control: "go"']
+    assert [o.note for o in listed] == ["status.control: go"]
     assert story({"control": "x"}, {"control": "x"}) == []
 
 
