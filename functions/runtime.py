@@ -1,7 +1,8 @@
 """How a stage runs inside functions-framework: wiring once per process, errors as HTTP.
 
 Each function process builds its Context (settings from the environment, the Kubernetes
-client for KUBECONFIG or the in-cluster account, the broker sink) on its first event and
+client for KUBECONFIG or the in-cluster account, the broker sink, the store that records
+each status change as Kubernetes Events, the alert sinks' ports) on its first event and
 keeps it while warm; the local run's function processes do the same. The metrics source is
 built, and its client library imported, only when a stage first measures (only `iterate`
 does), so the other stages start as fast as the framework allows. A
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -30,12 +32,15 @@ from werkzeug.exceptions import (
 )
 
 from analytics.measurements import Measurement
+from functions.adapters.alerts import HttpAlertSink, KubeAddressables
+from functions.adapters.kubeevents import KubeEventRecorder
 from functions.adapters.kubernetes import KubeExperimentStore, KubeObjects, connect
 from functions.adapters.sink import FileToken, HttpEventSink
 from functions.core.context import Context
 from functions.core.errors import PermanentError, TransientError
 from functions.core.metrics import MetricSpec, MetricsSource
 from functions.core.settings import Settings
+from functions.core.story import StoryTeller
 
 log = logging.getLogger("arbiter")
 
@@ -100,13 +105,22 @@ def _default_context() -> Context:
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     api = connect(os.environ.get("KUBECONFIG"), settings.kubernetes_url)
+    clock = SystemClock()
+    # Every status write also records the Kubernetes Events it tells (functions/core/story.py).
+    recorder = KubeEventRecorder(
+        api,
+        f"arbiter.dev/{settings.function_target or 'functions'}",
+        settings.instance or socket.gethostname(),
+    )
     return Context(
-        store=KubeExperimentStore(api),
+        store=StoryTeller(KubeExperimentStore(api), recorder, clock),
         objects=KubeObjects(api),
         metrics=LazyMetricsSource(settings),
         sink=HttpEventSink(settings.sink, token=FileToken(settings.sink_token_file)),
-        clock=SystemClock(),
+        clock=clock,
         settings=settings,
+        addresses=KubeAddressables(api),
+        alerts=HttpAlertSink(),
     )
 
 

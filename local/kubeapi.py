@@ -51,6 +51,8 @@ each one closed) that this subclass closes:
   any write, status included, that breaks the schema answers 422 Invalid with a cause per
   field, as the API server does for a CRD; so do the CRD CEL rules the schemas leave out,
   written by hand (functions.core.backends `CEL_RULES`).
+- `events.k8s.io/v1` Events are served and validated as the API server validates their
+  creation (`event_problems`): one it would refuse answers 422 Invalid naming the fields.
 
 Not closed: no schema validation of other kinds (KServe, Arbiter's own), no defaulting,
 other admission, owner-reference garbage collection or namespace existence checks; no
@@ -102,12 +104,14 @@ from functions.core.resources import (
     HTTPROUTE,
     ISTIO_VIRTUAL_SERVICE,
     KFSERVING_ISVC,
+    KNATIVE_BROKER,
     KNATIVE_REVISION,
     KNATIVE_SERVICE,
     KSERVE_ISVC,
     METRIC,
     Resource,
 )
+from functions.core.timestamps import parse_time
 from local.lifecycle import Component
 from local.schemas import Cause, SchemasUnavailableError, SchemaValidator
 
@@ -153,6 +157,56 @@ _CONFLICT: Final = (
     "please apply your changes to the latest version and try again"
 )
 _TERMS = re.compile(r",(?![^()]*\))")  # commas that are not inside `in (a, b)`
+
+EVENTS_V1: Final = Resource("events.k8s.io", "v1", "Event")
+_QUALIFIED_NAME: Final = re.compile(
+    r"^(?:[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+_DNS_SUBDOMAIN: Final = re.compile(
+    r"^[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)*$"
+)
+
+
+def event_problems(obj: Mapping[str, Any]) -> list[str]:
+    """What the API server refuses in an events.k8s.io/v1 Event it is asked to create:
+    kubernetes/kubernetes pkg/apis/core/validation/events.go (`ValidateEventCreate` with
+    `legacyValidateEvent`, at 04791b4906602ffda5ccf9bc4c84d3329f1d7080). Lengths are bytes."""
+    problems = []
+    meta = _meta(obj)
+    name = str(meta.get("name") or "")
+    if len(name) > 253 or not _DNS_SUBDOMAIN.match(name):
+        problems.append(f"metadata.name: Invalid value: {name!r}: must be a DNS subdomain")
+    event_time = obj.get("eventTime")
+    if not isinstance(event_time, str) or not event_time:
+        problems.append("eventTime: Required value")
+    elif parse_time(event_time) is None:
+        problems.append(f"eventTime: Invalid value: {event_time!r}: not an RFC 3339 time")
+    if obj.get("type") not in ("Normal", "Warning"):
+        problems.append(f"type: Invalid value: has invalid value: {obj.get('type')}")
+    for deprecated in ("deprecatedFirstTimestamp", "deprecatedLastTimestamp", "deprecatedSource"):
+        if obj.get(deprecated):
+            problems.append(f"{deprecated}: Invalid value: needs to be unset")
+    if obj.get("deprecatedCount"):
+        problems.append("deprecatedCount: Invalid value: needs to be unset")
+    regarding = obj.get("regarding") or {}
+    namespace = meta.get("namespace")
+    if not regarding.get("namespace") and namespace not in ("default", "kube-system"):
+        problems.append("regarding.namespace: Invalid value: does not match event.namespace")
+    controller = str(obj.get("reportingController") or "")
+    if not controller:
+        problems.append("reportingController: Required value")
+    elif not _QUALIFIED_NAME.match(controller):
+        problems.append(f"reportingController: Invalid value: {controller!r}: not a qualified name")
+    for field, limit in (("reportingInstance", 128), ("action", 128), ("reason", 128)):
+        value = str(obj.get(field) or "")
+        if not value:
+            problems.append(f"{field}: Required value")
+        elif len(value.encode()) > limit:
+            problems.append(f"{field}: Invalid value: can have at most {limit} characters")
+    if len(str(obj.get("note") or "").encode()) > 1024:
+        problems.append("note: Invalid value: can have at most 1024 characters")
+    return problems
 
 
 def _fail(
@@ -555,7 +609,16 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
     @staticmethod
     def _admit(resource: kmock.resource, obj: Obj) -> None:
         """Refuse what the backend's validating webhook refuses, as the API server relays its
-        denial: 400 BadRequest naming every problem."""
+        denial: 400 BadRequest naming every problem; and an Event the API server's own
+        validation refuses: 422 Invalid."""
+        if (resource.group, resource.version, resource.plural) == (
+            EVENTS_V1.group,
+            EVENTS_V1.version,
+            EVENTS_V1.plural,
+        ):
+            found = event_problems(obj)
+            if found:
+                raise _fail(422, f"Event {_meta(obj).get('name')!r} is invalid: {'; '.join(found)}")
         for declared, problems in PROBLEMS.items():
             if (declared.group, declared.version, declared.plural) == (
                 resource.group,
@@ -822,6 +885,9 @@ def register_resources(emulator: kmock.KubernetesEmulator) -> None:
         (Resource("", "v1", "Namespace"), {"ns"}, False, True),
         (Resource("", "v1", "ConfigMap"), {"cm"}, True, False),
         (Resource("", "v1", "Event"), {"ev"}, True, False),
+        (EVENTS_V1, set(), True, False),
+        # An Addressable an experiment's alert sinks may name (functions/core/notify.py).
+        (KNATIVE_BROKER, set(), True, True),
     )
     for resource, shortnames, namespaced, status in declared:
         kind = resource.kind

@@ -35,9 +35,11 @@ from functions.core.errors import (
 )
 from functions.core.events import PING, TRIGGERS, ExperimentRef, make_event
 from functions.core.metrics import MetricSpec
+from functions.core.ports import Occurrence
 from functions.core.resources import KFSERVING, KNATIVE, KSERVE, ObjectRef
 from functions.core.settings import Settings
 from functions.core.status import MeasurementRecord, Status
+from functions.core.story import StoryTeller
 from local.controllers import kfserving_status, knative_status, kserve_status
 from local.harness import seed_metric_library
 
@@ -104,6 +106,66 @@ class RecordingSink:
 
     def types(self) -> list[str]:
         return [e["type"] for e in self.events]
+
+
+class FakeRecorder:
+    """Kubernetes Events in memory, named as the adapter names them (a repeat is dropped);
+    refuses the next `fail(n)` records."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, Occurrence]] = []  # (experiment name, occurrence)
+        self._seen: set[tuple[str, str, str]] = set()
+        self._failures = 0
+
+    def fail(self, times: int = 1) -> None:
+        self._failures += times
+
+    def record(self, regarding: Mapping[str, Any], occurrence: Occurrence, at: datetime) -> None:
+        if self._failures:
+            self._failures -= 1
+            raise TransientError("events refused (injected)")
+        meta = regarding["metadata"]
+        name = (str(meta.get("uid")), occurrence.reason, occurrence.key)
+        if name not in self._seen:
+            self._seen.add(name)
+            self.events.append((str(meta["name"]), occurrence))
+
+    def reasons(self, name: str | None = None) -> list[str]:
+        return [o.reason for n, o in self.events if name is None or n == name]
+
+
+class FakeAddressables:
+    """Addressables' `status.address.url` by reference; NotFoundError for any other."""
+
+    def __init__(self) -> None:
+        self.urls: dict[ObjectRef, str | None] = {}
+        self.asked: list[ObjectRef] = []
+
+    def url(self, ref: ObjectRef) -> str | None:
+        self.asked.append(ref)
+        if ref not in self.urls:
+            raise NotFoundError(f"{ref}: not found")
+        return self.urls[ref]
+
+
+class FakeAlerts:
+    """The alert sinks: records what each URL received; refuses the next `fail(n)` sends."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, CloudEvent]] = []
+        self._failures = 0
+
+    def fail(self, times: int = 1) -> None:
+        self._failures += times
+
+    def send(self, url: str, event: CloudEvent) -> None:
+        if self._failures:
+            self._failures -= 1
+            raise TransientError(f"{url} refused {event['type']}: 503 (injected)")
+        self.sent.append((url, event))
+
+    def types(self, url: str | None = None) -> list[str]:
+        return [e["type"] for u, e in self.sent if url is None or u == url]
 
 
 class _Failures:
@@ -388,15 +450,22 @@ def context(
     sink: RecordingSink | None = None,
     clock: FakeClock | None = None,
     settings: Settings | None = None,
+    recorder: FakeRecorder | None = None,
+    addresses: FakeAddressables | None = None,
+    alerts: FakeAlerts | None = None,
 ) -> Context:
-    """A stage context over fakes (fresh ones for any not given)."""
+    """A stage context over fakes (fresh ones for any not given); the store records its
+    Kubernetes Events through the StoryTeller, as on a cluster."""
+    clock = clock or FakeClock()
     return Context(
-        store=store or FakeStore(),
+        store=StoryTeller(store or FakeStore(), recorder or FakeRecorder(), clock),
         objects=objects or FakeObjects(),
         metrics=metrics or FakeMetrics(),
         sink=sink or RecordingSink(),
-        clock=clock or FakeClock(),
+        clock=clock,
         settings=settings or Settings(readback_timeout_seconds=1.0),
+        addresses=addresses or FakeAddressables(),
+        alerts=alerts or FakeAlerts(),
     )
 
 
@@ -570,12 +639,25 @@ class World:
     sink: RecordingSink = field(default_factory=RecordingSink)
     clock: FakeClock = field(default_factory=FakeClock)
     settings: Settings = field(default_factory=lambda: Settings(readback_timeout_seconds=1.0))
+    recorder: FakeRecorder = field(default_factory=FakeRecorder)
+    addresses: FakeAddressables = field(default_factory=FakeAddressables)
+    alerts: FakeAlerts = field(default_factory=FakeAlerts)
     # (stage, event type, iteration, answer): 200, or 422 / 503 as runtime.run would answer.
     answers: list[tuple[str, str, str | None, int]] = field(default_factory=list)
 
     @property
     def ctx(self) -> Context:
-        return context(self.store, self.objects, self.metrics, self.sink, self.clock, self.settings)
+        return context(
+            self.store,
+            self.objects,
+            self.metrics,
+            self.sink,
+            self.clock,
+            self.settings,
+            self.recorder,
+            self.addresses,
+            self.alerts,
+        )
 
     def deliver(self, stage: str, ev: CloudEvent) -> int:
         """Run one stage on one event; the HTTP answer runtime.run would give."""

@@ -69,13 +69,15 @@ class KubeApi:
     """The API server at `host`, with a bearer token read afresh per request (service account
     tokens are rotated in place) or a client certificate."""
 
-    # (HTTP method, path) of each call, as CustomObjectsApi's method of the same name builds
-    # it; the manifest tests derive the RBAC each function needs from this table.
+    # (HTTP method, path) of each call, as the official client's method of the same name
+    # builds it (CustomObjectsApi's; EventsV1Api's for Events); the manifest tests derive
+    # the RBAC each function needs from this table.
     ROUTES: ClassVar[Mapping[str, tuple[str, str]]] = {
         "get_namespaced_custom_object": ("GET", _OBJECTS),
         "list_cluster_custom_object": ("GET", "/apis/{group}/{version}/{plural}"),
         "replace_namespaced_custom_object_status": ("PUT", _OBJECTS + "/status"),
         "patch_namespaced_custom_object": ("PATCH", _OBJECTS),
+        "create_namespaced_event": ("POST", "/apis/events.k8s.io/v1/namespaces/{namespace}/events"),
     }
 
     def __init__(
@@ -171,6 +173,11 @@ class KubeApi:
         what: str,
     ) -> dict[str, Any]:
         return self._call(what, "patch_namespaced_custom_object", locals(), body, content_type)
+
+    def create_namespaced_event(
+        self, namespace: str, body: Mapping[str, Any], *, what: str
+    ) -> dict[str, Any]:
+        return self._call(what, "create_namespaced_event", locals(), body)
 
     def _call(
         self,

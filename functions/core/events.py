@@ -42,6 +42,9 @@ CONCLUDED: Final = "dev.arbiter.experiment.concluded"
 FINISHED: Final = "dev.arbiter.experiment.finished"
 # The clock found an Experiment being deleted (its finalizer holds it): restore its baseline.
 DELETING: Final = "dev.arbiter.experiment.deleting"
+# Sent only to an experiment's alert sinks (functions/core/notify.py), never to the broker,
+# with `concluded` and `finished`: the experiment ended Failed.
+FAILED: Final = "dev.arbiter.experiment.failed"
 
 # Emitted by Knative sources we subscribe to.
 APISERVER_ADD: Final = "dev.knative.apiserver.resource.add"

@@ -32,7 +32,7 @@ from cloudevents.http import CloudEvent
 
 from analytics.model import Experiment, TestingPattern
 from analytics.recommendation import Action
-from functions.core import events, failures, ownership, rollout, sweep
+from functions.core import events, failures, notify, ownership, rollout, sweep
 from functions.core import status as st
 from functions.core.backends import TrafficBackend, backend_for
 from functions.core.context import Context
@@ -59,13 +59,18 @@ def handle(ctx: Context, event: CloudEvent) -> None:
         return
     concluded = events.parse(event, events.Concluded)
     ref, iteration = concluded.ref, concluded.iteration
-    failures.guarded(
-        ctx,
-        STAGE,
-        ref,
-        "FinishFailed",
-        lambda: st.retry_on_conflict(lambda: finish(ctx, ref, iteration, concluded.payload)),
-    )
+    try:
+        failures.guarded(
+            ctx,
+            STAGE,
+            ref,
+            "FinishFailed",
+            lambda: st.retry_on_conflict(lambda: finish(ctx, ref, iteration, concluded.payload)),
+        )
+    finally:
+        # The alert sinks hear of the decision and the end at once; what is not delivered
+        # now, the clock delivers on a later tick.
+        notify.deliver_current(ctx, ref)
 
 
 def deleted(ctx: Context, obj: dict[str, Any]) -> None:

@@ -1,4 +1,5 @@
-"""The ports the stages drive: the experiment store, the traffic objects, metrics, events.
+"""The ports the stages drive: the experiment store, the traffic objects, metrics, events,
+the Kubernetes Events that tell an experiment's story, and the alert sinks it names.
 
 `MetricsSource` lives with the metric templates (functions.core.metrics) and is re-exported.
 
@@ -10,6 +11,7 @@ functions.core.errors.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -63,10 +65,58 @@ class EventSink(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class Occurrence:
+    """One thing that happened to an experiment, as a Kubernetes Event tells it.
+
+    `reason` is CamelCase (what `kubectl get events` shows), `action` what was done
+    (machine-readable), `note` the human-readable detail. `key` tells this occurrence apart
+    from every other of the same reason on the same experiment (a transition and its
+    iteration): the Event's name derives from it, so recording it twice is recording it once.
+    """
+
+    reason: str
+    action: str
+    note: str
+    key: str
+    warning: bool = False
+
+
+class EventRecorder(Protocol):
+    def record(self, regarding: Mapping[str, Any], occurrence: Occurrence, at: datetime) -> None:
+        """Record `occurrence` as an Event on the object `regarding` (as stored). One already
+        recorded is not an error; anything else raises an error of functions.core.errors."""
+        ...
+
+
+class Addressables(Protocol):
+    """Resolves an Addressable (Knative's duck type: `status.address.url`)."""
+
+    def url(self, ref: ObjectRef) -> str | None:
+        """The object's address, None while it has none; NotFoundError if it does not exist."""
+        ...
+
+
+class AlertSink(Protocol):
+    def send(self, url: str, event: CloudEvent) -> None:
+        """POST `event` to `url`; TransientError if it was not accepted."""
+        ...
+
+
 class Clock(Protocol):
     def now(self) -> datetime: ...
 
     def sleep(self, seconds: float) -> None: ...
 
 
-__all__ = ["Clock", "EventSink", "ExperimentStore", "MetricsSource", "Objects"]
+__all__ = [
+    "Addressables",
+    "AlertSink",
+    "Clock",
+    "EventRecorder",
+    "EventSink",
+    "ExperimentStore",
+    "MetricsSource",
+    "Objects",
+    "Occurrence",
+]

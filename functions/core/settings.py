@@ -57,6 +57,19 @@ class Settings:
     traffic_paths: Mapping[str, tuple[str, ...]] = field(
         default_factory=lambda: {"VirtualService": ("/spec/http/*/route/*/weight",)}
     )
+    # Alert sinks (functions/core/notify.py): the URI prefixes an Experiment's
+    # `spec.notify[].uri` may start with; empty, no URI is allowed (Addressables in the
+    # experiment's own namespace always are). Each prefix is an http(s) URL ending in "/",
+    # so `https://hooks.example.com/` cannot be stretched to `https://hooks.example.com.evil/`.
+    notify_uris: tuple[str, ...] = ()
+    # Attempts to deliver one notification to one sink (one per clock tick at most) before
+    # giving up on it with the Notified condition False.
+    notify_attempts: int = 5
+    # Who records the Kubernetes Events: the stage (FUNCTION_TARGET, which Knative and the
+    # local run set) as reportingController `arbiter.dev/<stage>`, and the pod (HOSTNAME)
+    # as reportingInstance.
+    function_target: str = ""
+    instance: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -86,6 +99,15 @@ class Settings:
             except ValueError as e:
                 problems.append(f"{_PREFIX}TRAFFIC_PATHS: {e}")
 
+        notify_uris = tuple(
+            u.strip() for u in env.get(_PREFIX + "NOTIFY_URIS", "").split(",") if u.strip()
+        )
+        for uri in notify_uris:
+            if not uri.startswith(("https://", "http://")) or not uri.endswith("/"):
+                problems.append(
+                    f"{_PREFIX}NOTIFY_URIS: {uri!r} must be an http(s) URL ending in '/'"
+                )
+
         level = env.get(_PREFIX + "LOG_LEVEL", cls.log_level).upper()
         if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             problems.append(f"{_PREFIX}LOG_LEVEL: must be DEBUG, INFO, WARNING or ERROR")
@@ -112,6 +134,10 @@ class Settings:
             system_namespace=(env.get(_PREFIX + "SYSTEM_NAMESPACE") or "").strip()
             or cls.system_namespace,
             traffic_paths=traffic_paths,
+            notify_uris=notify_uris,
+            notify_attempts=int(number("NOTIFY_ATTEMPTS", cls.notify_attempts, integer=True)),
+            function_target=(env.get("FUNCTION_TARGET") or "").strip(),
+            instance=(env.get("HOSTNAME") or "").strip(),
         )
         if problems:
             raise PermanentError("; ".join(problems))

@@ -76,6 +76,9 @@ class ConditionType(StrEnum):
     PAUSED = "Paused"
     AWAITING_PROMOTION = "AwaitingPromotion"
     CONTROL_APPLIED = "ControlApplied"
+    # The alert sinks of spec.notify (functions/core/notify.py): True once every due
+    # notification was delivered, False when one was refused or given up.
+    NOTIFIED = "Notified"
 
 
 _CONDITION_STATUS: Final = {True: "True", False: "False", None: "Unknown"}
@@ -266,6 +269,9 @@ class Status:
     paused_at: datetime | None = None
     paused_seconds: float | None = None
     awaiting_promotion: Recommendation | None = None
+    # notify (functions/core/notify.py): one record per notification and sink, as notify
+    # shapes it; at most 3 events x 5 sinks, so bounded by the CRD's spec.notify maxItems.
+    notifications: tuple[Mapping[str, Any], ...] = ()
 
     @classmethod
     def read(cls, obj: Mapping[str, Any]) -> Status:
@@ -305,6 +311,9 @@ class Status:
             paused_at=parse_time(raw.get("pausedAt")),
             paused_seconds=_seconds(raw.get("pausedSeconds")),
             awaiting_promotion=_recommendation(raw.get("awaitingPromotion")),
+            notifications=tuple(
+                dict(n) for n in _items(raw.get("notifications")) if isinstance(n, Mapping)
+            ),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -354,6 +363,7 @@ class Status:
                 if self.awaiting_promotion is None
                 else recommendation_to_dict(self.awaiting_promotion)
             ),
+            "notifications": [dict(n) for n in self.notifications] or None,
         }
         return {k: v for k, v in fields.items() if v is not None}
 

@@ -19,6 +19,8 @@ moves it on, derived from its status alone:
   the decision to roll back recorded first.
 - being deleted (its finalizer holds it): `experiment.deleting`, so finish restores the
   baseline even when the delete event was lost.
+- ended (Completed or Failed): its alert sinks' notifications not yet delivered
+  (functions/core/notify.py; nothing when it names no sinks or all were sent).
 
 Experiments that have not started yet are start's to re-check on the same ping.
 
@@ -49,7 +51,7 @@ from typing import Any, Final
 
 from analytics.model import Duration
 from analytics.recommendation import Recommendation
-from functions.core import control, events, ownership
+from functions.core import control, events, notify, ownership
 from functions.core import status as st
 from functions.core.context import Context
 from functions.core.errors import ConflictError, PermanentError, TransientError
@@ -237,6 +239,8 @@ def visit(ctx: Context, obj: Mapping[str, Any], now: datetime) -> None:
     ref = st.ref_of(obj)
     if ownership.deleting(obj):
         ctx.sink.emit(events.make(events.Deleting(), ref, status.iterations_done, stage=STAGE))
+    elif status.stage in TERMINAL:
+        notify.deliver(ctx, obj)
     elif status.stage is Stage.RUNNING:
         _drive_running(ctx, obj, status, now)
     elif status.stage is Stage.FINISHING:

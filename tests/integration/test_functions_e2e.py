@@ -24,11 +24,13 @@ import pytest
 from cloudevents.http import CloudEvent
 from kubernetes import client
 
+from functions.adapters.kubeevents import KubeEventRecorder
 from functions.adapters.kubernetes import KubeExperimentStore, KubeObjects
 from functions.adapters.prometheus import PrometheusSource
 from functions.core import events
 from functions.core.context import Context
 from functions.core.settings import Settings
+from functions.core.story import StoryTeller
 from local.controllers import TrafficControllers
 from local.harness import seed_metric_library
 from local.kubeapi import KubeApiServer
@@ -159,8 +161,9 @@ def seed(server: KubeApiServer, namespace: str) -> dict[str, Any]:
 def pipeline(api: client.ApiClient, url: str, structured: bool = False) -> Pipeline:
     clock = ManualClock(datetime.fromtimestamp(T0 + 60, UTC))
     sink = QueueSink()
+    recorder = KubeEventRecorder(api, "arbiter.dev/functions", "e2e")
     ctx = Context(
-        store=KubeExperimentStore(api),
+        store=StoryTeller(KubeExperimentStore(api), recorder, clock),
         objects=KubeObjects(api),
         metrics=PrometheusSource(url, timeout_s=5, retries=0),
         sink=sink,
@@ -183,6 +186,15 @@ def run_to_end(p: Pipeline, server: KubeApiServer, namespace: str) -> dict[str, 
         clock.advance(INTERVAL)
         p.ping()
     raise AssertionError(f"not finished after 12 intervals: {current.get('status')}")
+
+
+def story(api: client.ApiClient, namespace: str) -> list[tuple[str, str, str]]:
+    """`kubectl get events -n <namespace>` about the experiment: (type, reason, note), in
+    the order they happened."""
+    listed = client.EventsV1Api(api).list_namespaced_event(namespace).items
+    about = [e for e in listed if e.regarding.name == "iris-canary"]
+    about.sort(key=lambda e: (e.event_time, int(e.metadata.resource_version)))
+    return [(e.type, e.reason, e.note) for e in about]
 
 
 def canary_history(server: KubeApiServer, namespace: str) -> list[int | None]:
@@ -226,6 +238,14 @@ def test_a_good_candidate_is_ramped_up_then_promoted(
     assert set(p.answers()) == {200}, [d for d in p.deliveries if d.status != 200]
     types = [d.type for d in p.deliveries]
     assert types.count(events.CONCLUDED) == 1 and types.count(events.FINISHED) == 1
+    told = story(api, "good")
+    reasons = [r for _, r, _ in told]
+    assert reasons[0] == "Started" and reasons[-1] == "Promoted", told
+    assert reasons.count("Concluded") == reasons.count("Promoted") == 1
+    moves = [n for _, r, n in told if r == "TrafficMoved"]
+    assert len(moves) == len(ramp) - 1, (moves, ramp)  # every split read back, told once
+    assert moves[-1].endswith(f"iris-predictor-00002 {ramp[-2]} → 100"), moves
+    assert all(t == "Normal" for t, _, _ in told), told
 
 
 def test_a_candidate_with_ten_percent_errors_is_rolled_back_at_the_first_look(
@@ -252,6 +272,21 @@ def test_a_candidate_with_ten_percent_errors_is_rolled_back_at_the_first_look(
     # exact: 60 s of 180 ok + 20 failed per 10 s step, read at the functions' clock
     assert error_rate["sampleSize"] == pytest.approx(1200.0)
     assert error_rate["estimate"] == pytest.approx(0.1)
+    told = story(api, "bad")
+    assert [r for _, r, _ in told if r in ("Started", "Concluded", "RolledBack")] == [
+        "Started",
+        "Concluded",
+        "RolledBack",
+    ], told
+    assert (
+        "Warning",
+        "ObjectiveViolated",
+        "iris-predictor-00002: error-rate undecided → violated, estimate 0.1",
+    ) in told
+    assert [n for _, r, n in told if r == "TrafficMoved"] == [
+        "iris-predictor-00001 → 80, iris-predictor-00002 → 20",
+        "iris-predictor-00001 80 → 100, iris-predictor-00002 20 → 0",
+    ]
 
 
 def test_repeated_and_stale_events_are_acknowledged_and_change_nothing(
@@ -519,7 +554,7 @@ def concurrent_copies(p: Pipeline, event: CloudEvent, copies: int) -> None:
 
 def delivered_with_copies(
     server: KubeApiServer, api: client.ApiClient, url: str, namespace: str, copies: int
-) -> tuple[int, tuple[Any, ...]]:
+) -> tuple[int, tuple[Any, ...], list[tuple[str, str]]]:
     p = pipeline(api, url)
     try:
         obj = server.get(*EXPERIMENTS, namespace, "iris-canary")
@@ -538,7 +573,8 @@ def delivered_with_copies(
         p.close()
     assert set(p.answers()) == {200}, [d for d in p.deliveries if d.status != 200]
     outcome = (status["stage"], status.get("outcome"), status["completedIterations"])
-    return len(p.deliveries), outcome
+    told = [(reason, note) for _, reason, note in story(api, namespace)]
+    return len(p.deliveries), outcome, told
 
 
 @pytest.mark.parametrize("namespace", ["bad", "good"], ids=["rolled-back", "promoted"])
@@ -551,7 +587,9 @@ def test_concurrent_duplicates_cost_at_most_k_times_the_clean_deliveries(
         with emulated_cluster() as (server, api):
             seed(server, namespace)
             runs[copies] = delivered_with_copies(server, api, prometheus, namespace, copies)
-    (clean, outcome), (delivered, same) = runs[1], runs[4]
+    (clean, outcome, told), (delivered, same, retold) = runs[1], runs[4]
     assert outcome[:2] == ("Completed", "RolledBack" if namespace == "bad" else "Promoted")
     assert same == outcome, "the copies changed the experiment"
+    # Each status change is told once however many copies ran: the same Events as a clean run.
+    assert sorted(retold) == sorted(told), (told, retold)
     assert delivered <= 4 * clean, f"{delivered} deliveries, clean {clean}"

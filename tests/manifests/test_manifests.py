@@ -30,17 +30,19 @@ import functions_framework
 import jsonschema
 import pytest
 import yaml
-from kubernetes.client import CustomObjectsApi
+from kubernetes.client import CustomObjectsApi, EventsV1Api
 
 from analytics import model, parse
 from analytics.parse import SpecError, parse_experiment
 from functions import runtime
+from functions.adapters.alerts import KubeAddressables
+from functions.adapters.kubeevents import KubeEventRecorder
 from functions.adapters.kubernetes import KubeApi, KubeExperimentStore, KubeObjects
-from functions.core import control, events, resources
+from functions.core import control, events, notify, resources
 from functions.core import status as st
 from functions.core.backends import httproute, parse_field_path
 from functions.core.context import Context
-from functions.core.ports import ExperimentStore, Objects
+from functions.core.ports import Addressables, ExperimentStore, Objects
 from functions.core.settings import Settings
 from tests.support.status import full_status
 
@@ -325,6 +327,18 @@ _NOT_READ_BY_THE_PARSER = {
     "status.measurement.digest": parse.Bound(max_length=64, pattern="^[0-9a-f]{64}$"),
     # Manual control (functions/core/control.py): the request and its record.
     **control.BOUNDS,
+    # The alert sinks (functions/core/notify.py): notify reads them, the analysis never does.
+    "spec.notify": parse.Bound(max_items=notify.MAX_SINKS),
+    "spec.notify[].ref.apiVersion": parse.Bound(max_length=253),
+    "spec.notify[].ref.kind": parse.Bound(max_length=63),
+    "spec.notify[].ref.name": parse.Bound(max_length=253),
+    "spec.notify[].ref.namespace": parse.Bound(max_length=63),
+    "spec.notify[].uri": parse.Bound(max_length=2048, pattern="^https?://"),
+    "status.notifications": parse.Bound(max_items=notify.MAX_SINKS * len(notify.KINDS)),
+    "status.notifications[].sink": parse.Bound(max_length=32),
+    "status.notifications[].target": parse.Bound(max_length=2048),
+    "status.notifications[].attempts": parse.Bound(minimum=0, maximum=notify.MAX_ATTEMPTS),
+    "status.notifications[].error": parse.Bound(max_length=notify.ERROR_LIMIT),
 }
 
 
@@ -653,6 +667,23 @@ def test_typo_in_a_field_name_is_rejected() -> None:
     doc = canary()
     doc["spec"]["strategy"]["testingPatern"] = doc["spec"]["strategy"].pop("testingPattern")
     assert any("testingPatern" in p for p in rejections("experiments", doc))
+
+
+def test_alert_sinks_are_a_ref_or_an_http_uri_and_at_most_five() -> None:
+    doc = canary()
+    broker = {"apiVersion": "eventing.knative.dev/v1", "kind": "Broker", "name": "alerts"}
+    doc["spec"]["notify"] = [{"ref": broker}, {"uri": "https://hooks.example.com/a"}]
+    assert rejections("experiments", doc) == []
+    doc["spec"]["notify"] = [{"ref": broker, "uri": "https://hooks.example.com/a"}]
+    assert any("exactly one of ref and uri" in p for p in rejections("experiments", doc))
+    doc["spec"]["notify"] = [{}]
+    assert any("exactly one of ref and uri" in p for p in rejections("experiments", doc))
+    doc["spec"]["notify"] = [{"uri": "file:///etc/passwd"}]
+    assert any("https?" in p for p in rejections("experiments", doc))
+    doc["spec"]["notify"] = [{"uri": f"https://h.example.com/{i}"} for i in range(6)]
+    assert rejections("experiments", doc)
+    doc["spec"]["notify"] = [{"ref": {"kind": "Broker", "name": "alerts"}}]
+    assert any("apiVersion" in p for p in rejections("experiments", doc))
 
 
 def test_abn_and_ab_shapes() -> None:
@@ -1009,9 +1040,11 @@ def admitted(policy: Doc, event_type: str) -> bool:
     return all(passes(f, {"type": event_type}) for f in policy["spec"].get("filters", []))
 
 
+# What the functions post to the broker: every Arbiter type but `failed`, which only alert
+# sinks receive (functions/core/notify.py), never the broker.
 FUNCTION_TYPES = {
     v for v in vars(events).values() if isinstance(v, str) and v.startswith("dev.arbiter.")
-}
+} - {events.FAILED}
 APISERVER_TYPES = {events.APISERVER_ADD, events.APISERVER_UPDATE, events.APISERVER_DELETE}
 
 
@@ -1209,10 +1242,16 @@ Grant = tuple[str, str, str]  # (apiGroup, resource, verb), as a ClusterRole rul
 PORTS: dict[str, tuple[type, type]] = {
     "store": (ExperimentStore, KubeExperimentStore),
     "objects": (Objects, KubeObjects),
+    "addresses": (Addressables, KubeAddressables),
 }
 # Stands for the group and plural of whatever object a traffic backend names: the kinds
 # `_traffic_resources` lists.
 TRAFFIC = ("<ref.group>", "<ref.plural>")
+# Stands for the Addressable an alert sink names: the kinds notify.ADDRESSABLE_KINDS lists.
+ADDRESSABLE = ("<sink.group>", "<sink.plural>")
+# runtime wraps the store so that every status write also records its Kubernetes Events
+# (functions/core/story.py): write_status asks for what the recorder's `record` asks for.
+RECORDED: dict[Call, type] = {("store", "write_status"): KubeEventRecorder}
 
 # The port methods each stage calls, from functions/<stage>/main.py down through
 # functions/core. `test_each_stage_calls_exactly_the_port_methods_listed` reads them off the
@@ -1231,12 +1270,14 @@ CALLS: dict[str, set[Call]] = {
     },
     # Lists to find the experiments due; resolves Metrics; counts failures in status;
     # removes the control-pending label once a manual request is handled (a metadata patch).
+    # resolves the alert sinks of experiments that ended.
     "iterate": {
         ("store", "list"),
         ("store", "get"),
         ("store", "write_status"),
         ("store", "get_metric"),
         ("store", "patch_metadata"),
+        ("addresses", "url"),
     },
     "assess": {
         ("store", "get"),
@@ -1244,13 +1285,14 @@ CALLS: dict[str, set[Call]] = {
         ("objects", "get"),
         ("objects", "patch"),
     },
-    # Removes the restore finalizer once the baseline is read back.
+    # Removes the restore finalizer once the baseline is read back; resolves alert sinks.
     "finish": {
         ("store", "get"),
         ("store", "write_status"),
         ("store", "patch_metadata"),
         ("objects", "get"),
         ("objects", "patch"),
+        ("addresses", "url"),
     },
 }
 
@@ -1260,11 +1302,15 @@ CALLS: dict[str, set[Call]] = {
 ADAPTER_VERBS: dict[Call, set[tuple[str, str, str]]] = {
     ("store", "get"): {("arbiter.dev", "experiments", "get")},
     ("store", "list"): {("arbiter.dev", "experiments", "list")},
-    ("store", "write_status"): {("arbiter.dev", "experiments/status", "update")},
+    ("store", "write_status"): {
+        ("arbiter.dev", "experiments/status", "update"),
+        ("events.k8s.io", "events", "create"),
+    },
     ("store", "get_metric"): {("arbiter.dev", "metrics", "get")},
     ("store", "patch_metadata"): {("arbiter.dev", "experiments", "patch")},
     ("objects", "get"): {(*TRAFFIC, "get")},
     ("objects", "patch"): {(*TRAFFIC, "patch")},
+    ("addresses", "url"): {(*ADDRESSABLE, "get")},
 }
 
 
@@ -1276,6 +1322,8 @@ def expected_grants(stage: str) -> set[Grant]:
         for group, resource, verb in ADAPTER_VERBS[call]:
             if (group, resource) == TRAFFIC:
                 grants |= {(g, r, verb) for g, r in _traffic_resources()}
+            elif (group, resource) == ADDRESSABLE:
+                grants |= {(k.group, k.plural, verb) for k in notify.ADDRESSABLE_KINDS}
             else:
                 grants.add((group, resource, verb))
     return grants
@@ -1510,10 +1558,16 @@ def rbac_verb(method: str, path: str) -> str:
     return verbs[method]
 
 
+# The official client's class that owns each call the adapter makes (CustomObjectsApi for
+# the rest): kubernetes-client/python, kubernetes/client/api/events_v1_api.py.
+ROUTE_OWNERS: dict[str, type] = {"create_namespaced_event": EventsV1Api}
+
+
 def client_request(name: str) -> tuple[str, str]:
-    """(HTTP method, path template) of a CustomObjectsApi method, read from the request the
-    official client builds (kubernetes-client/python 30+: `_<name>_serialize`)."""
-    source = inspect.getsource(getattr(CustomObjectsApi, f"_{name}_serialize"))
+    """(HTTP method, path template) of the official client's method `name`, read from the
+    request it builds (kubernetes-client/python 30+: `_<name>_serialize`)."""
+    owner = ROUTE_OWNERS.get(name, CustomObjectsApi)
+    source = inspect.getsource(getattr(owner, f"_{name}_serialize"))
     (method,) = re.findall(r"method='([A-Z]+)'", source)
     (path,) = re.findall(r"resource_path='([^']+)'", source)
     return method, path
@@ -1522,10 +1576,12 @@ def client_request(name: str) -> tuple[str, str]:
 def test_the_adapter_makes_the_official_clients_requests() -> None:
     # The functions' adapter speaks REST itself (importing the official client would double
     # a cold start); each call it makes is the request CustomObjectsApi builds for its name.
+    assert set(ROUTE_OWNERS) < set(KubeApi.ROUTES)
     for name, route in KubeApi.ROUTES.items():
         assert route == client_request(name), name
+        owner = ROUTE_OWNERS.get(name, CustomObjectsApi)
         ours = list(inspect.signature(getattr(KubeApi, name)).parameters)[1:]
-        theirs = list(inspect.signature(getattr(CustomObjectsApi, name)).parameters)[1:]
+        theirs = list(inspect.signature(getattr(owner, name)).parameters)[1:]
         positional = [p for p in ours if p not in ("what", "content_type")]
         assert positional == theirs[: len(positional)], name
 
@@ -1553,22 +1609,31 @@ def adapter_requests(adapter: type) -> dict[str, set[tuple[str, str, str]]]:
             params = list(inspect.signature(getattr(KubeApi, name)).parameters)[1:]
             args = dict(zip(params, node.args, strict=False))
             args |= {k.arg: k.value for k in node.keywords if k.arg}
+            http, path = KubeApi.ROUTES[name]
+            if "group" not in args:
+                # A call of one fixed resource: its group and plural are in the route itself.
+                fixed = re.fullmatch(r"/apis/([^/{]+)/[^/]+/namespaces/\{namespace\}/(\w+)", path)
+                assert fixed, path
+                requests.add((fixed[1], fixed[2], rbac_verb(http, path)))
+                continue
             group, plural = args["group"], args["plural"]
             if isinstance(group, ast.Name) and isinstance(plural, ast.Name):
                 group_plural = (getattr(module, group.id), getattr(module, plural.id))
             elif (
                 isinstance(group, ast.Attribute)
                 and isinstance(group.value, ast.Name)
-                and group.value.id != "ref"
+                and group.value.id not in ("ref", "sink")
             ):
                 # EXPERIMENT.group, EXPERIMENT.plural: a resources.Resource constant
                 resource_of = getattr(module, group.value.id)
                 assert ast.unparse(plural) == f"{group.value.id}.plural", ast.unparse(plural)
                 group_plural = (resource_of.group, resource_of.plural)
+            elif ast.unparse(group) == "sink.group":  # an alert sink's Addressable
+                assert ast.unparse(plural) == "sink.plural", ast.unparse(plural)
+                group_plural = ADDRESSABLE
             else:  # ref.group, ref.plural: whatever kind the traffic backend names
                 assert (ast.unparse(group), ast.unparse(plural)) == ("ref.group", "ref.plural")
                 group_plural = TRAFFIC
-            http, path = KubeApi.ROUTES[name]
             sub = path.split("{name}", 1)[1] if "{name}" in path else ""
             resource = group_plural[1] + sub
             requests.add((group_plural[0], resource, rbac_verb(http, path)))
@@ -1579,15 +1644,21 @@ def test_adapter_requests_are_read_off_the_adapters() -> None:
     derived: dict[Call, set[tuple[str, str, str]]] = {}
     wiring = inspect.getsource(runtime)
     for field, (port, adapter) in PORTS.items():
-        # The Context field holds this port, and on a cluster this adapter fills it.
+        # The Context field holds this port, and on a cluster this adapter fills it (the
+        # store inside the StoryTeller that records its Events).
         assert typing.get_type_hints(Context)[field] is port
-        assert f"{field}={adapter.__name__}(" in wiring, f"runtime does not wire {adapter}"
+        wrapped = "StoryTeller(" if field == "store" else ""
+        assert f"{field}={wrapped}{adapter.__name__}(" in wiring, f"runtime does not wire {adapter}"
         requests = adapter_requests(adapter)
         methods = {m for m in vars(port) if not m.startswith("_") and callable(vars(port)[m])}
         assert methods <= set(requests), f"{adapter.__name__} lacks {methods - set(requests)}"
         for m in methods:
             assert requests[m], f"{adapter.__name__}.{m} makes no API call the scan sees"
-            derived[(field, m)] = requests[m]
+            derived[(field, m)] = set(requests[m])
+    for call, recorder in RECORDED.items():
+        assert f"{recorder.__name__}(" in wiring, f"runtime does not wire {recorder}"
+        recorded = adapter_requests(recorder)["record"]
+        derived[call] |= recorded
     assert derived == ADAPTER_VERBS
 
 

@@ -66,6 +66,18 @@ def full_status() -> Status:
         paused_at=T0.replace(minute=2),
         paused_seconds=30.5,
         awaiting_promotion=Recommendation(Action.PROMOTE, "b", "all-objectives-met", "promote b"),
+        notifications=(
+            {
+                "event": "concluded",
+                "sink": "spec.notify[0]",
+                "target": "https://hooks.example.com/arbiter",
+                "attempts": 2,
+                "lastAttempt": "2026-01-01T00:03:07Z",
+                "delivered": True,
+                "refused": False,
+                "error": "spec.notify[0]: https://hooks.example.com/arbiter: refused: 503",
+            },
+        ),
     )
     unset = [f.name for f in dataclasses.fields(status) if not getattr(status, f.name)]
     assert not unset, f"full_status leaves {unset} unset"

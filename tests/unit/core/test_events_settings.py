@@ -73,3 +73,25 @@ def test_bad_settings_name_every_variable_at_once() -> None:
         Settings.from_env({"ARBITER_QUERY_RETRIES": "many", "ARBITER_READY_TIMEOUT_SECONDS": "-1"})
     assert "ARBITER_QUERY_RETRIES" in str(e.value)
     assert "ARBITER_READY_TIMEOUT_SECONDS" in str(e.value)
+
+
+def test_the_notify_allow_list_takes_only_http_prefixes_ending_in_a_slash() -> None:
+    settings = Settings.from_env(
+        {
+            "ARBITER_NOTIFY_URIS": " https://hooks.example.com/arbiter/ ,http://alerts.svc/ ",
+            "ARBITER_NOTIFY_ATTEMPTS": "3",
+            "FUNCTION_TARGET": "finish",
+            "HOSTNAME": "arbiter-finish-00001-deployment-abc",
+        }
+    )
+    assert settings.notify_uris == ("https://hooks.example.com/arbiter/", "http://alerts.svc/")
+    assert settings.notify_attempts == 3
+    assert (settings.function_target, settings.instance) == (
+        "finish",
+        "arbiter-finish-00001-deployment-abc",
+    )
+    assert Settings.from_env({}).notify_uris == ()
+    # `https://hooks.example.com` would also admit https://hooks.example.com.evil.net/.
+    for bad in ("https://hooks.example.com", "ftp://x/", "hooks.example.com/"):
+        with pytest.raises(PermanentError, match=r"ARBITER_NOTIFY_URIS: .* ending in '/'"):
+            Settings.from_env({"ARBITER_NOTIFY_URIS": bad})
