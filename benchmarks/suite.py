@@ -87,8 +87,13 @@ def lower_bounds(scenarios: Sequence[Scenario]) -> dict[str, float]:
     return out
 
 
-def run(plan: Plan, progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
-    """Run the plan and return the results document.
+def run(
+    plan: Plan,
+    progress: Callable[[str], None] = lambda _: None,
+    cells_done: Callable[[int, int], None] = lambda done, total: None,
+) -> dict[str, Any]:
+    """Run the plan and return the results document; `progress` hears each step in words,
+    `cells_done` the count of (scenario, method) cells done out of all of them.
 
     Raises:
         reference.ReferenceMismatchError: the harness does not reproduce the reference figures.
@@ -107,9 +112,11 @@ def run(plan: Plan, progress: Callable[[str], None] = lambda _: None) -> dict[st
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["benchmarks.runner", "benchmarks.report", "benchmarks.methods"])
     cells: list[dict[str, Any]] = []
+    cells_done(0, len(jobs))
     with ProcessPoolExecutor(plan.workers, mp_context=context, max_tasks_per_child=1) as pool:
         for summary in pool.map(_cell, jobs):
             cells.append(summary)
+            cells_done(len(cells), len(jobs))
             progress(f"  {summary['scenario']} / {summary['method']}: {summary['wall_s']:.1f} s")
     order = {(s.name, m): i for i, (s, m) in enumerate(cells_of(plan))}
     cells.sort(key=lambda c: order[(c["scenario"], c["method"])])

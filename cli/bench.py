@@ -4,7 +4,8 @@ Without options it times one analysis iteration (p50/p95 ms, as before). `--quic
 `--full` or `--scenario FILE...` also run the decision-quality suite of `benchmarks/`:
 the reference figures (docs/statistics.md#reference-figures) first (a mismatch stops the
 run, exit 1), then every method on every scenario, writing results JSON plus a markdown
-report and a PNG plot beside it, and printing the report.
+report and a PNG plot beside it, and printing the report. On a terminal the cells show as a
+progress bar and the report as rendered tables (rich); piped, both stay plain text.
 """
 
 from __future__ import annotations
@@ -13,8 +14,14 @@ import argparse
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from rich.console import Console
+from rich.markdown import Markdown
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from benchmarks import compute, reference, suite
 from benchmarks.methods import METHODS
@@ -83,6 +90,38 @@ def _git_sha() -> str:
     return done.stdout.strip() or "unknown"
 
 
+@contextmanager
+def _progress(
+    console: Console | None = None,
+) -> Iterator[tuple[Callable[[str], None], Callable[[int, int], None]]]:
+    """Where the suite's progress goes: a live bar on a terminal's stderr, else plain lines
+    (a CI log keeps every one)."""
+    console = console or Console(stderr=True)
+    if not console.is_terminal:
+
+        def say(line: str) -> None:
+            print(line, file=sys.stderr, flush=True)
+
+        yield say, lambda done, total: None
+        return
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("cells", total=None)
+
+        def cells_done(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        def say_above(line: str) -> None:
+            bar.console.print(line, markup=False, highlight=False)
+
+        yield say_above, cells_done
+
+
 def run(args: argparse.Namespace) -> int:
     decision = args.quick or args.full or args.scenario or args.methods or args.replicates
     if not decision:
@@ -108,13 +147,18 @@ def run(args: argparse.Namespace) -> int:
         compute_iterations=args.iterations,
     )
     try:
-        results = suite.run(plan, progress=lambda line: print(line, file=sys.stderr, flush=True))
+        with _progress() as (say, cells_done):
+            results = suite.run(plan, progress=say, cells_done=cells_done)
     except reference.ReferenceMismatchError as e:
         print(f"arbiter bench: REFERENCE MISMATCH: {e}", file=sys.stderr)
         return 1
     sha = _git_sha()
     written = suite.write(results, Path(args.out), sha)
-    print(suite.markdown({**results, "git_sha": sha}, sha))
+    report = suite.markdown({**results, "git_sha": sha}, sha)
+    if sys.stdout.isatty():
+        Console().print(Markdown(report))
+    else:
+        print(report)
     if len(written) < 3:
         print("arbiter bench: matplotlib is not installed; no plot written", file=sys.stderr)
     print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)

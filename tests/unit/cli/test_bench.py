@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import re
 from typing import Final
 
 import pytest
+from rich.console import Console
 
-from cli import main
+from cli import bench, main
 
 FIGURES: Final = re.compile(r"p50 (?P<p50>[0-9.]+) ms, p95 (?P<p95>[0-9.]+) ms")
 
@@ -46,3 +48,25 @@ def test_a_bench_with_a_negative_seed_is_a_usage_error(
     code, _, err = run_cli(capsys, "bench", "--iterations", "2", "--seed", "-1")
     assert code == 2
     assert "--seed" in err
+
+
+def test_on_a_terminal_the_cells_show_as_a_bar(capsys: pytest.CaptureFixture[str]) -> None:
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=100)
+    with bench._progress(console) as (say, cells_done):
+        say("running 5 cells on 2 workers ...")
+        cells_done(0, 5)
+        cells_done(3, 5)
+    # The bar is drawn live and taken away at the end; what it drew stays in the stream.
+    drawn = screen.getvalue()
+    assert "running 5 cells on 2 workers" in drawn
+    assert "3/5" in drawn, drawn
+    assert capsys.readouterr().err == ""
+
+
+def test_piped_the_progress_stays_plain_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    console = Console(file=io.StringIO(), force_terminal=False)
+    with bench._progress(console) as (say, cells_done):
+        say("running 5 cells on 2 workers ...")
+        cells_done(3, 5)
+    assert capsys.readouterr().err == "running 5 cells on 2 workers ...\n"
