@@ -190,7 +190,7 @@ def finish(ctx: Context, ref: ExperimentRef, iteration: int, hint: events.Conclu
         # An earlier attempt failed and said so (functions/core/failures.py); this one did not.
         status = status.with_condition(ConditionType.FAILED, False, reason, message, now)
     if split:
-        status = status.with_split(split)
+        status = status.with_split(split).with_desired(split)
     obj = ctx.store.write_status(obj, status.to_dict())
     _let_go(ctx, obj)
     ctx.sink.emit(_finished(obj, status))
@@ -251,7 +251,7 @@ def _end_failed(
         version_recommended_for_promotion=info_baseline,
     ).with_condition(ConditionType.FAILED, True, reason, message, now)
     if split:
-        status = status.with_split(split)
+        status = status.with_split(split).with_desired(split)
     ctx.store.write_status(dict(obj), status.to_dict())
     log.warning("finish: %s failed: %s: %s", st.ref_of(obj), reason, message)
     ctx.sink.emit(_finished(obj, status))
@@ -337,7 +337,7 @@ def _restore_deleted(ctx: Context, ref: ExperimentRef) -> None:
             last_update_time=now,
         ).with_condition(ConditionType.FAILED, True, "ExperimentDeleted", message, now)
         if restored:
-            status = status.with_split(restored)
+            status = status.with_split(restored).with_desired(restored)
         obj = ctx.store.write_status(obj, status.to_dict())
     ownership.remove_finalizer(ctx, obj)
     gone = events.Finished(outcome=Outcome.ABORTED, reason="ExperimentDeleted")

@@ -12,9 +12,10 @@ write replaced with the one it stored (`story`) and records an Event per change,
 - ObjectiveSatisfied, ObjectiveViolated (a Warning), ObjectiveUndecided for a version's
   verdict on an objective; WinnerFound and RecommendedForPromotion while it runs;
 - a condition's change, by its reason, a Warning when it reports trouble (Completed, and
-  Failed when the stage says it, are left to the stage's Event);
-- ControlRequested for each change of `status.control` (a manual request handled),
-  whatever its shape; ControlRefused, a Warning, when the record says it was refused.
+  Failed when the stage says it, are left to the stage's Event, ControlApplied to the
+  request's; a pause or a wait for promotion ending is Resumed or Answered, never trouble);
+- ControlRequested for each manual request handled (`status.control`, one per request id);
+  ControlRefused, a Warning, when it was refused.
 
 Recording is best effort: the status write has happened, so an Event that cannot be written
 is logged and the stage goes on. Each Event's name derives from the experiment's uid, the
@@ -49,8 +50,12 @@ _VERDICT_REASON: Final = {
     "undecided": "ObjectiveUndecided",
 }
 _CLOSING: Final = frozenset({Stage.FINISHING, *TERMINAL})
-# Conditions whose True is the trouble; for the others False is.
+# Conditions whose True is the trouble; those that tell a state a person asked for, neither
+# (a pause ending is not a failure); for the others False is.
 _TROUBLE_WHEN_TRUE: Final = frozenset({ConditionType.FAILED})
+_STATES: Final = frozenset({ConditionType.PAUSED, ConditionType.AWAITING_PROMOTION})
+# The Event reason of a state's end, whatever ended it (the condition's reason says what).
+_ENDED: Final = {ConditionType.PAUSED: "Resumed", ConditionType.AWAITING_PROMOTION: "Answered"}
 
 
 class StoryTeller:
@@ -103,7 +108,7 @@ def story(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Occurrence]:
         *_verdicts(before, after),
         *_recommendation(before, after),
         *_conditions(before, after),
-        *_control(old.get("control"), new.get("control"), after.iterations_done),
+        *_control(before, after),
     ]
     return [*rest, *stage] if after.stage in _CLOSING else [*stage, *rest]
 
@@ -227,38 +232,37 @@ def _conditions(before: Status, after: Status) -> list[Occurrence]:
             continue
         if c.type is ConditionType.COMPLETED or (ended and c.type is ConditionType.FAILED):
             continue  # the stage's own Event says it
+        if c.type is ConditionType.CONTROL_APPLIED:
+            continue  # the request's own Event (ControlRequested / ControlRefused) says it
         status = {True: "True", False: "False", None: "Unknown"}[c.ok]
-        trouble = c.ok is True if c.type in _TROUBLE_WHEN_TRUE else c.ok is False
+        if c.type in _STATES:
+            trouble = False
+        elif c.type in _TROUBLE_WHEN_TRUE:
+            trouble = c.ok is True
+        else:
+            trouble = c.ok is False
         reason = c.reason if c.reason.isalnum() and c.reason[:1].isupper() else c.type.value
+        if c.ok is False and c.type in _ENDED:
+            reason = _ENDED[c.type]
         note = f"{c.type.value}={status}: {c.message}" if c.message else f"{c.type.value}={status}"
         key = f"{c.type.value}/{status}/{c.reason}@{after.iterations_done}"
         out.append(Occurrence(reason, "Check", note, key, warning=trouble))
     return out
 
 
-def _control(old: object, new: object, iteration: int) -> list[Occurrence]:
-    """Manual requests recorded in `status.control`, whatever shape it has: a changed
-    object is one request (ControlRefused, a Warning, when it carries a truthy `refused`),
-    each new item of a list is one, any other changed value is one."""
-    if new is None or new == old:
+def _control(before: Status, after: Status) -> list[Occurrence]:
+    """A manual request handled: one Event per request id (a Warning when it was refused)."""
+    new = after.control
+    if new is None or (before.control is not None and before.control.applied_id == new.applied_id):
         return []
-    changed: list[object]
-    if isinstance(new, list):
-        previous = old if isinstance(old, list) else []
-        changed = [v for v in new if v not in previous]
-    else:
-        changed = [new]
-    out = []
-    for value in changed:
-        key = f"{json.dumps(value, sort_keys=True, default=str)}@{iteration}"
-        refused = isinstance(value, Mapping) and bool(value.get("refused"))
-        if isinstance(value, Mapping):
-            note = "; ".join(f"{k}: {_plain(v)}" for k, v in value.items())
-        else:
-            note = _plain(value)
-        reason = "ControlRefused" if refused else "ControlRequested"
-        out.append(Occurrence(reason, "Control", f"status.control: {note}", key, refused))
-    return out
+    what = " ".join(w for w in (new.action, new.version) if w)
+    note = f"{what} requested by {new.requested_by or 'someone'}"
+    if new.reason:
+        note += f": {new.reason}"
+    if new.refused:
+        note += f"; refused: {new.refused}"
+    reason = "ControlRefused" if new.refused else "ControlRequested"
+    return [Occurrence(reason, "Control", note, f"control/{new.applied_id}", bool(new.refused))]
 
 
 def _plain(value: object) -> str:

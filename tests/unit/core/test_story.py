@@ -144,27 +144,39 @@ def test_conditions_are_told_by_reason_and_trouble_is_a_warning() -> None:
     assert [r for r, _, _ in told(RUNNING, replace(RUNNING, conditions=odd))] == ["Notified"]
 
 
-def test_any_change_of_status_control_is_a_manual_request() -> None:
-    # status.control's shape belongs to the manual control; any shape is told, one Event
-    # per request however many of its fields changed.
+def test_each_manual_request_is_told_once_by_its_id() -> None:
     before = {**RUNNING.to_dict(), "control": {"appliedId": "r1", "action": "pause"}}
     after = {
         **RUNNING.to_dict(),
-        "control": {"appliedId": "r2", "action": "promote", "version": "v2", "requestedBy": "ana"},
+        "control": {
+            "appliedId": "r2",
+            "action": "promote",
+            "version": "v2",
+            "requestedBy": "ana",
+            "reason": "CHG-1",
+        },
     }
     assert [(o.reason, o.warning, o.note) for o in story(before, after)] == [
-        (
-            "ControlRequested",
-            False,
-            "status.control: appliedId: r2; action: promote; version: v2; requestedBy: ana",
-        )
+        ("ControlRequested", False, "promote v2 requested by ana: CHG-1")
     ]
+    # The same request written again (a redelivery, another field moving) is not told again.
+    assert story(after, {**after, "message": "later"}) == []
     refused = {**after, "control": {"appliedId": "r3", "action": "promote", "refused": "no"}}
     ((o,),) = [story(after, refused)]
     assert (o.reason, o.warning) == ("ControlRefused", True)
-    listed = story({"control": [{"action": "pause"}]}, {"control": [{"action": "pause"}, "go"]})
-    assert [o.note for o in listed] == ["status.control: go"]
-    assert story({"control": "x"}, {"control": "x"}) == []
+    assert o.note == "promote requested by someone; refused: no"
+
+
+def test_a_pause_ending_is_resumed_not_trouble_and_control_applied_is_not_told_twice() -> None:
+    paused = replace(RUNNING, control=None).with_condition(
+        ConditionType.PAUSED, True, "Paused", "pause requested by ana", T0
+    )
+    paused = paused.with_condition(ConditionType.CONTROL_APPLIED, True, "Pause", "ok", T0)
+    told = story(RUNNING.to_dict(), paused.to_dict())
+    assert [(o.reason, o.warning) for o in told] == [("Paused", False)]
+    resumed = paused.with_condition(ConditionType.PAUSED, False, "Concluded", "paused 120 s", T0)
+    ((o,),) = [story(paused.to_dict(), resumed.to_dict())]
+    assert (o.reason, o.warning) == ("Resumed", False)
 
 
 def test_a_write_is_told_once_after_it_is_stored_and_recording_failures_do_not_fail_it() -> None:
