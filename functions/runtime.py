@@ -30,7 +30,12 @@ from werkzeug.exceptions import (
 )
 
 from analytics.measurements import Measurement
-from functions.adapters.kubernetes import KubeExperimentStore, KubeObjects, connect
+from functions.adapters.kubernetes import (
+    KubeExperimentStore,
+    KubeObjects,
+    KubePingSources,
+    connect,
+)
 from functions.adapters.sink import FileToken, HttpEventSink
 from functions.core.context import Context
 from functions.core.errors import PermanentError, TransientError
@@ -105,6 +110,7 @@ def _default_context() -> Context:
         objects=KubeObjects(api),
         metrics=LazyMetricsSource(settings),
         sink=HttpEventSink(settings.sink, token=FileToken(settings.sink_token_file)),
+        pings=KubePingSources(api),
         clock=SystemClock(),
         settings=settings,
     )

@@ -106,6 +106,7 @@ from functions.core.resources import (
     KNATIVE_SERVICE,
     KSERVE_ISVC,
     METRIC,
+    PINGSOURCE,
     Resource,
 )
 from local.lifecycle import Component
@@ -819,6 +820,7 @@ def register_resources(emulator: kmock.KubernetesEmulator) -> None:
         (KNATIVE_REVISION, {"rev"}, True, False),
         (ISTIO_VIRTUAL_SERVICE, {"vs"}, True, False),
         (HTTPROUTE, set(), True, True),
+        (PINGSOURCE, set(), True, True),
         (Resource("", "v1", "Namespace"), {"ns"}, False, True),
         (Resource("", "v1", "ConfigMap"), {"cm"}, True, False),
         (Resource("", "v1", "Event"), {"ev"}, True, False),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from functions.core.metrics import MetricsSource
-from functions.core.ports import Clock, EventSink, ExperimentStore, Objects
+from functions.core.ports import Clock, EventSink, ExperimentStore, Objects, PingSources
 from functions.core.settings import Settings
 
 
@@ -15,5 +15,6 @@ class Context:
     objects: Objects
     metrics: MetricsSource
     sink: EventSink
+    pings: PingSources
     clock: Clock
     settings: Settings

@@ -1,4 +1,5 @@
-"""The ports the stages drive: the experiment store, the traffic objects, metrics, events.
+"""The ports the stages drive: the experiment store, the traffic objects, the clock's
+PingSource, metrics, events.
 
 `MetricsSource` lives with the metric templates (functions.core.metrics) and is re-exported.
 
@@ -57,6 +58,28 @@ class Objects(Protocol):
     def patch(self, patch: Patch) -> Obj: ...
 
 
+class PingSources(Protocol):
+    """The clock's PingSource (functions/core/clock.py), by namespace and name."""
+
+    def get(self, namespace: str, name: str) -> Obj:
+        """The PingSource as stored now; NotFoundError if there is none."""
+        ...
+
+    def create(self, body: Mapping[str, Any]) -> Obj:
+        """Create the PingSource `body` describes; ConflictError if it exists already."""
+        ...
+
+    def annotate(self, namespace: str, name: str, annotations: Mapping[str, str]) -> Obj:
+        """Merge `annotations` into its metadata (its resourceVersion moves); NotFoundError
+        if there is none."""
+        ...
+
+    def delete(self, namespace: str, name: str, resource_version: str) -> None:
+        """Delete it only if it is still at `resource_version` (ConflictError otherwise;
+        NotFoundError if it is gone)."""
+        ...
+
+
 class EventSink(Protocol):
     def emit(self, event: CloudEvent) -> None:
         """Deliver an event to the broker; TransientError if it cannot."""
@@ -69,4 +92,4 @@ class Clock(Protocol):
     def sleep(self, seconds: float) -> None: ...
 
 
-__all__ = ["Clock", "EventSink", "ExperimentStore", "MetricsSource", "Objects"]
+__all__ = ["Clock", "EventSink", "ExperimentStore", "MetricsSource", "Objects", "PingSources"]

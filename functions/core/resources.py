@@ -63,6 +63,8 @@ KNATIVE_REVISION: Final = Resource("serving.knative.dev", "v1", "Revision")
 ISTIO_VIRTUAL_SERVICE: Final = Resource("networking.istio.io", "v1beta1", "VirtualService")
 GATEWAY_GROUP: Final = "gateway.networking.k8s.io"
 HTTPROUTE: Final = Resource(GATEWAY_GROUP, "v1", "HTTPRoute")
+# The clock (functions/core/clock.py): start creates it, the sweep deletes it.
+PINGSOURCE: Final = Resource("sources.knative.dev", "v1", "PingSource")
 
 # The backends' apiVersions, as an experiment's weightObjRef spells them.
 KSERVE: Final = KSERVE_ISVC.api_version
