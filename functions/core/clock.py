@@ -26,6 +26,7 @@ minute-boundary firings.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
@@ -42,7 +43,9 @@ log = logging.getLogger(__name__)
 NAME: Final = "arbiter-tick"
 # The Broker of eventing/broker.yaml, in the system namespace.
 BROKER: Final = "arbiter"
-# Stamped by every `ensure`, so the object changes even when nothing else does.
+# Stamped by every `ensure`, so the object changes even when nothing else does: the time,
+# and a token of its own, since a patch that leaves the object as it was (two starts within
+# one second of timestamp) moves no resourceVersion, on the API server as in the emulator.
 WANTED_AT: Final = "arbiter.dev/wanted-at"
 SCHEDULE: Final = "* * * * *"
 
@@ -88,7 +91,7 @@ def ensure(ctx: Context) -> None:
     A merge patch first, as the PingSource usually exists; TransientError if the API server
     cannot be reached (the caller's event is then retried)."""
     namespace = ctx.settings.system_namespace
-    stamp = {WANTED_AT: iso(ctx.clock.now())}
+    stamp = {WANTED_AT: f"{iso(ctx.clock.now())} {uuid.uuid4().hex[:12]}"}
     try:
         ctx.pings.annotate(namespace, NAME, stamp)
         return

@@ -45,7 +45,8 @@ def test_start_creates_the_pingsource_it_builds_for_a_new_experiment() -> None:
     found = pingsource(w)
     assert found is not None
     assert found["spec"] == clock.pingsource(w.settings)["spec"]
-    assert found["metadata"]["annotations"] == {clock.WANTED_AT: "2026-01-01T00:01:00Z"}
+    (stamp,) = found["metadata"]["annotations"].values()
+    assert stamp.startswith("2026-01-01T00:01:00Z ")
     assert w.pings.calls == ["annotate", "create"]  # absent: the patch finds none, then create
 
 
@@ -57,7 +58,16 @@ def test_each_start_changes_the_pingsource_it_finds() -> None:
     start.handle(w.ctx, added(w.store.add(experiment(NS, name="second"))))
     assert version(w) != before
     annotations = (pingsource(w) or {})["metadata"]["annotations"]
-    assert annotations[clock.WANTED_AT] == "2026-01-01T00:01:05Z"
+    assert annotations[clock.WANTED_AT].startswith("2026-01-01T00:01:05Z ")
+
+
+def test_two_starts_within_one_second_still_change_it() -> None:
+    """A patch that changes nothing moves no resourceVersion: each stamp is its own."""
+    w = world()
+    clock.ensure(w.ctx)
+    before = (pingsource(w) or {})["metadata"]["annotations"][clock.WANTED_AT]
+    clock.ensure(w.ctx)
+    assert (pingsource(w) or {})["metadata"]["annotations"][clock.WANTED_AT] != before
 
 
 def test_a_create_that_loses_to_another_start_changes_the_one_created() -> None:
