@@ -34,7 +34,12 @@ from werkzeug.exceptions import (
 from analytics.measurements import Measurement
 from functions.adapters.alerts import HttpAlertSink, KubeAddressables
 from functions.adapters.kubeevents import KubeEventRecorder
-from functions.adapters.kubernetes import KubeExperimentStore, KubeObjects, connect
+from functions.adapters.kubernetes import (
+    KubeExperimentStore,
+    KubeObjects,
+    KubePingSources,
+    connect,
+)
 from functions.adapters.sink import FileToken, HttpEventSink
 from functions.core.context import Context
 from functions.core.errors import PermanentError, TransientError
@@ -117,6 +122,7 @@ def _default_context() -> Context:
         objects=KubeObjects(api),
         metrics=LazyMetricsSource(settings),
         sink=HttpEventSink(settings.sink, token=FileToken(settings.sink_token_file)),
+        pings=KubePingSources(api),
         clock=clock,
         settings=settings,
         addresses=KubeAddressables(api),

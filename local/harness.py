@@ -36,11 +36,12 @@ from kubernetes.client.exceptions import ApiException
 from functions.core import status as st
 from functions.core.events import TRIGGERS
 from functions.core.resources import EXPERIMENT, METRIC, ObjectRef
+from functions.core.settings import Settings
 from functions.core.timestamps import parse_time
 from local.autoscale import ScaleToZero, function_process, stop_process
 from local.broker import LocalBroker, load_manifests
 from local.sample import Planned, Sample, TargetSim
-from local.sources import ApiServerSourcePlayer, PingSourcePlayer
+from local.sources import ApiServerSourcePlayer, LivePingSources
 from local.view import LiveView, ManyView, promise, verdict
 
 ROOT: Final = Path(__file__).resolve().parents[1]
@@ -94,6 +95,7 @@ class LocalRun:
         self.history: list[dict[str, Any]] = []
         self.final: dict[str, Any] | None = None
         self.finals: dict[str, dict[str, Any]] = {}  # by namespace/name, with several
+        self.pings: LivePingSources | None = None
         self.broker: LocalBroker | None = None
         self.scaler: ScaleToZero | None = None
 
@@ -311,20 +313,24 @@ class LocalRun:
                 for d in load_manifests(EVENTING / "apiserversource.yaml")
                 if d.get("kind") == "ApiServerSource"
             ]
-            ping_docs = [
-                d
-                for d in load_manifests(EVENTING / "pingsource.yaml")
-                if d.get("kind") == "PingSource"
-            ]
             apiserver = ApiServerSourcePlayer(api, sources[0], broker.url, watch_timeout=2)
             stack.enter_context(apiserver)
             # The cluster pings every minute; locally a tick every half interval keeps the
             # iterations on time however much time is compressed.
             ping_period = max(0.5, self.interval / 2)
-            ping = PingSourcePlayer(ping_docs[0], broker.url, time_scale=60.0 / ping_period)
+            # The clock's PingSource is played while it exists: start creates it, the sweep
+            # deletes it once no experiment is live (functions/core/clock.py).
+            ping = LivePingSources(
+                api,
+                Settings().system_namespace,
+                broker.url,
+                time_scale=60.0 / ping_period,
+            )
             stack.enter_context(ping)
+            self.pings = ping
             self.say(
-                f"sources     ApiServerSource (Experiments) and PingSource every {ping_period:g} s"
+                f"sources     ApiServerSource (Experiments), and the PingSource every "
+                f"{ping_period:g} s while start keeps it"
             )
             if servers:
                 for target in self.sample.targets:

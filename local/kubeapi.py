@@ -109,6 +109,7 @@ from functions.core.resources import (
     KNATIVE_SERVICE,
     KSERVE_ISVC,
     METRIC,
+    PINGSOURCE,
     Resource,
 )
 from functions.core.timestamps import parse_time
@@ -882,6 +883,7 @@ def register_resources(emulator: kmock.KubernetesEmulator) -> None:
         (KNATIVE_REVISION, {"rev"}, True, False),
         (ISTIO_VIRTUAL_SERVICE, {"vs"}, True, False),
         (HTTPROUTE, set(), True, True),
+        (PINGSOURCE, set(), True, True),
         (Resource("", "v1", "Namespace"), {"ns"}, False, True),
         (Resource("", "v1", "ConfigMap"), {"cm"}, True, False),
         (Resource("", "v1", "Event"), {"ev"}, True, False),

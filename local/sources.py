@@ -1,5 +1,8 @@
 """The PingSource and ApiServerSource, played locally from their manifests in `eventing/`.
 
+`LivePingSources` plays the PingSources that exist in an API server, each from when it is
+created until it is deleted (start creates the clock's, the sweep deletes it).
+
 `PingSourcePlayer` sends `dev.knative.sources.ping` to a sink every period of its cron
 schedule, divided by the run's time scale. `ApiServerSourcePlayer` lists and watches the
 resources of an ApiServerSource in Resource mode through the official `kubernetes` client and
@@ -358,3 +361,105 @@ class ApiServerSourcePlayer(_Player):
 
     def _emit(self, resource: WatchedResource, change: str, obj: Mapping[str, Any]) -> None:
         self._send(self.sink, self.make_event(resource, change, obj))
+
+
+class LivePingSources(_Player):
+    """The PingSources that exist in an API server (the clock start creates, functions/core/
+    clock.py), each played by a `PingSourcePlayer` from when it appears until it is deleted.
+
+    Watched through the official client, as `ApiServerSourcePlayer` watches Experiments: a
+    list, then a watch from its resourceVersion, listed afresh after a 410 or a lost
+    connection. `played` counts the players started, so a run can show the clock came and went.
+    """
+
+    def __init__(
+        self,
+        api_client: client.ApiClient,
+        namespace: str,
+        sink: str,
+        *,
+        time_scale: float = 1.0,
+        watch_timeout: int = 2,
+        retry_delay: float = 0.5,
+    ) -> None:
+        super().__init__(f"pingsources-{namespace}")
+        self._api = client.CustomObjectsApi(api_client)
+        self._namespace = namespace
+        self.sink = sink
+        self._time_scale = time_scale
+        self._watch_timeout = max(1, int(watch_timeout))
+        self._retry_delay = retry_delay
+        self._playing: dict[str, PingSourcePlayer] = {}
+        self.played = 0
+
+    @property
+    def playing(self) -> list[str]:
+        return sorted(self._playing)
+
+    def start(self) -> Self:
+        self._stopping.clear()
+        self._spawn(self._run)
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        super().stop(timeout)
+        for name in list(self._playing):
+            self._playing.pop(name).stop()
+
+    def _args(self) -> tuple[str, str, str, str]:
+        return ("sources.knative.dev", "v1", self._namespace, "pingsources")
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                listing: Any = self._api.list_namespaced_custom_object(*self._args())
+                items = listing.get("items") or []
+                present = {str(o["metadata"]["name"]) for o in items}
+                for name in set(self._playing) - present:
+                    self._playing.pop(name).stop()
+                for item in items:
+                    self._follow("ADDED", item)
+                version = str(listing["metadata"].get("resourceVersion") or "")
+                while not self._stopping.is_set():
+                    version = self._watch(version)
+            except ApiException as e:
+                if e.status != _GONE:
+                    log.warning("watching PingSources failed: %s", e)
+                    self._stopping.wait(self._retry_delay)
+            except Exception as e:  # a dropped connection: list again
+                log.warning("watching PingSources failed: %s", e)
+                self._stopping.wait(self._retry_delay)
+
+    def _watch(self, version: str) -> str:
+        w = watch.Watch()  # type: ignore[no-untyped-call]
+        stream = w.stream(  # type: ignore[no-untyped-call]
+            self._api.list_namespaced_custom_object,
+            *self._args(),
+            resource_version=version,
+            timeout_seconds=self._watch_timeout,
+            _request_timeout=self._watch_timeout + 5,
+        )
+        for event in stream:
+            if self._stopping.is_set():
+                break
+            obj = event.get("object")
+            if isinstance(obj, dict):
+                self._follow(str(event.get("type")), obj)
+        return str(w.resource_version or version)
+
+    def _follow(self, change: str, obj: Mapping[str, Any]) -> None:
+        name = str((obj.get("metadata") or {}).get("name"))
+        if change == "DELETED":
+            player = self._playing.pop(name, None)
+            if player is not None:
+                player.stop()
+                log.info("PingSource %s deleted: no more pings", name)
+            return
+        if name in self._playing:  # a change (start's stamp): a cron keeps its firings
+            return
+        manifest = {"kind": "PingSource", **obj}
+        self._playing[name] = PingSourcePlayer(
+            manifest, self.sink, time_scale=self._time_scale
+        ).start()
+        self.played += 1
+        log.info("PingSource %s created: pinging", name)

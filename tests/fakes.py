@@ -308,6 +308,67 @@ class FakeStore:
         return copy.deepcopy(obj)
 
 
+class FakePingSources:
+    """The clock's PingSource store, with the API server's resourceVersions and delete
+    preconditions. `before[method]` runs just before that method acts (once), so a test can
+    interleave another stage's call between a sweep's read and its delete."""
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str], Obj] = {}
+        self.calls: list[str] = []
+        self.failures = _Failures()
+        self.before: dict[str, Callable[[], None]] = {}
+        self._versions = itertools.count(1)
+
+    def _enter(self, method: str) -> None:
+        hook = self.before.pop(method, None)
+        if hook is not None:
+            hook()
+        self.calls.append(method)
+        self.failures.check(method)
+
+    def stored(self, namespace: str, name: str) -> Obj | None:
+        found = self.objects.get((namespace, name))
+        return None if found is None else copy.deepcopy(found)
+
+    def get(self, namespace: str, name: str) -> Obj:
+        self._enter("get")
+        found = self.stored(namespace, name)
+        if found is None:
+            raise NotFoundError(f"PingSource {namespace}/{name}: not found")
+        return found
+
+    def create(self, body: Mapping[str, Any]) -> Obj:
+        self._enter("create")
+        obj = copy.deepcopy(dict(body))
+        meta = obj["metadata"]
+        key = (meta["namespace"], meta["name"])
+        if key in self.objects:
+            raise ConflictError(f"PingSource {key[0]}/{key[1]}: already exists")
+        meta["resourceVersion"] = str(next(self._versions))
+        self.objects[key] = obj
+        return copy.deepcopy(obj)
+
+    def annotate(self, namespace: str, name: str, annotations: Mapping[str, str]) -> Obj:
+        self._enter("annotate")
+        stored = self.objects.get((namespace, name))
+        if stored is None:
+            raise NotFoundError(f"PingSource {namespace}/{name}: not found")
+        meta = stored["metadata"]
+        meta["annotations"] = {**(meta.get("annotations") or {}), **annotations}
+        meta["resourceVersion"] = str(next(self._versions))
+        return copy.deepcopy(stored)
+
+    def delete(self, namespace: str, name: str, resource_version: str) -> None:
+        self._enter("delete")
+        stored = self.objects.get((namespace, name))
+        if stored is None:
+            raise NotFoundError(f"PingSource {namespace}/{name}: not found")
+        if stored["metadata"]["resourceVersion"] != resource_version:
+            raise ConflictError(f"PingSource {namespace}/{name}: precondition failed")
+        del self.objects[(namespace, name)]
+
+
 class FakeObjects:
     """The traffic objects, with their controllers: after a patch (and at seeding) an
     InferenceService or Knative Service reports its split in status exactly as the local
@@ -453,6 +514,7 @@ def context(
     recorder: FakeRecorder | None = None,
     addresses: FakeAddressables | None = None,
     alerts: FakeAlerts | None = None,
+    pings: FakePingSources | None = None,
 ) -> Context:
     """A stage context over fakes (fresh ones for any not given); the store records its
     Kubernetes Events through the StoryTeller, as on a cluster."""
@@ -462,6 +524,7 @@ def context(
         objects=objects or FakeObjects(),
         metrics=metrics or FakeMetrics(),
         sink=sink or RecordingSink(),
+        pings=FakePingSources() if pings is None else pings,
         clock=clock,
         settings=settings or Settings(readback_timeout_seconds=1.0),
         addresses=addresses or FakeAddressables(),
@@ -642,6 +705,7 @@ class World:
     recorder: FakeRecorder = field(default_factory=FakeRecorder)
     addresses: FakeAddressables = field(default_factory=FakeAddressables)
     alerts: FakeAlerts = field(default_factory=FakeAlerts)
+    pings: FakePingSources = field(default_factory=FakePingSources)
     # (stage, event type, iteration, answer): 200, or 422 / 503 as runtime.run would answer.
     answers: list[tuple[str, str, str | None, int]] = field(default_factory=list)
 
@@ -657,6 +721,7 @@ class World:
             self.recorder,
             self.addresses,
             self.alerts,
+            self.pings,
         )
 
     def deliver(self, stage: str, ev: CloudEvent) -> int:

@@ -1,7 +1,8 @@
-"""The Kubernetes API behind the store and objects ports: four REST calls on custom objects.
+"""The Kubernetes API behind the store, objects and pings ports: REST calls on custom objects.
 
-Experiments, Metrics and the traffic objects are all custom objects, and the stages need
-four requests on them: get, list, replace the status subresource, patch. `KubeApi` makes
+Experiments, Metrics, the traffic objects and the clock's PingSource are all custom objects,
+and the stages need six requests on them: get, list, replace the status subresource, patch,
+and (the PingSource only) create and delete. `KubeApi` makes
 exactly those, with the paths and methods the official client's CustomObjectsApi builds
 (tests/manifests pins them against it), over one `requests` session. The official client is
 not used here because importing it costs more than the rest of a function's cold start (its
@@ -29,7 +30,7 @@ from functions.adapters.sink import FileToken
 from functions.core.backends import Patch
 from functions.core.errors import ConflictError, NotFoundError, PermanentError, TransientError
 from functions.core.events import ExperimentRef
-from functions.core.resources import EXPERIMENT, METRIC, ObjectRef
+from functions.core.resources import EXPERIMENT, METRIC, PINGSOURCE, ObjectRef
 
 _TIMEOUT: Final = 15.0
 # Where the kubelet mounts a pod's service account (token, CA and namespace), the same path
@@ -77,6 +78,11 @@ class KubeApi:
         "list_cluster_custom_object": ("GET", "/apis/{group}/{version}/{plural}"),
         "replace_namespaced_custom_object_status": ("PUT", _OBJECTS + "/status"),
         "patch_namespaced_custom_object": ("PATCH", _OBJECTS),
+        "create_namespaced_custom_object": (
+            "POST",
+            "/apis/{group}/{version}/namespaces/{namespace}/{plural}",
+        ),
+        "delete_namespaced_custom_object": ("DELETE", _OBJECTS),
         "create_namespaced_event": ("POST", "/apis/events.k8s.io/v1/namespaces/{namespace}/events"),
     }
 
@@ -178,6 +184,33 @@ class KubeApi:
         self, namespace: str, body: Mapping[str, Any], *, what: str
     ) -> dict[str, Any]:
         return self._call(what, "create_namespaced_event", locals(), body)
+
+    def create_namespaced_custom_object(
+        self,
+        group: str,
+        version: str,
+        namespace: str,
+        plural: str,
+        body: Mapping[str, Any],
+        *,
+        what: str,
+    ) -> dict[str, Any]:
+        return self._call(what, "create_namespaced_custom_object", locals(), body)
+
+    def delete_namespaced_custom_object(
+        self,
+        group: str,
+        version: str,
+        namespace: str,
+        plural: str,
+        name: str,
+        *,
+        body: Mapping[str, Any],
+        what: str,
+    ) -> dict[str, Any]:
+        # body: DeleteOptions (preconditions); keyword-only, as the client's comes after
+        # parameters this adapter never sends.
+        return self._call(what, "delete_namespaced_custom_object", locals(), body)
 
     def _call(
         self,
@@ -344,4 +377,61 @@ class KubeObjects:
             patch.body,
             content_type=content_type,
             what=f"patch {ref}",
+        )
+
+
+class KubePingSources:
+    """The clock's PingSource (functions/core/clock.py), in the system namespace."""
+
+    def __init__(self, api: KubeApi | HasConfiguration) -> None:
+        self._api = _rest(api)
+
+    def get(self, namespace: str, name: str) -> dict[str, Any]:
+        return self._api.get_namespaced_custom_object(
+            PINGSOURCE.group,
+            PINGSOURCE.version,
+            namespace,
+            PINGSOURCE.plural,
+            name,
+            what=f"PingSource {namespace}/{name}",
+        )
+
+    def create(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        meta = body.get("metadata") or {}
+        return self._api.create_namespaced_custom_object(
+            PINGSOURCE.group,
+            PINGSOURCE.version,
+            meta["namespace"],
+            PINGSOURCE.plural,
+            body,
+            what=f"create PingSource {meta['namespace']}/{meta['name']}",
+        )
+
+    def annotate(self, namespace: str, name: str, annotations: Mapping[str, str]) -> dict[str, Any]:
+        return self._api.patch_namespaced_custom_object(
+            PINGSOURCE.group,
+            PINGSOURCE.version,
+            namespace,
+            PINGSOURCE.plural,
+            name,
+            {"metadata": {"annotations": dict(annotations)}},
+            content_type="application/merge-patch+json",
+            what=f"annotate PingSource {namespace}/{name}",
+        )
+
+    def delete(self, namespace: str, name: str, resource_version: str) -> None:
+        # The API server deletes only if the object is still at that version, else 409.
+        options = {
+            "apiVersion": "v1",
+            "kind": "DeleteOptions",
+            "preconditions": {"resourceVersion": resource_version},
+        }
+        self._api.delete_namespaced_custom_object(
+            PINGSOURCE.group,
+            PINGSOURCE.version,
+            namespace,
+            PINGSOURCE.plural,
+            name,
+            body=options,
+            what=f"delete PingSource {namespace}/{name}",
         )

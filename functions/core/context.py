@@ -15,6 +15,7 @@ from functions.core.ports import (
     EventSink,
     ExperimentStore,
     Objects,
+    PingSources,
 )
 from functions.core.resources import ObjectRef
 from functions.core.settings import Settings
@@ -36,6 +37,7 @@ class Context:
     objects: Objects
     metrics: MetricsSource
     sink: EventSink
+    pings: PingSources
     clock: Clock
     settings: Settings
     # The alert sinks an experiment names (functions/core/notify.py).

@@ -1,5 +1,6 @@
-"""The ports the stages drive: the experiment store, the traffic objects, metrics, events,
-the Kubernetes Events that tell an experiment's story, and the alert sinks it names.
+"""The ports the stages drive: the experiment store, the traffic objects, the clock's
+PingSource, metrics, events, the Kubernetes Events that tell an experiment's story, and the
+alert sinks it names.
 
 `MetricsSource` lives with the metric templates (functions.core.metrics) and is re-exported.
 
@@ -57,6 +58,28 @@ class Objects(Protocol):
     def get(self, ref: ObjectRef) -> Obj: ...
 
     def patch(self, patch: Patch) -> Obj: ...
+
+
+class PingSources(Protocol):
+    """The clock's PingSource (functions/core/clock.py), by namespace and name."""
+
+    def get(self, namespace: str, name: str) -> Obj:
+        """The PingSource as stored now; NotFoundError if there is none."""
+        ...
+
+    def create(self, body: Mapping[str, Any]) -> Obj:
+        """Create the PingSource `body` describes; ConflictError if it exists already."""
+        ...
+
+    def annotate(self, namespace: str, name: str, annotations: Mapping[str, str]) -> Obj:
+        """Merge `annotations` into its metadata (its resourceVersion moves); NotFoundError
+        if there is none."""
+        ...
+
+    def delete(self, namespace: str, name: str, resource_version: str) -> None:
+        """Delete it only if it is still at `resource_version` (ConflictError otherwise;
+        NotFoundError if it is gone)."""
+        ...
 
 
 class EventSink(Protocol):
@@ -119,4 +142,5 @@ __all__ = [
     "MetricsSource",
     "Objects",
     "Occurrence",
+    "PingSources",
 ]

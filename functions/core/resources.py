@@ -65,6 +65,8 @@ GATEWAY_GROUP: Final = "gateway.networking.k8s.io"
 HTTPROUTE: Final = Resource(GATEWAY_GROUP, "v1", "HTTPRoute")
 # An alert sink an Experiment may name (functions/core/notify.py), besides a Knative Service.
 KNATIVE_BROKER: Final = Resource("eventing.knative.dev", "v1", "Broker")
+# The clock (functions/core/clock.py): start creates it, the sweep deletes it.
+PINGSOURCE: Final = Resource("sources.knative.dev", "v1", "PingSource")
 
 # The backends' apiVersions, as an experiment's weightObjRef spells them.
 KSERVE: Final = KSERVE_ISVC.api_version

@@ -9,7 +9,8 @@ status (desiredWeightDistribution) before it is applied.
 Woken by an Experiment being added (ApiServerSource), by a ping (to re-check experiments
 that wait for their versions or their target) and by `experiment.finished` (a target was
 freed). It never sleeps waiting for a Ready condition: it records what it waits for and
-the next ping looks again, so the function can scale to zero meanwhile.
+the next ping looks again, so the function can scale to zero meanwhile. Every experiment it
+starts or looks at again keeps the clock's PingSource in place (functions/core/clock.py).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from cloudevents.http import CloudEvent
 
 from analytics.model import DeploymentPattern, Experiment, TestingPattern
 from analytics.split import initial_weights
-from functions.core import events, failures, ownership, rollout, sweep, tenancy
+from functions.core import clock, events, failures, ownership, rollout, sweep, tenancy
 from functions.core import status as st
 from functions.core.backends import backend_for
 from functions.core.context import Context
@@ -54,6 +55,8 @@ def handle(ctx: Context, event: CloudEvent) -> None:
         # experiment wait one more ping, never take a target someone holds.
         listed = ctx.store.list()
         refs = [st.ref_of(obj) for obj in listed if _unstarted(Status.read(obj))]
+    if refs:
+        _keep_clock(ctx, single)
     failed: list[str] = []
     for r in refs:
         try:
@@ -75,6 +78,19 @@ def handle(ctx: Context, event: CloudEvent) -> None:
             failed.append(f"{r}: {e}")
     if failed:
         log.warning("start: %d experiment(s) could not start: %s", len(failed), failed)
+
+
+def _keep_clock(ctx: Context, single: bool) -> None:
+    """The pings that re-drive these experiments keep coming (functions/core/clock.py);
+    before anything else, so an experiment that fails half-way is re-driven too."""
+    try:
+        clock.ensure(ctx)
+    except TransientError as e:
+        if single:
+            raise  # the add event is retried: nothing else would start the clock for it
+        # On a ping the clock exists; on a freed target the experiments waiting are live,
+        # so no sweep deletes it. The next ping tries again.
+        log.warning("start: could not keep the clock: %s", e)
 
 
 def _unstarted(status: Status) -> bool:

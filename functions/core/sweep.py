@@ -22,7 +22,9 @@ moves it on, derived from its status alone:
 - ended (Completed or Failed): its alert sinks' notifications not yet delivered
   (functions/core/notify.py; nothing when it names no sinks or all were sent).
 
-Experiments that have not started yet are start's to re-check on the same ping.
+Experiments that have not started yet are start's to re-check on the same ping. A ping that
+finds no experiment live deletes the PingSource that sends the pings (functions/core/clock.py),
+so that all four functions can scale to zero; start creates it again.
 
 Before any of that, a manual control request (functions/core/control.py) is handled: its
 effect recorded in status, an abort or a promotion recorded as the decision and announced,
@@ -51,7 +53,7 @@ from typing import Any, Final
 
 from analytics.model import Duration
 from analytics.recommendation import Recommendation
-from functions.core import control, events, notify, ownership
+from functions.core import clock, control, events, notify, ownership
 from functions.core import status as st
 from functions.core.context import Context
 from functions.core.errors import ConflictError, PermanentError, TransientError
@@ -203,7 +205,10 @@ def interval_seconds(obj: Mapping[str, Any]) -> float:
 
 
 def sweep(ctx: Context) -> None:
-    """Re-drive every experiment that holds its target; see the module docstring."""
+    """Re-drive every experiment that holds its target; see the module docstring. Then end
+    the clock if none is live (functions/core/clock.py)."""
+    # Read before the listing: a start after this read changes it, so the delete fails.
+    held = clock.read(ctx)
     listed = ctx.store.list()  # the one call whose failure fails the ping
     now = ctx.clock.now()
     for obj in listed:
@@ -215,6 +220,9 @@ def sweep(ctx: Context) -> None:
         except Exception as e:  # isolation: one experiment never fails the rest
             log.exception("sweep: %s failed", st.ref_of(obj))
             isolate(ctx, obj, e)
+    # Judged on the listing: a visit only ever moves an experiment towards its end, so one
+    # that ended during this sweep keeps the clock one more ping, never less.
+    clock.end_if_idle(ctx, held, listed)
 
 
 def drive(ctx: Context, ref: events.ExperimentRef) -> None:

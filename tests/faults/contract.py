@@ -15,7 +15,13 @@ from typing import Any, Final
 import yaml
 from cloudevents.http import CloudEvent
 
-from functions.adapters.kubernetes import KubeExperimentStore, KubeObjects, api_error, unreachable
+from functions.adapters.kubernetes import (
+    KubeExperimentStore,
+    KubeObjects,
+    KubePingSources,
+    api_error,
+    unreachable,
+)
 from functions.adapters.prometheus import PrometheusSource
 from functions.core import events, ownership
 from functions.core.context import Context
@@ -91,13 +97,16 @@ def prometheus(url: str) -> PrometheusSource:
     return PrometheusSource(url, timeout_s=0.5, retries=1, backoff=0)
 
 
-def context(*, store: Any, objects: Any, metrics: Any, sink: Any, clock: Any) -> Context:
+def context(
+    *, store: Any, objects: Any, metrics: Any, sink: Any, clock: Any, pings: Any
+) -> Context:
     """The functions' Context over the given ports."""
     return Context(
         store=store,
         objects=objects,
         metrics=metrics,
         sink=sink,
+        pings=pings,
         clock=clock,
         settings=Settings(readback_timeout_seconds=2, ready_timeout_seconds=300),
     )
@@ -118,6 +127,7 @@ __all__ = [
     "KubeApiServer",
     "KubeExperimentStore",
     "KubeObjects",
+    "KubePingSources",
     "TrafficControllers",
     "seed_metric_library",
 ]

@@ -253,6 +253,9 @@ class Harness:
             metrics=_FaultyMetrics(self),
             sink=self.sink,
             clock=self.clock,
+            # The clock's PingSource on the emulator, unfaulted: start creates it, the sweep
+            # deletes it when nothing is live (functions/core/clock.py).
+            pings=c.KubePingSources(self.api),
         )
         self.pipeline = Pipeline(self.ctx, self.sink)
 

@@ -25,7 +25,7 @@ from cloudevents.http import CloudEvent
 from kubernetes import client
 
 from functions.adapters.kubeevents import KubeEventRecorder
-from functions.adapters.kubernetes import KubeExperimentStore, KubeObjects
+from functions.adapters.kubernetes import KubeExperimentStore, KubeObjects, KubePingSources
 from functions.adapters.prometheus import PrometheusSource
 from functions.core import events
 from functions.core.context import Context
@@ -167,6 +167,7 @@ def pipeline(api: client.ApiClient, url: str, structured: bool = False) -> Pipel
         objects=KubeObjects(api),
         metrics=PrometheusSource(url, timeout_s=5, retries=0),
         sink=sink,
+        pings=KubePingSources(api),
         clock=clock,
         settings=Settings(readback_timeout_seconds=5),
     )

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from functions.adapters.kubernetes import KubeExperimentStore, KubeObjects
+from functions.adapters.kubernetes import KubeExperimentStore, KubeObjects, KubePingSources
 from functions.core import finish, ownership, start, status
 from functions.core.backends import Patch, backend_for
 from functions.core.context import Context
@@ -102,6 +102,7 @@ def context(api: client.ApiClient) -> tuple[Context, QueueSink]:
         objects=KubeObjects(api),
         metrics=NoMetrics(),
         sink=sink,
+        pings=KubePingSources(api),
         clock=ManualClock(datetime(2026, 1, 1, 0, 1, tzinfo=UTC)),
         settings=Settings(readback_timeout_seconds=5),
     )

@@ -404,6 +404,7 @@ def _context(api: kubernetes.client.ApiClient) -> Any:
         objects=KubeObjects(api),
         metrics=unused,
         sink=unused,
+        pings=unused,
         clock=SystemClock(),
         settings=Settings(readback_timeout_seconds=10.0),
     )

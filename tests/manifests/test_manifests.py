@@ -37,12 +37,17 @@ from analytics.parse import SpecError, parse_experiment
 from functions import runtime
 from functions.adapters.alerts import KubeAddressables
 from functions.adapters.kubeevents import KubeEventRecorder
-from functions.adapters.kubernetes import KubeApi, KubeExperimentStore, KubeObjects
-from functions.core import control, events, notify, resources
+from functions.adapters.kubernetes import (
+    KubeApi,
+    KubeExperimentStore,
+    KubeObjects,
+    KubePingSources,
+)
+from functions.core import clock, control, events, notify, resources
 from functions.core import status as st
 from functions.core.backends import httproute, parse_field_path
 from functions.core.context import Context
-from functions.core.ports import Addressables, ExperimentStore, Objects
+from functions.core.ports import Addressables, ExperimentStore, Objects, PingSources
 from functions.core.settings import Settings
 from tests.support.status import full_status
 
@@ -899,6 +904,39 @@ def test_sources_send_to_the_broker() -> None:
         assert ("arbiter.dev", "experiments", verb) in grants
 
 
+def test_the_pingsource_file_is_what_start_creates() -> None:
+    """eventing/pingsource.yaml shows the PingSource functions/core/clock.py builds (so the
+    Knative schema checks below validate what start creates), and nothing installs it."""
+    (doc,) = _load(ROOT / "eventing" / "pingsource.yaml")
+    built = clock.pingsource(Settings())
+    assert built == doc
+    assert (built["metadata"]["name"], built["metadata"]["namespace"]) == (clock.NAME, NAMESPACE)
+    broker = one("Broker", clock.BROKER, "eventing")
+    assert broker["metadata"]["namespace"] == NAMESPACE
+    (k,) = _load(ROOT / "eventing" / "kustomization.yaml")
+    assert "pingsource.yaml" not in k["resources"]
+    # Another system namespace moves the object and its sink together.
+    moved = clock.pingsource(Settings(system_namespace="ops"))
+    assert moved["metadata"]["namespace"] == moved["spec"]["sink"]["ref"]["namespace"] == "ops"
+
+
+def test_the_clock_is_granted_in_its_namespace_for_its_name() -> None:
+    """Only Roles in arbiter-system grant the PingSource, and each verb that can be narrowed
+    to a name is: every one but create (the authorizer knows no name before the object
+    exists; kubernetes.io/docs/reference/access-authn-authz/rbac/#referring-to-resources)."""
+    verbs = {}
+    for stage in STAGES:
+        for role, rule in bound_rules(f"arbiter-{stage}", "config"):
+            if "pingsources" not in rule["resources"]:
+                continue
+            assert role["kind"] == "Role" and role["metadata"]["namespace"] == NAMESPACE
+            assert rule["apiGroups"] == [resources.PINGSOURCE.group]
+            names = rule.get("resourceNames")
+            assert names == ([clock.NAME] if rule["verbs"] != ["create"] else None), rule
+            verbs.setdefault(stage, set()).update(rule["verbs"])
+    assert verbs == {"start": {"create", "patch"}, "iterate": {"get", "delete"}}
+
+
 def ksvcs(*paths: str) -> list[Doc]:
     return of_kind("Service", "serving.knative.dev/v1", *(paths or ("config", "eventing")))
 
@@ -1196,12 +1234,19 @@ def test_settings_configmap_holds_exactly_the_settings_the_code_reads() -> None:
 # --- RBAC -----------------------------------------------------------------------------------
 
 
-def granted(service_account: str, *paths: str) -> set[tuple[str, str, str]]:
-    """(apiGroup, resource, verb) the ClusterRoles bound to the service account allow."""
+def bound_rules(service_account: str, *paths: str) -> list[tuple[Doc, Doc]]:
+    """(role, rule) of every ClusterRole and Role bound to the service account."""
     paths = paths or ("config", "eventing")
-    roles = {r["metadata"]["name"]: r for r in of_kind("ClusterRole", None, *paths)}
-    grants = set()
-    for binding in of_kind("ClusterRoleBinding", None, *paths):
+    roles = {
+        (kind, r["metadata"]["name"]): r
+        for kind in ("ClusterRole", "Role")
+        for r in of_kind(kind, None, *paths)
+    }
+    found = []
+    for binding in [
+        *of_kind("ClusterRoleBinding", None, *paths),
+        *of_kind("RoleBinding", None, *paths),
+    ]:
         if not any(
             s["kind"] == "ServiceAccount"
             and s["name"] == service_account
@@ -1209,10 +1254,23 @@ def granted(service_account: str, *paths: str) -> set[tuple[str, str, str]]:
             for s in binding["subjects"]
         ):
             continue
-        for rule in roles[binding["roleRef"]["name"]]["rules"]:
-            for group in rule["apiGroups"]:
-                for resource in rule["resources"]:
-                    grants |= {(group, resource, verb) for verb in rule["verbs"]}
+        if binding["kind"] == "RoleBinding":
+            # A RoleBinding grants a Role of its own namespace, nowhere else.
+            assert binding["roleRef"]["kind"] == "Role", binding["metadata"]["name"]
+            assert binding["metadata"]["namespace"] == NAMESPACE
+        role = roles[(binding["roleRef"]["kind"], binding["roleRef"]["name"])]
+        found += [(role, rule) for rule in role["rules"]]
+    return found
+
+
+def granted(service_account: str, *paths: str) -> set[tuple[str, str, str]]:
+    """(apiGroup, resource, verb) the ClusterRoles and Roles bound to the service account
+    allow (resourceNames aside: `test_the_clock_is_granted_in_its_namespace_for_its_name`)."""
+    grants = set()
+    for _, rule in bound_rules(service_account, *paths):
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                grants |= {(group, resource, verb) for verb in rule["verbs"]}
     return grants
 
 
@@ -1243,6 +1301,7 @@ PORTS: dict[str, tuple[type, type]] = {
     "store": (ExperimentStore, KubeExperimentStore),
     "objects": (Objects, KubeObjects),
     "addresses": (Addressables, KubeAddressables),
+    "pings": (PingSources, KubePingSources),
 }
 # Stands for the group and plural of whatever object a traffic backend names: the kinds
 # `_traffic_resources` lists.
@@ -1260,6 +1319,7 @@ RECORDED: dict[Call, type] = {("store", "write_status"): KubeEventRecorder}
 CALLS: dict[str, set[Call]] = {
     # Lists to find the experiments not yet running and who holds a target; sets the split;
     # puts the restore finalizer on the Experiment (a metadata patch).
+    # Keeps the clock's PingSource for the experiments it looks at (functions/core/clock.py).
     "start": {
         ("store", "list"),
         ("store", "get"),
@@ -1267,10 +1327,13 @@ CALLS: dict[str, set[Call]] = {
         ("store", "patch_metadata"),
         ("objects", "get"),
         ("objects", "patch"),
+        ("pings", "annotate"),
+        ("pings", "create"),
     },
     # Lists to find the experiments due; resolves Metrics; counts failures in status;
-    # removes the control-pending label once a manual request is handled (a metadata patch).
-    # resolves the alert sinks of experiments that ended.
+    # removes the control-pending label once a manual request is handled (a metadata patch);
+    # resolves the alert sinks of experiments that ended; reads the clock's PingSource and
+    # deletes it when no experiment is live.
     "iterate": {
         ("store", "list"),
         ("store", "get"),
@@ -1278,6 +1341,8 @@ CALLS: dict[str, set[Call]] = {
         ("store", "get_metric"),
         ("store", "patch_metadata"),
         ("addresses", "url"),
+        ("pings", "get"),
+        ("pings", "delete"),
     },
     "assess": {
         ("store", "get"),
@@ -1311,6 +1376,10 @@ ADAPTER_VERBS: dict[Call, set[tuple[str, str, str]]] = {
     ("objects", "get"): {(*TRAFFIC, "get")},
     ("objects", "patch"): {(*TRAFFIC, "patch")},
     ("addresses", "url"): {(*ADDRESSABLE, "get")},
+    ("pings", "get"): {("sources.knative.dev", "pingsources", "get")},
+    ("pings", "create"): {("sources.knative.dev", "pingsources", "create")},
+    ("pings", "annotate"): {("sources.knative.dev", "pingsources", "patch")},
+    ("pings", "delete"): {("sources.knative.dev", "pingsources", "delete")},
 }
 
 
@@ -1580,10 +1649,14 @@ def test_the_adapter_makes_the_official_clients_requests() -> None:
     for name, route in KubeApi.ROUTES.items():
         assert route == client_request(name), name
         owner = ROUTE_OWNERS.get(name, CustomObjectsApi)
-        ours = list(inspect.signature(getattr(KubeApi, name)).parameters)[1:]
+        params = list(inspect.signature(getattr(KubeApi, name)).parameters.values())[1:]
         theirs = list(inspect.signature(getattr(owner, name)).parameters)[1:]
-        positional = [p for p in ours if p not in ("what", "content_type")]
+        positional = [p.name for p in params if p.kind is not p.KEYWORD_ONLY]
         assert positional == theirs[: len(positional)], name
+        # A keyword-only parameter is one of the client's that comes after some it never
+        # sends (delete's body, after grace_period_seconds and the like); ours are not.
+        keywords = [p.name for p in params if p.kind is p.KEYWORD_ONLY]
+        assert set(keywords) - {"what", "content_type"} <= set(theirs[len(positional) :]), name
 
 
 def adapter_requests(adapter: type) -> dict[str, set[tuple[str, str, str]]]:
@@ -1707,6 +1780,10 @@ def kustomizations() -> list[Path]:
     return sorted(p for d in ("config", "eventing") for p in (ROOT / d).rglob("kustomization.yaml"))
 
 
+# Not installed at all: what the functions create at run time, kept as a file to show it
+# (`test_the_pingsource_file_is_what_start_creates` keeps the two the same).
+CREATED_AT_RUN_TIME = {"eventing/pingsource.yaml"}
+
 # Files left out of their folder's kustomization on purpose, applied by hand (docs/cluster.md).
 OPT_IN = {
     # The API server refuses EventPolicies while Eventing's authentication-oidc is off, its
@@ -1741,7 +1818,7 @@ def test_kustomization_lists_every_file_in_its_folder(path: Path) -> None:
     files = {
         p.name
         for p in folder.glob("*.yaml")
-        if p.name != "kustomization.yaml" and rel(p) not in OPT_IN
+        if p.name != "kustomization.yaml" and rel(p) not in OPT_IN | CREATED_AT_RUN_TIME
     }
     subdirs = {
         p.name
