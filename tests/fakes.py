@@ -559,8 +559,10 @@ def deleted(obj: Mapping[str, Any]) -> CloudEvent:
     return apiserver_event("delete", dict(obj))
 
 
-def ping() -> CloudEvent:
-    return CloudEvent({"type": PING, "source": "/apis/v1/pingsources/arbiter"}, {})
+def ping(name: str = "arbiter-tick") -> CloudEvent:
+    """A ping from the PingSource `name`, with the source Knative's ping adapter gives it."""
+    source = f"/apis/v1/namespaces/arbiter-system/pingsources/{name}"
+    return CloudEvent({"type": PING, "source": source}, {})
 
 
 def recorded(store: FakeStore, ev: CloudEvent) -> CloudEvent:

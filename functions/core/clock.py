@@ -41,6 +41,9 @@ from functions.core.timestamps import iso
 log = logging.getLogger(__name__)
 
 NAME: Final = "arbiter-tick"
+# Installed for good (eventing/heartbeat.yaml), hourly: recovers what a lost add event left
+# without a clock; never created or deleted here.
+HEARTBEAT: Final = "arbiter-heartbeat"
 # The Broker of eventing/broker.yaml, in the system namespace.
 BROKER: Final = "arbiter"
 # Stamped by every `ensure`, so the object changes even when nothing else does: the time,
@@ -83,6 +86,23 @@ def pingsource(settings: Settings) -> dict[str, Any]:
 def live(obj: Mapping[str, Any]) -> bool:
     """Whether a ping still has something to do for this experiment."""
     return ownership.deleting(obj) or Status.read(obj).stage not in TERMINAL
+
+
+def from_heartbeat(event_source: str) -> bool:
+    """Whether a ping came from the heartbeat (its CloudEvent source names the PingSource:
+    /apis/v1/namespaces/<namespace>/pingsources/<name>)."""
+    return event_source.rstrip("/").endswith(f"/pingsources/{HEARTBEAT}")
+
+
+def ensure_present(ctx: Context) -> None:
+    """On a heartbeat with an experiment live: bring the clock back only if it is missing
+    (someone deleted it by hand; or it was never created). A read, not a stamp, so the
+    heartbeat changes nothing when all is well."""
+    try:
+        ctx.pings.get(ctx.settings.system_namespace, NAME)
+    except NotFoundError:
+        log.warning("clock: PingSource missing while an experiment is live: created again")
+        ensure(ctx)
 
 
 def ensure(ctx: Context) -> None:

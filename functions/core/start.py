@@ -57,6 +57,12 @@ def handle(ctx: Context, event: CloudEvent) -> None:
         refs = [st.ref_of(obj) for obj in listed if _unstarted(Status.read(obj))]
     if refs:
         _keep_clock(ctx, single)
+    elif listed and clock.from_heartbeat(str(event["source"])) and any(map(clock.live, listed)):
+        # Live experiments past start, and no clock: only a lost event or a hand gets here.
+        try:
+            clock.ensure_present(ctx)
+        except TransientError as e:
+            log.warning("start: could not check the clock: %s", e)
     failed: list[str] = []
     for r in refs:
         try:

@@ -934,7 +934,7 @@ def test_the_clock_is_granted_in_its_namespace_for_its_name() -> None:
             names = rule.get("resourceNames")
             assert names == ([clock.NAME] if rule["verbs"] != ["create"] else None), rule
             verbs.setdefault(stage, set()).update(rule["verbs"])
-    assert verbs == {"start": {"create", "patch"}, "iterate": {"get", "delete"}}
+    assert verbs == {"start": {"create", "get", "patch"}, "iterate": {"get", "delete"}}
 
 
 def ksvcs(*paths: str) -> list[Doc]:
@@ -1088,7 +1088,7 @@ APISERVER_TYPES = {events.APISERVER_ADD, events.APISERVER_UPDATE, events.APISERV
 
 def test_eventpolicies_use_only_fields_of_the_upstream_types() -> None:
     policies = eventpolicies()
-    assert len(policies) == 4
+    assert len(policies) == 5
     for policy in policies:
         assert eventpolicy_rejections(policy) == [], policy["metadata"]["name"]
     # The check can fail: a misspelt field, a sender with both ref and sub, a bad glob.
@@ -1112,11 +1112,12 @@ def test_each_sender_may_post_only_its_own_event_types_to_the_broker() -> None:
     policy naming the sender (pkg/auth/event_policy.go SubjectAndFiltersPass)."""
     (binding,) = of_kind("SinkBinding", "sources.knative.dev/v1", "eventing")
     apiservers = of_kind("ApiServerSource", "sources.knative.dev/v1", "eventing")
-    ping = one("PingSource", "arbiter-tick", "eventing")
+    pings = of_kind("PingSource", "sources.knative.dev/v1", "eventing")
+    assert {p["metadata"]["name"] for p in pings} == {clock.NAME, clock.HEARTBEAT}
     emits = {
         ("SinkBinding", binding["metadata"]["name"]): FUNCTION_TYPES,
         **{("ApiServerSource", a["metadata"]["name"]): APISERVER_TYPES for a in apiservers},
-        ("PingSource", ping["metadata"]["name"]): {events.PING},
+        **{("PingSource", p["metadata"]["name"]): {events.PING} for p in pings},
     }
     assert len(FUNCTION_TYPES) == 7 and events.DELETING in FUNCTION_TYPES
     every_type = set().union(*emits.values())
@@ -1329,6 +1330,7 @@ CALLS: dict[str, set[Call]] = {
         ("objects", "patch"),
         ("pings", "annotate"),
         ("pings", "create"),
+        ("pings", "get"),  # on the heartbeat, only when something is live
     },
     # Lists to find the experiments due; resolves Metrics; counts failures in status;
     # removes the control-pending label once a manual request is handled (a metadata patch);

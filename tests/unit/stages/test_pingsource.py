@@ -245,3 +245,49 @@ def test_another_system_namespace_holds_the_clock() -> None:
     start.handle(w.ctx, added(w.store.add(experiment(NS))))
     assert w.pings.stored("ops", clock.NAME) is not None
     assert pingsource(w) is None
+
+
+# --- the heartbeat: what a lost add event leaves without a clock -------------------------
+
+
+def test_a_lost_add_event_is_recovered_by_the_heartbeat() -> None:
+    """The add event never reached start (retries exhausted) and nothing else is live: no
+    clock, so no tick; the hourly heartbeat has start find the experiment, start it and
+    bring the clock back."""
+    w = world()
+    w.store.add(experiment(NS))
+    assert pingsource(w) is None
+    w.publish(ping(clock.HEARTBEAT))
+    assert pingsource(w) is not None
+    stage = w.store.status(NS, "iris-canary").get("stage")
+    assert stage not in (None, "Pending"), stage
+
+
+def test_the_heartbeat_brings_back_a_clock_missing_while_an_experiment_runs() -> None:
+    w = world()
+    start.handle(w.ctx, added(w.store.add(experiment(NS))))
+    assert w.store.status(NS, "iris-canary")["stage"] == "Running"
+    w.pings.objects.clear()  # deleted by hand
+    w.pings.calls.clear()
+    start.handle(w.ctx, ping())  # a tick (there is none now, but any ping): not checked
+    assert w.pings.calls == [] and pingsource(w) is None
+    start.handle(w.ctx, ping(clock.HEARTBEAT))
+    assert pingsource(w) is not None
+    # All well: the heartbeat reads it and changes nothing.
+    before = version(w)
+    w.pings.calls.clear()
+    start.handle(w.ctx, ping(clock.HEARTBEAT))
+    assert w.pings.calls == ["get"] and version(w) == before
+
+
+def test_the_heartbeat_starts_no_clock_when_nothing_is_live() -> None:
+    w = world()
+    start.handle(w.ctx, ping(clock.HEARTBEAT))
+    iterate.handle(w.ctx, ping(clock.HEARTBEAT))
+    assert pingsource(w) is None
+
+
+def test_only_the_heartbeats_source_counts_as_the_heartbeat() -> None:
+    assert clock.from_heartbeat("/apis/v1/namespaces/arbiter-system/pingsources/arbiter-heartbeat")
+    assert not clock.from_heartbeat("/apis/v1/namespaces/arbiter-system/pingsources/arbiter-tick")
+    assert not clock.from_heartbeat("/apis/v1/namespaces/x/pingsources/arbiter-heartbeat-2")
