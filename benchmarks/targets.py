@@ -59,6 +59,7 @@ def evaluate(
     cells: Sequence[Mapping[str, Any]],
     lower_bounds: Mapping[str, float],
     compute: Mapping[str, float] | None,
+    floors: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[Target]:
     """Every target for which the run has the cells it needs."""
     by = {(c["scenario"], c["method"]): c for c in cells}
@@ -80,7 +81,14 @@ def evaluate(
         if "good-canary" in s.checks:
             out += _good_canary(s, mine, by.get((s.name, "sprt-oracle")))
         if "abn" in s.checks:
-            out += _abn(s, mine, by.get((s.name, "thompson-glr")), lower_bounds.get(s.name))
+            out += _abn(
+                s,
+                mine,
+                by.get((s.name, "thompson-glr")),
+                lower_bounds.get(s.name),
+                by.get((s.name, "oracle-tracking")),
+                (floors or {}).get(s.name),
+            )
         if "low-traffic" in s.checks:
             rate = mine["false_promotion"]
             out.append(
@@ -181,46 +189,82 @@ def _good_canary(
 
 
 def _abn(
-    s: Scenario, mine: Mapping[str, Any], ts: Mapping[str, Any] | None, bound: float | None
+    s: Scenario,
+    mine: Mapping[str, Any],
+    ts: Mapping[str, Any] | None,
+    bound: float | None,
+    tracking: Mapping[str, Any] | None = None,
+    floor: Mapping[str, Any] | None = None,
 ) -> list[Target]:
+    """The A/B/n targets. Each figure sets Arbiter beside the oracle that tracks the lower
+    bound's allocation under the same stopping rule (`oracle_tracking`) and, where the
+    run computed it, what the stopping rule itself costs at expected counts: the argument
+    when a target is out of reach of any allocation under that rule."""
     out = []
     correct = mine["correct"]
+    wrong, undecided = mine["false_promotion"]["rate"], mine["decisions"]["inconclusive"]["rate"]
+    why = f"; wrong picks {100 * wrong:.1f}%, no decision by the horizon {100 * undecided:.1f}%"
+    if tracking is not None:
+        why += f"; oracle tracking {100 * tracking['correct']['rate']:.1f}%"
     out.append(
         Target(
             "A/B/n: correct best version with P >= 0.95",
             s.name,
             _at_least(correct, 0.95),
-            _p(correct),
+            _p(correct) + why,
         )
     )
     if bound:
-        horizon_requests = s.rate_rps * s.horizon_s
-        used = mine["requests_to_correct_censored"]["mean"]
-        share = correct["rate"]
-        # Replicates without the right answer count as the whole horizon's requests.
-        mean = share * (used if math.isfinite(used) else 0.0) + (1 - share) * horizon_requests
+        mean = _censored_requests(s, mine)
         ratio = mean / bound
+        figure = f"{ratio:.2f}x (Arbiter {mean:,.0f}"
+        if tracking is not None:
+            figure += f" , oracle tracking {_censored_requests(s, tracking):,.0f}"
+        figure += f", lower bound {bound:,.0f} requests)"
+        if floor is not None:
+            figure += f"; floor of the stopping rule: {floor['describe']}"
         out.append(
             Target(
                 "A/B/n: samples to decision <= 2x the lower bound",
                 s.name,
                 _ratio_status(ratio, 2.0),
-                f"{ratio:.2f}x ({mean:,.0f} vs {bound:,.0f} requests)",
+                figure,
             )
         )
     if ts is not None:
         r_mine, r_ts = mine["lost_reward"]["mean"], ts["lost_reward"]["mean"]
         ratio = r_mine / r_ts if r_ts > 0 else float("inf")
+        figure = f"{ratio:.2f}x (Arbiter {r_mine:.0f}"
+        if tracking is not None:
+            figure += f" , oracle tracking {tracking['lost_reward']['mean']:.0f}"
+        decided = 100 * (1 - ts["decisions"]["inconclusive"]["rate"])
+        figure += (
+            f", Thompson {r_ts:.0f} lost conversions over the horizon; Thompson decided in"
+            f" {decided:.0f}%)"
+        )
+        if floor is not None and r_ts > 0:
+            figure += (
+                f"; deciding at all under the stopping rule costs at least"
+                f" {floor['regret']:.0f} ({floor['regret'] / r_ts:.2f}x) at expected counts"
+            )
         out.append(
             Target(
                 "A/B/n: cumulative regret <= 1.25x that of Thompson sampling stopped by the"
                 " same rule",
                 s.name,
                 _ratio_status(ratio, 1.25),
-                f"{ratio:.2f}x ({r_mine:.0f} vs {r_ts:.0f} lost conversions over the horizon)",
+                figure,
             )
         )
     return out
+
+
+def _censored_requests(s: Scenario, cell: Mapping[str, Any]) -> float:
+    """Mean requests to the right decision; replicates without it count as the horizon's."""
+    horizon_requests = s.rate_rps * s.horizon_s
+    used = cell["requests_to_correct_censored"]["mean"]
+    share = cell["correct"]["rate"]
+    return float(share * (used if math.isfinite(used) else 0.0) + (1 - share) * horizon_requests)
 
 
 def _noisy(s: Scenario, mine: Mapping[str, Any], clean: Mapping[str, Any] | None) -> list[Target]:
