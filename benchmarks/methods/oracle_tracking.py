@@ -40,12 +40,17 @@ from benchmarks.scrape import Observation
 
 def optimal_shares(scenario: Scenario) -> tuple[FloatArray, FloatArray]:
     """w*(mu) over every version (0 for the infeasible ones) and the infeasible versions'
-    holding share (the largest w*, 0 for the feasible ones), both (K,)."""
+    holding share (the largest w*, 0 for the feasible ones), both (K,). Without a unique
+    best the feasible versions share evenly."""
     feasible = np.array(scenario.feasible())
     versions = zip(scenario.versions, feasible, strict=True)
     mu = tuple(v.reward_rate or 0.0 for v, ok in versions if ok)
     w = np.zeros(len(scenario.versions))
-    w[feasible] = lower_bound(mu, scenario.alpha).allocation
+    try:
+        w[feasible] = lower_bound(mu, scenario.alpha).allocation
+    except ValueError:
+        # No unique best (an A/A test): the bound has no allocation; the tests stay even.
+        w[feasible] = 1.0 / max(int(feasible.sum()), 1)
     hold = np.where(feasible, 0.0, float(w.max()))
     return w, hold
 
