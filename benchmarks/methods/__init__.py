@@ -36,6 +36,7 @@ METHODS: Final[tuple[MethodInfo, ...]] = (
     thompson.INFO,
     thompson_glr.INFO,
     oracle_tracking.INFO,
+    oracle_tracking.HEURISTIC_INFO,
     sprt_oracle.INFO,
 )
 BY_NAME: Final = {m.name: m for m in METHODS}

@@ -26,13 +26,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import optimize
+from scipy import optimize, special
 
 from analytics import allocation, batch, sequential, split, winner
-from analytics.assessment import VIOLATED
+from analytics.assessment import SATISFIED, VIOLATED
 from analytics.evidence import Arrays
+from benchmarks.methods import base
 from benchmarks.methods.arbiter import measurements
-from benchmarks.methods.base import CONTINUE, REWARD_ONLY, FloatArray, MethodInfo, Step
+from benchmarks.methods.base import (
+    CONTINUE,
+    REWARD_ONLY,
+    FloatArray,
+    IntArray,
+    MethodInfo,
+    Step,
+)
 from benchmarks.methods.lower_bound import kl, lower_bound
 from benchmarks.scenario import Scenario
 from benchmarks.scrape import Observation
@@ -55,8 +63,42 @@ def optimal_shares(scenario: Scenario) -> tuple[FloatArray, FloatArray]:
     return w, hold
 
 
+def glr(events: FloatArray, trials: FloatArray, leader: IntArray) -> FloatArray:
+    """The Bernoulli GLR that each replicate's `leader` beats each version, (R, K):
+    n_l kl(p_l, m) + n_a kl(p_a, m), m the pooled rate, where p_l > p_a; 0 elsewhere."""
+    p = np.where(trials > 0, events / np.maximum(trials, 1.0), 0.0)
+    rows = np.arange(p.shape[0])
+    pl, nl = p[rows, leader][:, None], trials[rows, leader][:, None]
+    m = (pl * nl + p * trials) / np.maximum(nl + trials, 1.0)
+    value = nl * _kl(pl, m) + trials * _kl(p, m)
+    return np.asarray(np.where(pl > p, value, 0.0), dtype=np.float64)
+
+
+def _kl(p: FloatArray, q: FloatArray) -> FloatArray:
+    eps = 1e-15
+    p, q = np.clip(p, eps, 1 - eps), np.clip(q, eps, 1 - eps)
+    return np.asarray(special.xlogy(p, p / q) + special.xlogy(1 - p, (1 - p) / (1 - q)))
+
+
+def heuristic_threshold(t: FloatArray, delta: float) -> FloatArray:
+    """log((1 + log t) / delta), the GLR threshold of Garivier and Kaufmann's experiments."""
+    return np.asarray(np.log((1.0 + np.log(np.maximum(t, 1.0))) / delta), dtype=np.float64)
+
+
 class OracleTracking:
-    def __init__(self, scenario: Scenario, replicates: int, rng: np.random.Generator) -> None:
+    """`heuristic` swaps Arbiter's stopping rule for the plain GLR against
+    `heuristic_threshold` (the feasibility gate stays Arbiter's): the most optimistic
+    stopping rule in the literature at the best allocation, to test whether any rule of
+    that kind could come within 2x of the lower bound."""
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        replicates: int,
+        rng: np.random.Generator,
+        heuristic: bool = False,
+    ) -> None:
+        self.heuristic = heuristic
         self.scenario = scenario
         self.spec = scenario.spec
         self.rng = rng
@@ -86,13 +128,31 @@ class OracleTracking:
                 self.rng,
                 self.current[rows],
             )
-            exhausted = result.rule == batch.RULES.index("iterations-exhausted")
-            action[rows] = np.where(exhausted, CONTINUE, result.action)
-            version[rows] = np.maximum(result.version, 0)
+            if self.heuristic:
+                action[rows], version[rows] = self._glr_stop(live, result.verdict)
+            else:
+                exhausted = result.rule == batch.RULES.index("iterations-exhausted")
+                action[rows] = np.where(exhausted, CONTINUE, result.action)
+                version[rows] = np.maximum(result.version, 0)
             self.ruled_out[rows] |= np.any(result.verdict == VIOLATED, axis=-1)
             out = self.ruled_out[rows]
             self.current[rows] = self._track(live.requests, out, self.current[rows])
         return Step(np.asarray(self.current / 100.0), action, version)
+
+    def _glr_stop(self, obs: Observation, verdict: IntArray) -> tuple[IntArray, IntArray]:
+        """Promote the best satisfied version once its GLR against every version still in
+        the running exceeds the heuristic threshold at t, the requests served so far."""
+        satisfied = np.all(verdict == SATISFIED, axis=-1) & (obs.requests > 0)
+        running = ~np.any(verdict == VIOLATED, axis=-1)
+        rate = np.where(obs.requests > 0, obs.rewards / np.maximum(obs.requests, 1.0), -1.0)
+        leader = np.argmax(np.where(satisfied, rate, -np.inf), axis=-1)
+        g = glr(obs.rewards, obs.requests, leader)
+        rival = running & (np.arange(rate.shape[-1]) != leader[:, None])
+        least = np.min(np.where(rival, g, np.inf), axis=-1)
+        cut = heuristic_threshold(obs.requests.sum(axis=-1), self.scenario.alpha)
+        stop = satisfied.any(axis=-1) & (least > cut)
+        step = base.settle(np.zeros(obs.requests.shape), leader, stop)
+        return step.action, step.version
 
     def _track(self, served: FloatArray, out: np.ndarray, current: FloatArray) -> FloatArray:
         """The next split in percent: D-tracking of w* (and the holding share of every
@@ -121,6 +181,20 @@ INFO = MethodInfo(
     "Oracle tracking w*(mu), stopped by Arbiter's anytime-valid rule",
     REWARD_ONLY,
     build,
+)
+
+
+def build_heuristic(
+    scenario: Scenario, replicates: int, rng: np.random.Generator, quick: bool
+) -> OracleTracking:
+    return OracleTracking(scenario, replicates, rng, heuristic=True)
+
+
+HEURISTIC_INFO = MethodInfo(
+    "oracle-tracking-glr",
+    "Oracle tracking w*(mu), GLR >= log((1 + log t)/alpha) (no guarantee)",
+    REWARD_ONLY,
+    build_heuristic,
 )
 
 
