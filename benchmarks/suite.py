@@ -62,7 +62,8 @@ def cells_of(plan: Plan) -> list[tuple[Scenario, str]]:
         allowed = set(s.methods) if s.methods is not None else None
         for name in plan.methods:
             info = BY_NAME[name]
-            if s.pattern in info.patterns and (allowed is None or name in allowed):
+            wanted = info.applies is None or info.applies(s)
+            if s.pattern in info.patterns and wanted and (allowed is None or name in allowed):
                 out.append((s, name))
     return out
 

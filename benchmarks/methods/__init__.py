@@ -38,5 +38,6 @@ METHODS: Final[tuple[MethodInfo, ...]] = (
     oracle_tracking.INFO,
     oracle_tracking.HEURISTIC_INFO,
     sprt_oracle.INFO,
+    sprt_oracle.NOISE_AWARE_INFO,
 )
 BY_NAME: Final = {m.name: m for m in METHODS}

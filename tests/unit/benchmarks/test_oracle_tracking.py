@@ -70,3 +70,41 @@ def test_the_floor_is_the_stopping_rules_threshold_at_expected_counts() -> None:
     assert t / bound.complexity == pytest.approx(math.log((1 + math.log(t)) / s.alpha))
     assert 1 < f.heuristic_ratio < f.ratio
     assert f.regret > 0
+
+
+def test_the_glr_is_the_two_sample_kl_sum_where_the_leader_leads() -> None:
+    events = np.array([[50.0, 60.0, 70.0]])
+    trials = np.array([[1000.0, 1000.0, 1000.0]])
+    g = oracle_tracking.glr(events, trials, np.array([1]))
+    m = 110 / 2000
+    assert g[0, 0] == pytest.approx(1000 * kl(0.06, m) + 1000 * kl(0.05, m))
+    assert g[0, 1] == 0 and g[0, 2] == 0  # no evidence the leader beats itself or a better one
+    t = np.array([1e5])
+    cut = oracle_tracking.heuristic_threshold(t, 0.05)
+    assert cut[0] == pytest.approx(math.log((1 + math.log(1e5)) / 0.05))
+
+
+def test_the_noise_aware_oracle_is_the_plain_one_without_noise_and_only_runs_with_it() -> None:
+    from benchmarks import suite
+    from benchmarks.methods import sprt_oracle
+
+    clean = SHIPPED["bad-canary-severe"]
+    h = sprt_oracle.hypotheses(clean)
+    assert h is not None and sprt_oracle.dispersion(clean, h) == 1.0
+    plain = run_cell(clean, sprt_oracle.INFO, 50, seed=5, quick=True)
+    aware = run_cell(clean, sprt_oracle.NOISE_AWARE_INFO, 50, seed=5, quick=True)
+    assert np.array_equal(plain.action, aware.action)
+    assert np.array_equal(plain.iteration, aware.iteration)
+
+    noisy = SHIPPED["noisy-bad-canary"]
+    h = sprt_oracle.hypotheses(noisy)
+    assert h is not None
+    # 500 requests a window, 5% canary, 1% vs 2% errors, ICC 0.01.
+    e = 500 * (0.05 * 0.02 + 0.95 * 0.01)
+    t = sprt_oracle.theta(0.05, 2.0)
+    cv2 = 0.01 * 0.98 / 0.02 + 0.01 * 0.99 / 0.01
+    assert sprt_oracle.dispersion(noisy, h) == pytest.approx(1 + (e - 1) * t * (1 - t) * cv2)
+
+    plan = suite.Plan(tuple(SHIPPED.values()), ("sprt-oracle-noise",), seed=1)
+    ran = {s.name for s, _ in suite.cells_of(plan)}
+    assert ran == {"noisy-bad-canary", "noisy-good-canary"}
