@@ -273,17 +273,23 @@ def threshold_floor(scenario: Scenario) -> ThresholdFloor:
         lambda x: x / bound.complexity - math.log((1 + math.log(x)) / d), bound.complexity
     )
     horizon = scenario.rate_rps * scenario.horizon_s
-    regret = 0.0
-    for a in range(len(mu)):
-        if a == best:
-            continue
 
-        def against(n: float, a: int = a) -> float:
+    def least(n_best: float, a: int) -> float:
+        """The fewest requests to `a` that bring S_best,a to the cut, with n_best to the best."""
+
+        def against(n: float) -> float:
             counts = np.zeros(len(mu))
-            counts[best], counts[a] = horizon, n
+            counts[best], counts[a] = n_best, n
             return float(winner.pairwise_evidence(_counts(mu, counts), True, d)[0, best, a]) - cut
 
-        regret += (mu[best] - mu[a]) * _root(against, 1000.0)
+        return _root(against, 1000.0) if against(horizon) > 0 else math.inf
+
+    # The best version's own mixture regret grows with its requests, so more of them is
+    # not always better: search its count on a log grid up to the horizon.
+    regret = min(
+        sum((mu[best] - mu[a]) * least(float(n_best), a) for a in range(len(mu)) if a != best)
+        for n_best in np.geomspace(1000.0, horizon, 48)
+    )
     return ThresholdFloor(
         t, bound.samples, kl(d, 1 - d), cut, t / bound.complexity - cut, heuristic, regret
     )
