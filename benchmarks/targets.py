@@ -88,6 +88,7 @@ def evaluate(
                 lower_bounds.get(s.name),
                 by.get((s.name, "oracle-tracking")),
                 (floors or {}).get(s.name),
+                by.get((s.name, "oracle-tracking-glr")),
             )
         if "low-traffic" in s.checks:
             rate = mine["false_promotion"]
@@ -204,6 +205,7 @@ def _abn(
     bound: float | None,
     tracking: Mapping[str, Any] | None = None,
     floor: Mapping[str, Any] | None = None,
+    heuristic: Mapping[str, Any] | None = None,
 ) -> list[Target]:
     """The A/B/n targets. Each figure sets Arbiter beside the oracle that tracks the lower
     bound's allocation under the same stopping rule (`oracle_tracking`) and, where the
@@ -228,10 +230,16 @@ def _abn(
         ratio = mean / bound
         figure = f"{ratio:.2f}x (Arbiter {mean:,.0f}"
         if tracking is not None:
-            figure += f" , oracle tracking {_censored_requests(s, tracking):,.0f}"
+            figure += f", oracle tracking {_censored_requests(s, tracking):,.0f}"
         figure += f", lower bound {bound:,.0f} requests)"
         if floor is not None:
             figure += f"; floor of the stopping rule: {floor['describe']}"
+        if heuristic is not None:
+            used = _censored_requests(s, heuristic)
+            figure += (
+                f"; the same oracle stopped by GLR >= log((1 + log t)/alpha) (no guarantee)"
+                f" takes {used:,.0f} ({used / bound:.2f}x)"
+            )
         out.append(
             Target(
                 "A/B/n: samples to decision <= 2x the lower bound",
@@ -245,7 +253,7 @@ def _abn(
         ratio = r_mine / r_ts if r_ts > 0 else float("inf")
         figure = f"{ratio:.2f}x (Arbiter {r_mine:.0f}"
         if tracking is not None:
-            figure += f" , oracle tracking {tracking['lost_reward']['mean']:.0f}"
+            figure += f", oracle tracking {tracking['lost_reward']['mean']:.0f}"
         decided = 100 * (1 - ts["decisions"]["inconclusive"]["rate"])
         figure += (
             f", Thompson {r_ts:.0f} lost conversions over the horizon; Thompson decided in"

@@ -209,9 +209,9 @@ class ThresholdFloor:
     T / T* = kl(delta, 1 - delta). `heuristic` is T for the plain GLR against
     log((1 + log T) / delta), the threshold Garivier and Kaufmann ran their experiments
     with (not proven anytime-valid). `regret` is the least regret (lost conversions) of
-    any allocation that brings each rival's statistic against the best to `cut`, even
-    with the best version given every request of the horizon: the cost of deciding at
-    all under this rule, to set beside a rule that never stops.
+    any allocation that brings each rival's statistic against the best to `cut`, whatever
+    the best version is given (up to the horizon's requests): the cost of deciding at all
+    under this rule, to set beside a rule that never stops.
     """
 
     samples: float  # T, the stopping time at w*
