@@ -152,9 +152,7 @@ def test_the_abn_targets_set_arbiter_beside_the_oracles_and_the_rules_floor() ->
         {**cell("thompson-glr", 0.0, 150.0), "decisions": {"inconclusive": {"rate": 1.0}}},
     ]
     floor = suite.floors([s], {s.name: 49_144.0})
-    got = {
-        t.target: t for t in targets.evaluate([s], cells, {s.name: 49_144.0}, None, floor)
-    }
+    got = {t.target: t for t in targets.evaluate([s], cells, {s.name: 49_144.0}, None, floor)}
     samples = got["A/B/n: samples to decision <= 2x the lower bound"]
     assert samples.status == "missed"
     assert "Arbiter 260,000, oracle tracking 300,000, lower bound 49,144 requests" in samples.figure
