@@ -48,9 +48,13 @@ DEFAULT_SAMPLES = 1000
 """Posterior draws callers may still pass; no weight depends on random draws any more."""
 
 
-HOLD_EXTRA_HARM = 0.10
+HOLD_EXTRA_HARM = 0.25
 """How much more harm per decision an undecided canary's held share may cost than the first
-step's share would (see `hold_share`)."""
+step's share would (see `hold_share`). At 0.10 (an 11% hold for a 1.5x margin) a severe
+regression (1% vs 5% errors against a 2x margin) took 1.7x the SPRT oracle's median time
+while serving a seventh of its extra errors; 0.25 brings it to 1.4x for about 20% more
+errors per decision, and leaves the noisy good canary's promotion rate as it was (97.0%
+against 97.2% over 2,000 replicates)."""
 
 
 def hold_share(spec: ExperimentSpec) -> float:
@@ -63,11 +67,12 @@ def hold_share(spec: ExperimentSpec) -> float:
     H(w) = (w r + 1 - w) / (1 - w), and the time to it as H(w) / w. Time falls like 1/w
     while harm rises only slowly, so the rule takes the largest share whose H, at the
     margin r = maxRatio (the hardest case), is at most HOLD_EXTRA_HARM above the first
-    step's: 11% for a 1.5x margin and a 5% first step, which nearly halves the time to
-    decide for 10% more bad requests. Without a ratio condition (absolute limits only)
-    the share stays the first step's: the candidate's own requests are then all the
-    information, so harm per decision does not depend on the share, and a bad candidate
-    is better caught at a small one. Never above maxCandidateWeight.
+    step's: 19% for a 1.5x margin and a 5% first step (16% for a 2x margin), which cuts
+    the time to decide by a fifth to a third for about 20% more bad requests. Without a
+    ratio condition (absolute limits only) the share stays the first step's: the
+    candidate's own requests are then all the information, so harm per decision does not
+    depend on the share, and a bad candidate is better caught at a small one. Never above
+    maxCandidateWeight.
     """
     w = spec.strategy.weights
     top = w.max_candidate_weight / 100.0

@@ -17,7 +17,7 @@ import math
 import multiprocessing
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,6 +27,7 @@ from analytics.model import TestingPattern
 from benchmarks import compute, reference, report, targets
 from benchmarks.methods import BY_NAME, METHODS
 from benchmarks.methods.lower_bound import lower_bound
+from benchmarks.methods.oracle_tracking import threshold_floor
 from benchmarks.runner import run_cell
 from benchmarks.scenario import Scenario
 
@@ -61,7 +62,8 @@ def cells_of(plan: Plan) -> list[tuple[Scenario, str]]:
         allowed = set(s.methods) if s.methods is not None else None
         for name in plan.methods:
             info = BY_NAME[name]
-            if s.pattern in info.patterns and (allowed is None or name in allowed):
+            wanted = info.applies is None or info.applies(s)
+            if s.pattern in info.patterns and wanted and (allowed is None or name in allowed):
                 out.append((s, name))
     return out
 
@@ -84,6 +86,22 @@ def lower_bounds(scenarios: Sequence[Scenario]) -> dict[str, float]:
         ]
         if len(feasible) >= 2 and len(set(feasible)) == len(feasible):
             out[s.name] = lower_bound(tuple(feasible), s.alpha).samples
+    return out
+
+
+def floors(scenarios: Sequence[Scenario], bounds: Mapping[str, float]) -> dict[str, Any]:
+    """Per A/B/n scenario with a lower bound, what Arbiter's stopping rule itself costs at the
+    lower bound's own allocation (`oracle_tracking.threshold_floor`)."""
+    out: dict[str, Any] = {}
+    for s in scenarios:
+        if s.name in bounds:
+            f = threshold_floor(s)
+            out[s.name] = {
+                **asdict(f),
+                "ratio": f.ratio,
+                "heuristic_ratio": f.heuristic_ratio,
+                "describe": f.describe(),
+            }
     return out
 
 
@@ -125,7 +143,8 @@ def run(
     timing = compute.run(iterations=plan.compute_iterations, seed=plan.seed)
     compute_doc = {**asdict(timing), "target_ms": compute.TARGET_P95_MS}
     bounds = lower_bounds(plan.scenarios)
-    judged = targets.evaluate(plan.scenarios, cells, bounds, compute_doc)
+    floor = floors(plan.scenarios, bounds)
+    judged = targets.evaluate(plan.scenarios, cells, bounds, compute_doc, floor)
     return {
         "seed": plan.seed,
         "mode": "quick" if plan.quick else "full",
@@ -133,6 +152,7 @@ def run(
         "reference": [c.as_dict() for c in checks],
         "cells": cells,
         "lower_bounds": bounds,
+        "floors": floor,
         "compute": compute_doc,
         "targets": [t.as_dict() for t in judged],
         "wall_s": time.perf_counter() - started,
@@ -151,6 +171,11 @@ def markdown(results: dict[str, Any], git_sha: str) -> str:
     judged = [targets.Target(**t) for t in results["targets"]]
     bounds = "\n".join(
         f"- {name}: {value:,.0f} requests (T*(mu) kl(delta, 1 - delta), delta = alpha)"
+        + (
+            "; Arbiter's stopping rule at that allocation: " + results["floors"][name]["describe"]
+            if name in results.get("floors", {})
+            else ""
+        )
         for name, value in results["lower_bounds"].items()
     )
     return (

@@ -59,6 +59,7 @@ def evaluate(
     cells: Sequence[Mapping[str, Any]],
     lower_bounds: Mapping[str, float],
     compute: Mapping[str, float] | None,
+    floors: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[Target]:
     """Every target for which the run has the cells it needs."""
     by = {(c["scenario"], c["method"]): c for c in cells}
@@ -80,7 +81,15 @@ def evaluate(
         if "good-canary" in s.checks:
             out += _good_canary(s, mine, by.get((s.name, "sprt-oracle")))
         if "abn" in s.checks:
-            out += _abn(s, mine, by.get((s.name, "thompson-glr")), lower_bounds.get(s.name))
+            out += _abn(
+                s,
+                mine,
+                by.get((s.name, "thompson-glr")),
+                lower_bounds.get(s.name),
+                by.get((s.name, "oracle-tracking")),
+                (floors or {}).get(s.name),
+                by.get((s.name, "oracle-tracking-glr")),
+            )
         if "low-traffic" in s.checks:
             rate = mine["false_promotion"]
             out.append(
@@ -92,7 +101,13 @@ def evaluate(
                 )
             )
         if "noisy" in s.checks:
-            out += _noisy(s, mine, by.get((s.clean or "", ARBITER)))
+            out += _noisy(
+                s,
+                mine,
+                by.get((s.clean or "", ARBITER)),
+                by.get((s.name, "sprt-oracle-noise")),
+                by.get((s.clean or "", "sprt-oracle")),
+            )
     if compute is not None:
         p95 = compute["p95_ms"]
         status = "met" if p95 <= compute["target_ms"] else "missed"
@@ -144,7 +159,10 @@ def _bad_canary(
 
 def _oracle(s: Scenario) -> str:
     h = sprt_oracle.hypotheses(s)
-    share = f"{s.initial_candidate_weight:g}% canary"
+    share = (
+        f"{s.initial_candidate_weight:g}% canary, deciding like Arbiter only at the"
+        f" {s.interval_s:g}-s interval ends"
+    )
     return f"{h.describe()}, {share}" if h is not None else "nothing to tell apart"
 
 
@@ -181,49 +199,102 @@ def _good_canary(
 
 
 def _abn(
-    s: Scenario, mine: Mapping[str, Any], ts: Mapping[str, Any] | None, bound: float | None
+    s: Scenario,
+    mine: Mapping[str, Any],
+    ts: Mapping[str, Any] | None,
+    bound: float | None,
+    tracking: Mapping[str, Any] | None = None,
+    floor: Mapping[str, Any] | None = None,
+    heuristic: Mapping[str, Any] | None = None,
 ) -> list[Target]:
+    """The A/B/n targets. Each figure sets Arbiter beside the oracle that tracks the lower
+    bound's allocation under the same stopping rule (`oracle_tracking`) and, where the
+    run computed it, what the stopping rule itself costs at expected counts: the argument
+    when a target is out of reach of any allocation under that rule."""
     out = []
     correct = mine["correct"]
+    wrong, undecided = mine["false_promotion"]["rate"], mine["decisions"]["inconclusive"]["rate"]
+    why = f"; wrong picks {100 * wrong:.1f}%, no decision by the horizon {100 * undecided:.1f}%"
+    if tracking is not None:
+        why += f"; oracle tracking {100 * tracking['correct']['rate']:.1f}%"
     out.append(
         Target(
             "A/B/n: correct best version with P >= 0.95",
             s.name,
             _at_least(correct, 0.95),
-            _p(correct),
+            _p(correct) + why,
         )
     )
     if bound:
-        horizon_requests = s.rate_rps * s.horizon_s
-        used = mine["requests_to_correct_censored"]["mean"]
-        share = correct["rate"]
-        # Replicates without the right answer count as the whole horizon's requests.
-        mean = share * (used if math.isfinite(used) else 0.0) + (1 - share) * horizon_requests
+        mean = _censored_requests(s, mine)
         ratio = mean / bound
+        figure = f"{ratio:.2f}x (Arbiter {mean:,.0f}"
+        if tracking is not None:
+            figure += f", oracle tracking {_censored_requests(s, tracking):,.0f}"
+        figure += f", lower bound {bound:,.0f} requests)"
+        if floor is not None:
+            figure += f"; floor of the stopping rule: {floor['describe']}"
+        if heuristic is not None:
+            used = _censored_requests(s, heuristic)
+            figure += (
+                f"; the same oracle stopped by GLR >= log((1 + log t)/alpha) (no guarantee)"
+                f" takes {used:,.0f} ({used / bound:.2f}x)"
+            )
         out.append(
             Target(
                 "A/B/n: samples to decision <= 2x the lower bound",
                 s.name,
                 _ratio_status(ratio, 2.0),
-                f"{ratio:.2f}x ({mean:,.0f} vs {bound:,.0f} requests)",
+                figure,
             )
         )
     if ts is not None:
         r_mine, r_ts = mine["lost_reward"]["mean"], ts["lost_reward"]["mean"]
         ratio = r_mine / r_ts if r_ts > 0 else float("inf")
+        figure = f"{ratio:.2f}x (Arbiter {r_mine:.0f}"
+        if tracking is not None:
+            figure += f", oracle tracking {tracking['lost_reward']['mean']:.0f}"
+        decided = 100 * (1 - ts["decisions"]["inconclusive"]["rate"])
+        figure += (
+            f", Thompson {r_ts:.0f} lost conversions over the horizon; Thompson decided in"
+            f" {decided:.0f}%)"
+        )
+        if floor is not None and r_ts > 0:
+            figure += (
+                f"; deciding at all under the stopping rule costs at least"
+                f" {floor['regret']:.0f} ({floor['regret'] / r_ts:.2f}x) at expected counts"
+            )
         out.append(
             Target(
                 "A/B/n: cumulative regret <= 1.25x that of Thompson sampling stopped by the"
                 " same rule",
                 s.name,
                 _ratio_status(ratio, 1.25),
-                f"{ratio:.2f}x ({r_mine:.0f} vs {r_ts:.0f} lost conversions over the horizon)",
+                figure,
             )
         )
     return out
 
 
-def _noisy(s: Scenario, mine: Mapping[str, Any], clean: Mapping[str, Any] | None) -> list[Target]:
+def _censored_requests(s: Scenario, cell: Mapping[str, Any]) -> float:
+    """Mean requests to the right decision; replicates without it count as the horizon's."""
+    horizon_requests = s.rate_rps * s.horizon_s
+    used = cell["requests_to_correct_censored"]["mean"]
+    share = cell["correct"]["rate"]
+    return float(share * (used if math.isfinite(used) else 0.0) + (1 - share) * horizon_requests)
+
+
+def _noisy(
+    s: Scenario,
+    mine: Mapping[str, Any],
+    clean: Mapping[str, Any] | None,
+    oracle: Mapping[str, Any] | None = None,
+    clean_oracle: Mapping[str, Any] | None = None,
+) -> list[Target]:
+    """The noisy-telemetry targets. Beside "no decision worse than the clean run" stands
+    what the same noise costs the oracle that knows the effect and the noise
+    (`sprt_oracle.NoiseAwareOracle` against the plain oracle on the clean run): the
+    argument when the noise, not the method, takes the right decisions out of reach."""
     out = []
     crashed = mine["nonfinite_steps"]
     out.append(
@@ -262,13 +333,16 @@ def _noisy(s: Scenario, mine: Mapping[str, Any], clean: Mapping[str, Any] | None
                 f"{kind.replace('_', ' ')} {100 * a['rate']:.1f}% vs {100 * b['rate']:.1f}% clean"
             )
         t, tc = mine["time_to_decision_min"]["median"], clean["time_to_decision_min"]["median"]
-        out.append(
-            Target(
-                "noisy telemetry: no decision worse than the clean run",
-                s.name,
-                status,
-                "; ".join(worse) + f"; median time {t:.1f} vs {tc:.1f} min",
+        figure = "; ".join(worse) + f"; median time {t:.1f} vs {tc:.1f} min"
+        if oracle is not None and clean_oracle is not None:
+            figure += (
+                f"; the oracle that knows the effect and the noise: correct"
+                f" {100 * oracle['correct']['rate']:.1f}% (false promotion"
+                f" {100 * oracle['false_promotion']['rate']:.1f}%) vs the plain oracle's"
+                f" {100 * clean_oracle['correct']['rate']:.1f}% clean"
             )
+        out.append(
+            Target("noisy telemetry: no decision worse than the clean run", s.name, status, figure)
         )
     return out
 

@@ -17,6 +17,7 @@ from benchmarks.methods import (
     iter8_v2,
     kayenta,
     naive_peeking,
+    oracle_tracking,
     sprt_oracle,
     thompson,
     thompson_glr,
@@ -34,6 +35,9 @@ METHODS: Final[tuple[MethodInfo, ...]] = (
     epsilon_greedy.INFO,
     thompson.INFO,
     thompson_glr.INFO,
+    oracle_tracking.INFO,
+    oracle_tracking.HEURISTIC_INFO,
     sprt_oracle.INFO,
+    sprt_oracle.NOISE_AWARE_INFO,
 )
 BY_NAME: Final = {m.name: m for m in METHODS}

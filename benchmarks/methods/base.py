@@ -61,6 +61,8 @@ class MethodInfo:
     label: str
     patterns: frozenset[TestingPattern]
     build: Builder
+    applies: Callable[[Scenario], bool] | None = None
+    """Which scenarios of its patterns it is run on (None: all of them)."""
 
 
 def continuing(weights: FloatArray) -> Step:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from benchmarks import faults as faults_module
 from benchmarks.methods import base
 from benchmarks.methods.base import CANARY_ONLY, FloatArray, MethodInfo, Step
 from benchmarks.scenario import ERROR_METRIC, LATENCY_METRIC, Scenario
@@ -169,3 +170,70 @@ def build(scenario: Scenario, replicates: int, rng: np.random.Generator, quick: 
 
 
 INFO = MethodInfo("sprt-oracle", "SPRT oracle (knows the effect)", CANARY_ONLY, build)
+
+
+def dispersion(scenario: Scenario, h: Hypotheses) -> float:
+    """The variance inflation phi of one window's conditional count under the scenario's
+    overdispersion, at the fixed share, for a "ratio" hypothesis on errors (1 otherwise).
+
+    Each version's window rate is Beta-distributed around its own with intra-class
+    correlation rho, so its squared coefficient of variation is rho (1 - p) / p; given the
+    window's E events, the candidate's share theta then varies with variance about
+    theta^2 (1 - theta)^2 (cv_c^2 + cv_b^2) (delta method), and
+    Var(c | E) = E theta (1 - theta) phi with phi = 1 + (E - 1) theta (1 - theta) sum cv^2.
+    """
+    rho = scenario.faults.overdispersion_icc
+    if rho <= 0 or h.kind != "ratio" or h.stream != "errors":
+        return 1.0
+    pb, pc = _rates(scenario, h.metric, None)
+    w = scenario.initial_candidate_weight / 100.0
+    events = scenario.rate_rps * scenario.interval_s * (w * pc + (1 - w) * pb)
+    t = theta(w, pc / pb)
+    cv2 = rho * (1 - pc) / pc + rho * (1 - pb) / pb
+    return 1.0 + max(events - 1.0, 0.0) * t * (1 - t) * cv2
+
+
+class NoiseAwareOracle(SprtOracle):
+    """The SPRT oracle that also knows the noise: it leaves out the windows the global
+    burst touches and tempers every window's log likelihood ratio by the overdispersion's
+    `dispersion` phi (the quasi-likelihood), so its error rates hold under the noise as
+    the plain oracle's do not. What it reaches within the horizon is what the noise leaves
+    reachable for a rule that knows even the effect; Arbiter knows neither."""
+
+    def __init__(self, scenario: Scenario, replicates: int) -> None:
+        super().__init__(scenario, replicates)
+        self.phi = dispersion(scenario, self.h) if self.h is not None else 1.0
+        self.llr = np.zeros(replicates)
+
+    def step(self, obs: Observation) -> Step:
+        h = self.h
+        if h is None or h.kind != "ratio" or h.stream != "errors":
+            return super().step(obs)
+        faults = self.scenario.faults
+        t1 = obs.elapsed_s
+        t0 = t1 - self.scenario.interval_s
+        if faults_module.burst_overlap(faults, t0, t1) == 0.0:
+            hit, miss = self.steps
+            events = obs.window_errors
+            self.llr += (events[:, 1] * hit + events[:, 0] * miss) / self.phi
+        truth = self.llr >= self.upper
+        wrong = self.llr <= self.lower
+        ones = np.ones(self.llr.shape, dtype=np.int64)
+        if self.bad:
+            return base.decide(self.weights, wrong & ~truth, truth, ones)
+        return base.decide(self.weights, truth, wrong & ~truth, ones)
+
+
+def build_noise_aware(
+    scenario: Scenario, replicates: int, rng: np.random.Generator, quick: bool
+) -> NoiseAwareOracle:
+    return NoiseAwareOracle(scenario, replicates)
+
+
+NOISE_AWARE_INFO = MethodInfo(
+    "sprt-oracle-noise",
+    "SPRT oracle that also knows the noise (skips the burst, tempers by overdispersion)",
+    CANARY_ONLY,
+    build_noise_aware,
+    applies=lambda s: s.faults.overdispersion_icc > 0 or s.faults.burst_start_s is not None,
+)

@@ -127,3 +127,39 @@ def test_the_suite_writes_json_markdown_and_says_whether_it_plotted(tmp_path: Pa
         assert written == [tmp_path / "out" / "r.json", tmp_path / "out" / "r.md"]
     else:
         assert (tmp_path / "out" / "r.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_abn_targets_set_arbiter_beside_the_oracles_and_the_rules_floor() -> None:
+    s = SHIPPED["abn-3-versions"]
+    r = 100
+
+    def cell(method: str, requests: float, lost: float) -> dict[str, Any]:
+        return report.summarise(
+            _cell(
+                method,
+                [base.PROMOTE] * r,
+                [2] * r,
+                requests=np.full(r, requests),
+                lost_reward=np.full(r, lost),
+            ),
+            s,
+        )
+
+    cells = [
+        cell("arbiter", 260_000.0, 750.0),
+        cell("oracle-tracking", 300_000.0, 900.0),
+        cell("oracle-tracking-glr", 120_000.0, 370.0),
+        {**cell("thompson-glr", 0.0, 150.0), "decisions": {"inconclusive": {"rate": 1.0}}},
+    ]
+    floor = suite.floors([s], {s.name: 49_144.0})
+    got = {t.target: t for t in targets.evaluate([s], cells, {s.name: 49_144.0}, None, floor)}
+    samples = got["A/B/n: samples to decision <= 2x the lower bound"]
+    assert samples.status == "missed"
+    assert "Arbiter 260,000, oracle tracking 300,000, lower bound 49,144 requests" in samples.figure
+    assert "T/T* = log(K/alpha) + mixture regret = 4.09 + 10.15" in samples.figure
+    assert "takes 120,000 (2.44x)" in samples.figure
+    regret = next(t for k, t in got.items() if k.startswith("A/B/n: cumulative regret"))
+    assert "Arbiter 750, oracle tracking 900, Thompson 150" in regret.figure
+    assert "Thompson decided in 0%" in regret.figure
+    assert f"costs at least {floor[s.name]['regret']:.0f}" in regret.figure
+    assert "|" not in samples.figure + regret.figure  # the figure sits in a markdown cell
