@@ -122,6 +122,7 @@ class TrafficControllers(Component):
         key = f"{resource.path}/{meta.get('namespace')}/{meta['name']}"
         now = self._clock()
         first = self._first_seen.setdefault(key, now)
+        stored = obj.get("status") or {}
         template = predictor_template(obj)
         if resource == KSERVE_ISVC:
             known = self._templates.setdefault(key, template)
@@ -132,7 +133,7 @@ class TrafficControllers(Component):
             status = kserve_status(obj, now, first + self._ready_delay)
         else:
             status = EXPECTED_STATUS[resource](obj)
-        if status == (obj.get("status") or {}):
+        if status == stored:
             if resource == KSERVE_ISVC:
                 self._templates[key] = template
             return

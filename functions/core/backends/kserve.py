@@ -86,6 +86,14 @@ def expected_status(obj: Obj) -> dict[str, Any]:
     if meta.get("generation") is not None:
         status["observedGeneration"] = meta["generation"]
     status["conditions"] = with_ready(status)
+    created = predictor.get("latestCreatedRevision")
+    if created and created != predictor.get("latestReadyRevision"):
+        # Knative's configuration is not ready while its latest revision is not, and KServe
+        # reports the InferenceService so (what wait_isvc_ready waits out).
+        status["conditions"] = [
+            {**c, "status": "False", "reason": "RevisionNotReady"} if c["type"] == "Ready" else c
+            for c in status["conditions"]
+        ]
     return status
 
 
