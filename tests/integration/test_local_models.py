@@ -5,11 +5,12 @@ exports."""
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 from scipy import stats
 
-from local.harness import free_port, prometheus_config
-from local.queueproxy import OPENCENSUS_BUCKETS_MS, OTEL_BUCKETS_S, RequestMetrics
+from analytics.measurements import Counts, NoData, PointValue
+from functions.adapters.prometheus import PrometheusSource
+from functions.core.metrics import MetricSpec, TransientMetricsError, variables_for
+from local.harness import ROOT, free_port, prometheus_config
+from local.queueproxy import GENERATIONS, OPENCENSUS_BUCKETS_MS, OTEL_BUCKETS_S, RequestMetrics
 from local.servers import ModelVersion, Profile, iris, train
 
 pytestmark = pytest.mark.slow  # each version is a KServe process (~5 s to import kserve)
@@ -83,7 +87,12 @@ def test_the_worse_model_is_measurably_less_accurate() -> None:
 def v118(http: urllib3.PoolManager) -> Iterator[ModelVersion]:
     profile = Profile(error_rate=0.2, latency_median_ms=20.0, latency_sigma=0.5, model="worse")
     with ModelVersion(
-        "sklearn-iris", REVISION, profile, np.random.default_rng(3), namespace="models"
+        "sklearn-iris",
+        REVISION,
+        profile,
+        np.random.default_rng(3),
+        namespace="models",
+        knative="1.18",
     ) as version:
         yield version
 
@@ -181,32 +190,26 @@ def test_bad_requests_are_answered_by_kserve_and_counted(
     assert after - before == 4
 
 
-@pytest.mark.parametrize(
-    ("knative", "metric", "whole_seconds"),
-    [
-        ("1.19", "kn_queueproxy_app_duration_seconds", True),
-        ("1.21", "kn_serving_invocation_duration_seconds", False),
-    ],
-)
-def test_the_opentelemetry_generations_export_seconds_without_the_revision(
-    http: urllib3.PoolManager, knative: str, metric: str, whole_seconds: bool
+def test_the_opentelemetry_generation_exports_seconds_without_the_revision(
+    http: urllib3.PoolManager,
 ) -> None:
     """The OpenTelemetry queue-proxy, read in knative/serving (git tags):
 
     - knative-v1.19.0 pkg/queue/request_metric.go (commit 6dff362787, PR #15961):
       `kn.queueproxy.app.duration`, unit "s", latencyBounds 0.005 ... 10, attribute
-      `http.response.status_code` only, recording `float64(latency / time.Second)`, whole
-      seconds (still so in knative-v1.20.0 and v1.20.1);
+      `http.response.status_code` only;
     - knative-v1.20.2 / v1.21.0 (commits ce76741c2d, PR #16290, and 4004491765, PR #16358):
-      renamed `kn.serving.invocation.duration`, recording `latency.Seconds()`;
+      renamed `kn.serving.invocation.duration`, recording `latency.Seconds()` — what the
+      stand-in plays (config/prometheus/knative-1.19 renames the older name);
     - pkg/queue/sharedmain/otel.go: the revision, configuration, service and namespace are
       resource attributes (`kn.revision.name`, `k8s.namespace.name`, ...), which the
       Prometheus exporter (go.opentelemetry.io/otel/exporters/prometheus v0.59.0) puts on
       `target_info`, adding `_seconds` for unit "s" and `otel_scope_*` labels to the series.
     """
+    metric = "kn_serving_invocation_duration_seconds"
     profile = Profile(latency_median_ms=300.0, latency_sigma=0.0)
     with ModelVersion(
-        "iris", "iris-00002", profile, np.random.default_rng(5), namespace="ns", knative=knative
+        "iris", "iris-00002", profile, np.random.default_rng(5), namespace="ns", knative="1.19"
     ) as version:
         for _ in range(3):
             assert predict(http, version, [[5.1, 3.5, 1.4, 0.2]])[0] == 200
@@ -220,38 +223,54 @@ def test_the_opentelemetry_generations_export_seconds_without_the_revision(
     assert bounds == {*OTEL_BUCKETS_S, float("inf")}
     ok = {"http_response_status_code": "200"}
     assert total(series, f"{metric}_count", **ok) == 3
-    if whole_seconds:  # 300 ms truncated to 0 s: every request in the first bucket
-        assert total(series, f"{metric}_sum", **ok) == 0
-        assert total(series, f"{metric}_bucket", le="0.005", **ok) == 3
-    else:
-        assert total(series, f"{metric}_sum", **ok) == pytest.approx(0.9, abs=0.3)
-        assert total(series, f"{metric}_bucket", le="0.25", **ok) == 0
-        assert total(series, f"{metric}_bucket", le="0.5", **ok) == 3
+    assert total(series, f"{metric}_sum", **ok) == pytest.approx(0.9, abs=0.3)
+    assert total(series, f"{metric}_bucket", le="0.25", **ok) == 0
+    assert total(series, f"{metric}_bucket", le="0.5", **ok) == 3
     (info,) = got["target_info"]
     assert info.labels["kn_revision_name"] == "iris-00002"
     assert info.labels["k8s_namespace_name"] == "ns"
-    # What Prometheus must attach to the proxy's series, per target (the relabelling).
-    assert targets[0].labels == {
-        "k8s_namespace_name": "ns",
-        "kn_service_name": "iris",
-        "kn_configuration_name": "iris",
-        "kn_revision_name": "iris-00002",
+    # The pod's discovery labels, which config/prometheus/knative-1.19 relabels onto the
+    # series (the revision's label, the namespace) and keeps the port by.
+    proxy = next(
+        t for t in targets if t.meta["__meta_kubernetes_pod_container_name"] == "queue-proxy"
+    )
+    assert proxy.address == version.metrics_url.removeprefix("http://").removesuffix("/metrics")
+    assert proxy.meta["__meta_kubernetes_pod_container_port_name"] == "http-usermetric"
+    assert proxy.meta["__meta_kubernetes_namespace"] == "ns"
+    assert proxy.meta["__meta_kubernetes_pod_label_serving_knative_dev_revision"] == "iris-00002"
+
+
+def library(folder: str) -> dict[str, MetricSpec]:
+    return {
+        p.stem: MetricSpec.parse(doc)
+        for p in (ROOT / "config" / "metrics" / folder).glob("*.yaml")
+        if (doc := yaml.safe_load(p.read_text())).get("kind") == "Metric"
     }
 
 
-def test_the_local_prometheus_puts_the_revision_on_the_opentelemetry_series(
-    http: urllib3.PoolManager, tmp_path: Path
+@pytest.mark.parametrize("knative", sorted(GENERATIONS))
+def test_the_generation_library_reads_the_local_prometheus(
+    http: urllib3.PoolManager, tmp_path: Path, knative: str
 ) -> None:
+    """Every Metric of config/metrics/knative-<generation> and of kserve-modelserver finds
+    the version's requests in a Prometheus scraping with config/prometheus' own jobs
+    (prometheus_config): the stand-in and the scrape rules give exactly what the queries
+    read, and each job keeps only its own container's port."""
     binary = shutil.which("prometheus")
     assert binary, "prometheus is not installed: run `make os-deps`"
     profile = Profile(latency_median_ms=5.0, latency_sigma=0.0)
+    metrics = {**library(f"knative-{knative}"), **library("kserve-modelserver")}
+    variables = variables_for(
+        name="iris", namespace="ns", revision="iris-00003", elapsed_seconds=60, interval_seconds=10
+    )
     with ModelVersion(
-        "iris", "iris-00003", profile, np.random.default_rng(6), namespace="ns", knative="1.21"
+        "iris", "iris-00003", profile, np.random.default_rng(6), namespace="ns", knative=knative
     ) as version:
+        # KServe creates its histograms' series at a model's first request: one before the
+        # first scrape, so that increase() sees the ones after.
         assert predict(http, version, [[5.1, 3.5, 1.4, 0.2]])[0] == 200
-        (tmp_path / "prometheus.yml").write_text(
-            yaml.safe_dump(prometheus_config(version.scrape_targets()))
-        )
+        config = prometheus_config(version.scrape_targets(), knative)
+        (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
         port = free_port()
         prometheus = subprocess.Popen(
             [
@@ -263,26 +282,48 @@ def test_the_local_prometheus_puts_the_revision_on_the_opentelemetry_series(
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        try:
-            query = 'kn_serving_invocation_duration_seconds_count{kn_revision_name="iris-00003"}'
-            result: list[Any] = []
+        source = PrometheusSource(f"http://127.0.0.1:{port}", retries=0)
+
+        def measure(name: str) -> object:
+            with contextlib.suppress(TransientMetricsError):
+                return source.measure(metrics[name], variables, None)
+            return None
+
+        def wait_for(name: str, ok: Callable[[object], bool]) -> object:
+            got = measure(name)
             deadline = time.monotonic() + 30
-            while not result and time.monotonic() < deadline:
+            while not ok(got) and time.monotonic() < deadline:
                 time.sleep(0.5)
-                try:
-                    answer = requests.get(
-                        f"http://127.0.0.1:{port}/api/v1/query", {"query": query}, timeout=2
-                    ).json()
-                except requests.RequestException:
-                    continue
-                result = [
-                    r
-                    for r in answer["data"]["result"]
-                    if r["metric"]["http_response_status_code"] == "200"
-                ]
+                got = measure(name)
+            return got
+
+        try:
+            # Every series exists before the requests measured: increase() sees each.
+            first = wait_for("request-count", lambda m: isinstance(m, PointValue))
+            for _ in range(5):
+                assert predict(http, version, [[5.1, 3.5, 1.4, 0.2]])[0] == 200
+            count = wait_for("request-count", lambda m: isinstance(m, PointValue) and m.value >= 5)
+            time.sleep(1.5)  # a scrape of the model server's port too
+            got = {name: measure(name) for name in metrics}
+            jobs = requests.get(
+                f"http://127.0.0.1:{port}/api/v1/query",
+                {"query": "count by (job) (up)"},
+                timeout=2,
+            ).json()["data"]["result"]
         finally:
+            source.close()
             prometheus.terminate()
             prometheus.wait(10)
-    assert result, "the series never carried the revision's label"
-    assert result[0]["metric"]["k8s_namespace_name"] == "ns"
-    assert result[0]["value"][1] == "1"
+    assert first == PointValue(0.0), first
+    # increase() extrapolates a little past the last scrape: about 5, never fewer.
+    assert isinstance(count, PointValue) and 5 <= count.value < 7, count
+    assert not [name for name, m in got.items() if m is None or isinstance(m, NoData)], got
+    errors = got["error-rate"]
+    assert isinstance(errors, Counts) and errors.events == 0 and errors.trials >= 5, errors
+    model_count = got["model-request-count"]
+    assert isinstance(model_count, PointValue) and model_count.value >= 5, model_count
+    # One target per job: each job's keep rule took only its own container's port.
+    assert {r["metric"]["job"]: r["value"][1] for r in jobs} == {
+        "knative-queue-proxy": "1",
+        "kserve-model-server": "1",
+    }
