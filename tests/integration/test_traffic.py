@@ -212,8 +212,8 @@ def test_routes_a_canary_split_and_follows_its_changes(
     rng = np.random.default_rng(7)
     fast = Profile(latency_median_ms=1.0, latency_sigma=0.0)
     # Both processes launched before either is waited for: they start side by side.
-    v1 = ModelVersion("canary", "rev-1", fast, rng.spawn(1)[0]).launch()
-    v2 = ModelVersion("canary", "rev-2", fast, rng.spawn(1)[0]).launch()
+    v1 = ModelVersion("canary", "rev-1", fast, rng.spawn(1)[0], knative="1.18").launch()
+    v2 = ModelVersion("canary", "rev-2", fast, rng.spawn(1)[0], knative="1.18").launch()
     with v1, v2:
         ref = ObjectRef(KSERVE, "InferenceService", NS, "canary")
         generator = TrafficGenerator(
@@ -250,7 +250,8 @@ def test_routes_a_canary_split_and_follows_its_changes(
 
 
 def _served(version: ModelVersion) -> int:
-    """Requests the version counted, from its /metrics as Prometheus would scrape it."""
+    """Requests the version counted, from its /metrics as Prometheus would scrape it (the
+    OpenCensus queue-proxy's revision_app_request_count: the versions play Knative 1.18)."""
     text = urllib3.request("GET", version.metrics_url).data.decode()
     families = {f.name: f for f in text_string_to_metric_families(text)}
     return int(sum(s.value for s in families["revision_app_request_count"].samples))
