@@ -43,7 +43,7 @@ from functions.core.timestamps import parse_time
 from local.autoscale import ScaleToZero, function_process, stop_process
 from local.broker import LocalBroker, load_manifests
 from local.queueproxy import generation
-from local.sample import Planned, Sample, TargetSim
+from local.sample import DEFAULT_KNATIVE, Planned, Sample, TargetSim
 from local.servers import ScrapeTarget
 from local.sources import ApiServerSourcePlayer, PingSourcePlayer
 from local.view import LiveView, ManyView, promise, verdict
@@ -52,6 +52,8 @@ ROOT: Final = Path(__file__).resolve().parents[1]
 EVENTING: Final = ROOT / "eventing"
 METRICS: Final = ROOT / "config" / "metrics"
 PROMETHEUS: Final = ROOT / "config" / "prometheus"
+# The generation whose queue-proxy labels every series with the revision itself.
+OPENCENSUS_GENERATION: Final = "1.18"
 _EXPERIMENTS: Final = (EXPERIMENT.group, EXPERIMENT.version, EXPERIMENT.plural)
 
 
@@ -101,6 +103,8 @@ class LocalRun:
         self.final: dict[str, Any] | None = None
         self.finals: dict[str, dict[str, Any]] = {}  # by namespace/name, with several
         self.broker: LocalBroker | None = None
+        # The queue-proxy generation the versions play (see `_generation`).
+        self.knative = sample.knative or DEFAULT_KNATIVE
         self.scaler: ScaleToZero | None = None
 
     def say(self, text: str) -> None:
@@ -123,6 +127,31 @@ class LocalRun:
 
     # Components -----------------------------------------------------------------------------
 
+    def _direct(self) -> bool:
+        """Whether the run reads the versions' /metrics itself (no Prometheus)."""
+        return not self.options.prometheus_url and (
+            self.options.direct_metrics or shutil.which("prometheus") is None
+        )
+
+    def _generation(self) -> None:
+        """Without Prometheus nothing can put the revision on the OpenTelemetry queue-proxy's
+        series (its scrape rules do), so the versions play Knative 1.18 unless the sample
+        names a generation; one that names an OpenTelemetry generation is refused."""
+        if not self._direct() or not generation(self.knative).otel:
+            return
+        if self.sample.knative is not None:
+            raise RunError(
+                f"Knative {self.knative}'s queue-proxy keeps the revision off its series "
+                "(Prometheus' scrape rules put it there): install the Debian package "
+                'prometheus, or run the sample with knative: "1.18"'
+            )
+        self.knative = OPENCENSUS_GENERATION
+        self.say(
+            f"knative     no Prometheus to relabel Knative {DEFAULT_KNATIVE}'s series: the "
+            f"versions play Knative {OPENCENSUS_GENERATION}'s queue-proxy (revision on "
+            "every series) and the run reads its Metric library"
+        )
+
     def _emulator(self, stack: contextlib.ExitStack, workdir: Path) -> tuple[client.ApiClient, str]:
         from local.controllers import TrafficControllers  # noqa: PLC0415
         from local.kubeapi import KubeApiServer  # noqa: PLC0415
@@ -136,7 +165,7 @@ class LocalRun:
                 *(str(p.experiment["metadata"]["namespace"]) for p in self.sample.planned),
                 *(str(o["metadata"]["namespace"]) for o in self.sample.objects),
             },
-            self.sample.knative,
+            self.knative,
         )
         for obj in self.sample.objects:
             ref = ObjectRef(
@@ -164,7 +193,7 @@ class LocalRun:
                 v.profile,
                 np.random.default_rng(rng.integers(2**32)),
                 namespace=v.namespace,
-                knative=self.sample.knative,
+                knative=self.knative,
                 log_path=workdir / f"model-{v.key}.log",
             )
             stack.callback(server.stop)
@@ -185,7 +214,7 @@ class LocalRun:
         if len(self.sample.targets) > 1:
             self.say(
                 f"versions    {len(servers)} KServe model servers behind Knative "
-                f"{self.sample.knative} queue-proxies, on {len(self.sample.targets)} targets"
+                f"{self.knative} queue-proxies, on {len(self.sample.targets)} targets"
             )
         return servers
 
@@ -200,7 +229,7 @@ class LocalRun:
             )
         port = free_port()
         (workdir / "prometheus.yml").write_text(
-            yaml.safe_dump(prometheus_config(targets, self.sample.knative))
+            yaml.safe_dump(prometheus_config(targets, self.knative))
         )
         log = (workdir / "prometheus.log").open("w")
         stack.callback(log.close)
@@ -270,18 +299,13 @@ class LocalRun:
             local = self.options.kubeconfig is None
             direct = ""
             if local:
+                self._generation()
                 api, kubeconfig = self._emulator(stack, workdir)
                 servers = self._versions(stack, workdir)
                 targets = [t for s in servers.values() for t in s.scrape_targets()]
                 if self.options.prometheus_url:
                     prometheus = self.options.prometheus_url
-                elif self.options.direct_metrics or shutil.which("prometheus") is None:
-                    if generation(self.sample.knative).otel:
-                        raise RunError(
-                            f"Knative {self.sample.knative}'s queue-proxy keeps the revision "
-                            "off its series (Prometheus attaches it when scraping): install the "
-                            'Debian package prometheus, or run the sample with knative: "1.18"'
-                        )
+                elif self._direct():
                     prometheus = ""
                     direct = ",".join(
                         f"http://{t.address}{t.path}"

@@ -13,8 +13,9 @@ known iris class, the predictions that were right (`model_prediction_correct_tot
 `model_prediction_total`): a ground-truth reward, labelled with the revision the way
 Knative's environment (K_REVISION, K_CONFIGURATION) tells the container.
 
-In the same process, on a thread, the `QueueProxy` forwards its port to the model server
-and exports the Knative generation's request metrics: one process per version.
+In the same process, on the model server's event loop, the `QueueProxy` forwards its port
+to the model server and exports the Knative generation's request metrics: one process per
+version.
 """
 
 from __future__ import annotations
@@ -91,22 +92,34 @@ def main() -> int:
         RequestMetrics(generation(config.generation), info),
         port=config.proxy_port,
         metrics_port=config.metrics_port,
-    ).start()
+    )
+
+    class ModelServer(kserve.ModelServer):  # type: ignore[misc]
+        """kserve.ModelServer with the proxy served on its event loop, beside uvicorn.
+
+        `_serve` is the coroutine ModelServer.start runs with asyncio.run (kserve 0.21)."""
+
+        async def _serve(self) -> None:
+            await proxy.open()
+            try:
+                await super()._serve()
+            finally:
+                await proxy.close()
+
     model = _model_class(kserve)(config)
     model.load()
-    server = kserve.ModelServer(
+    server = ModelServer(
         http_port=config.http_port,
         workers=1,
         enable_grpc=False,
         enable_docs_url=False,
         grace_period=2,
     )
-    # KServe logs every request at INFO (uvicorn.access): hundreds a second in a run.
-    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
-    try:
-        server.start([model])
-    finally:
-        proxy.stop()
+    # KServe logs every request at INFO, twice (uvicorn.access, and its timings on
+    # kserve.trace): hundreds of lines a second in a run, CPU the versions share.
+    for name in ("uvicorn.access", "kserve.trace"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    server.start([model])
     return 0
 
 

@@ -98,8 +98,9 @@ class Sample:
     targets: tuple[TargetSim, ...]
     versions: tuple[VersionSim, ...]  # every target's, keys unique across the file
     ready_delay_s: float
-    # The Knative generation the versions' queue-proxies play (local.queueproxy.GENERATIONS).
-    knative: str = DEFAULT_KNATIVE
+    # The Knative generation the versions' queue-proxies play (local.queueproxy.GENERATIONS);
+    # None when the sample names none (DEFAULT_KNATIVE, unless the run cannot read it).
+    knative: str | None = None
 
     # The first (in a one-experiment file, the only) experiment and its target --------------
 
@@ -239,9 +240,11 @@ def load(path: str | Path) -> Sample:
     )
 
 
-def _knative(spec: Mapping[str, Any], where: str) -> str:
+def _knative(spec: Mapping[str, Any], where: str) -> str | None:
     """The generation named by `knative`, which must be a quoted string one of them names."""
-    knative = spec.get("knative", DEFAULT_KNATIVE)
+    knative = spec.get("knative")
+    if knative is None:
+        return None
     try:
         if not isinstance(knative, str):
             raise ValueError(f"must be a string, got {knative!r}")

@@ -115,7 +115,9 @@ def test_a_window_shorter_than_the_experiment_counts_only_what_it_covers(
 
     def send(n: int) -> None:
         for _ in range(n):
-            request = urllib.request.Request(f"{idle.model_url}:predict", data=body)
+            request = urllib.request.Request(
+                f"{idle.model_url}:predict", data=body, headers={"Content-Type": "application/json"}
+            )
             urllib.request.urlopen(request, timeout=5).read()
 
     send(7)
