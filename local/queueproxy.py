@@ -43,9 +43,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Final
 
 import aiohttp
@@ -259,30 +258,10 @@ class RequestMetrics:
         return generate_latest(self.registry)
 
 
-_SCHEDSTAT: Final = Path("/proc/thread-self/schedstat")
-
-
-def cpu_wait_s() -> float:
-    """Seconds the calling thread has spent runnable but waiting for a CPU (Linux
-    schedstat's run_delay); 0.0 where the kernel does not say."""
-    try:
-        return int(_SCHEDSTAT.read_text().split()[1]) / 1e9
-    except (OSError, IndexError, ValueError):
-        return 0.0
-
-
 class QueueProxy:
     """Forwards `port` to the model server at `upstream`; `/metrics` on `metrics_port`.
 
     Started with `start()` (binds both ports, serves from a daemon thread); `stop()` closes.
-
-    A request's recorded duration is its wall-clock time at the proxy less the time the
-    serving thread waited for a CPU meanwhile (`cpu_wait`, schedstat's run_delay). In a
-    cluster a revision's pod has CPU of its own; here every version, Prometheus, the
-    functions, the traffic and whatever else the machine runs share its cores, and a
-    busy moment of the machine — at --speed 10 a second of it is a tenth of an
-    iteration — would be recorded as the version's latency and fail a version that is
-    as good as its baseline. The model's waits and its own work stay in the duration.
     """
 
     def __init__(
@@ -293,10 +272,8 @@ class QueueProxy:
         host: str = "127.0.0.1",
         port: int = 0,
         metrics_port: int = 0,
-        cpu_wait: Callable[[], float] = cpu_wait_s,
     ) -> None:
         self.upstream = upstream.rstrip("/")
-        self._cpu_wait = cpu_wait
         self.metrics = metrics
         self._host = host
         self._ports = (port, metrics_port)
@@ -357,10 +334,6 @@ class QueueProxy:
         if self._session is not None:
             await self._session.close()
 
-    def _elapsed(self, started: float, waited: float) -> float:
-        wall = time.perf_counter() - started
-        return max(0.0, wall - (self._cpu_wait() - waited))
-
     async def _metrics(self, _: web.Request) -> web.Response:
         body = self.metrics.exposition()
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -373,14 +346,13 @@ class QueueProxy:
         # (Go) adds microseconds around that, while this stand-in's own Python work around
         # it (parsing, copying headers) is not the revision's and stays out of its latency.
         started = time.perf_counter()
-        waited = self._cpu_wait()
         try:
             async with self._session.request(
                 request.method, self.upstream + request.path_qs, headers=headers, data=body
             ) as upstream:
                 payload = await upstream.read()
                 code = upstream.status
-                elapsed = self._elapsed(started, waited)
+                elapsed = time.perf_counter() - started
                 response = web.Response(
                     status=code,
                     body=payload,
@@ -391,7 +363,7 @@ class QueueProxy:
         except aiohttp.ClientError as e:
             # queue-proxy answers 502 when the user-container cannot be reached.
             code = 502
-            elapsed = self._elapsed(started, waited)
+            elapsed = time.perf_counter() - started
             response = web.Response(status=code, text=f"error reaching the model server: {e}")
         if PROBE_HEADER not in request.headers:
             self.metrics.observe(code, elapsed)

@@ -31,11 +31,7 @@ from local.queueproxy import (
     GENERATIONS,
     OPENCENSUS_BUCKETS_MS,
     OTEL_BUCKETS_S,
-    QueueProxy,
     RequestMetrics,
-    RevisionInfo,
-    cpu_wait_s,
-    generation,
 )
 from local.servers import ModelVersion, Profile, iris, train
 
@@ -336,43 +332,3 @@ def test_the_generation_library_reads_the_local_prometheus(
         "knative-queue-proxy": "1",
         "kserve-model-server": "1",
     }
-
-
-def test_the_proxy_leaves_the_machines_cpu_waits_out_of_a_requests_latency(
-    http: urllib3.PoolManager,
-) -> None:
-    """The proxy times the forward to the user-container, less the time its thread waited
-    for a CPU meanwhile: here an upstream that answers after 0.3 s, and a cpu_wait that
-    says 0.2 s of that was spent on the run queue, record 0.1 s."""
-    from pytest_httpserver import HTTPServer
-    from werkzeug import Request, Response
-
-    def slow(_: Request) -> Response:
-        time.sleep(0.3)
-        return Response('{"predictions": [0]}', 200, content_type="application/json")
-
-    readings = iter([1.0, 1.2])  # at the forward, at the answer
-    metrics = RequestMetrics(generation("1.19"), RevisionInfo("ns", "iris", "iris", "iris-00001"))
-    with HTTPServer() as upstream:
-        upstream.expect_request("/v1/models/iris:predict").respond_with_handler(slow)
-        proxy = QueueProxy(upstream.url_for("/"), metrics, cpu_wait=lambda: next(readings))
-        proxy.start()
-        try:
-            answer = http.request("POST", f"{proxy.url}/v1/models/iris:predict", body=b"{}")
-            got = families(http, proxy.metrics_url)
-        finally:
-            proxy.stop()
-    assert answer.status == 200
-    series = got["kn_serving_invocation_duration_seconds"]
-    ok = {"http_response_status_code": "200"}
-    assert total(series, "kn_serving_invocation_duration_seconds_count", **ok) == 1
-    assert total(series, "kn_serving_invocation_duration_seconds_sum", **ok) == pytest.approx(
-        0.1, abs=0.05
-    )
-
-
-def test_cpu_wait_reads_the_threads_run_queue_time() -> None:
-    """Linux schedstat (/proc/thread-self/schedstat: on-CPU ns, run-queue ns, slices)."""
-    first = cpu_wait_s()
-    assert first > 0.0  # every thread has waited for a CPU at some point
-    assert cpu_wait_s() >= first
