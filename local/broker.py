@@ -40,9 +40,10 @@ log = logging.getLogger(__name__)
 Attributes = Mapping[str, str]
 Predicate = Callable[[Attributes], bool]
 
-# Knative's SelectiveRetry retries 5xx, connection errors and these 4xx; the functions answer a
-# permanent error with 422, which goes straight to the dead-letter sink.
-RETRIED_CLIENT_ERRORS: Final = frozenset({429})
+# Knative Eventing's SelectiveRetry (pkg/kncloudevents/retries.go, knative-v1.22.0) retries
+# connection errors, 5xx and these 4xx: 404 (a pod becoming ready), 408, 409 and 429. The
+# functions answer a permanent error with 422, which goes straight to the dead-letter sink.
+RETRIED_CLIENT_ERRORS: Final = frozenset({404, 408, 409, 429})
 # Knative Serving's default revision timeout: how long a function may take to answer.
 _DEFAULT_REQUEST_TIMEOUT: Final = 300.0
 _DIALECTS: Final = ("exact", "prefix", "suffix", "all", "any", "not", "cesql")

@@ -7,12 +7,18 @@ status; Arbiter reads the split back from there. Locally nothing would, so
 controller reports (functions.core.backends `EXPECTED_STATUS`, the same rule the local router
 follows) — no more. What is local is only the timing: a KServe candidate marked
 not-yet-ready becomes Ready after `ready_delay_s` (so the run shows start waiting for it).
-New revisions on a predictor spec change are not simulated: samples seed the revisions.
+
+For KServe it also plays Knative's revisions, as a user's script (kserve.KServeClient:
+create, patch, wait_isvc_ready) sees them: a new InferenceService gets revision
+`<name>-predictor-00001`, and a change to `spec.predictor` other than canaryTrafficPercent
+(which only moves traffic) creates the next one, Ready `ready_delay_s` later. Samples seed
+their revisions in status, which the stand-in takes as they are.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import threading
 import time
@@ -43,6 +49,24 @@ def kserve_status(obj: Mapping[str, Any], now: float, ready_at: float) -> Obj:
     return kserve.expected_status(obj)
 
 
+def predictor_template(obj: Mapping[str, Any]) -> str:
+    """What makes a new revision: spec.predictor but canaryTrafficPercent, canonically."""
+    predictor = get_path(obj, "spec", "predictor") or {}
+    return json.dumps(
+        {k: v for k, v in predictor.items() if k != "canaryTrafficPercent"}, sort_keys=True
+    )
+
+
+def with_new_revision(obj: Mapping[str, Any]) -> Obj:
+    """`obj` with the next predictor revision created (not yet ready), as Knative names it."""
+    status = copy.deepcopy(dict(obj.get("status") or {}))
+    predictor = status.setdefault("components", {}).setdefault("predictor", {})
+    latest = str(predictor.get("latestCreatedRevision") or "")
+    number = int(latest.rsplit("-", 1)[1]) + 1 if latest[-5:].isdigit() else 1
+    predictor["latestCreatedRevision"] = f"{obj['metadata']['name']}-predictor-{number:05d}"
+    return {**obj, "status": status}
+
+
 def kfserving_status(obj: Mapping[str, Any]) -> Obj:
     """The status KFServing v1alpha2 would report for default/canary/canaryTrafficPercent."""
     return kfserving.expected_status(obj)
@@ -68,6 +92,7 @@ class TrafficControllers(Component):
         self._ready_delay = ready_delay_s
         self._clock = clock
         self._first_seen: dict[str, float] = {}
+        self._templates: dict[str, str] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="traffic-controllers", daemon=True)
 
@@ -98,11 +123,20 @@ class TrafficControllers(Component):
         key = f"{resource.path}/{meta.get('namespace')}/{meta['name']}"
         now = self._clock()
         first = self._first_seen.setdefault(key, now)
+        stored = obj.get("status") or {}
+        template = predictor_template(obj)
         if resource == KSERVE_ISVC:
+            known = self._templates.setdefault(key, template)
+            created = get_path(obj, "status", "components", "predictor", "latestCreatedRevision")
+            if not created or template != known:
+                obj = with_new_revision(obj)
+                first = now
             status = kserve_status(obj, now, first + self._ready_delay)
         else:
             status = EXPECTED_STATUS[resource](obj)
-        if status == (obj.get("status") or {}):
+        if status == stored:
+            if resource == KSERVE_ISVC:
+                self._templates[key] = template
             return
         body = {**obj, "status": status}
         try:
@@ -117,6 +151,10 @@ class TrafficControllers(Component):
         except ApiException as e:
             if e.status not in (404, 409):  # gone, or changed meanwhile: next round
                 raise
+            return
+        if resource == KSERVE_ISVC:  # the revision is created once its status is written
+            self._templates[key] = template
+            self._first_seen[key] = first
 
     def _loop(self) -> None:
         while not self._stop.is_set():

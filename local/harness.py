@@ -23,6 +23,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TextIO
@@ -34,19 +35,25 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from functions.core import status as st
+from functions.core.backends import kserve
 from functions.core.events import TRIGGERS
 from functions.core.resources import EXPERIMENT, METRIC, ObjectRef
 from functions.core.settings import Settings
 from functions.core.timestamps import parse_time
 from local.autoscale import ScaleToZero, function_process, stop_process
 from local.broker import LocalBroker, load_manifests
-from local.sample import Planned, Sample, TargetSim
+from local.queueproxy import generation
+from local.sample import DEFAULT_KNATIVE, Planned, Sample, TargetSim
+from local.servers import ScrapeTarget
 from local.sources import ApiServerSourcePlayer, LivePingSources
 from local.view import LiveView, ManyView, promise, verdict
 
 ROOT: Final = Path(__file__).resolve().parents[1]
 EVENTING: Final = ROOT / "eventing"
 METRICS: Final = ROOT / "config" / "metrics"
+PROMETHEUS: Final = ROOT / "config" / "prometheus"
+# The generation whose queue-proxy labels every series with the revision itself.
+OPENCENSUS_GENERATION: Final = "1.18"
 _EXPERIMENTS: Final = (EXPERIMENT.group, EXPERIMENT.version, EXPERIMENT.plural)
 
 
@@ -97,6 +104,8 @@ class LocalRun:
         self.finals: dict[str, dict[str, Any]] = {}  # by namespace/name, with several
         self.pings: LivePingSources | None = None
         self.broker: LocalBroker | None = None
+        # The queue-proxy generation the versions play (see `_generation`).
+        self.knative = sample.knative or DEFAULT_KNATIVE
         self.scaler: ScaleToZero | None = None
 
     def say(self, text: str) -> None:
@@ -119,6 +128,31 @@ class LocalRun:
 
     # Components -----------------------------------------------------------------------------
 
+    def _direct(self) -> bool:
+        """Whether the run reads the versions' /metrics itself (no Prometheus)."""
+        return not self.options.prometheus_url and (
+            self.options.direct_metrics or shutil.which("prometheus") is None
+        )
+
+    def _generation(self) -> None:
+        """Without Prometheus nothing can put the revision on the OpenTelemetry queue-proxy's
+        series (its scrape rules do), so the versions play Knative 1.18 unless the sample
+        names a generation; one that names an OpenTelemetry generation is refused."""
+        if not self._direct() or not generation(self.knative).otel:
+            return
+        if self.sample.knative is not None:
+            raise RunError(
+                f"Knative {self.knative}'s queue-proxy keeps the revision off its series "
+                "(Prometheus' scrape rules put it there): install the Debian package "
+                'prometheus, or run the sample with knative: "1.18"'
+            )
+        self.knative = OPENCENSUS_GENERATION
+        self.say(
+            f"knative     no Prometheus to relabel Knative {DEFAULT_KNATIVE}'s series: the "
+            f"versions play Knative {OPENCENSUS_GENERATION}'s queue-proxy (revision on "
+            "every series) and the run reads its Metric library"
+        )
+
     def _emulator(self, stack: contextlib.ExitStack, workdir: Path) -> tuple[client.ApiClient, str]:
         from local.controllers import TrafficControllers  # noqa: PLC0415
         from local.kubeapi import KubeApiServer  # noqa: PLC0415
@@ -132,6 +166,7 @@ class LocalRun:
                 *(str(p.experiment["metadata"]["namespace"]) for p in self.sample.planned),
                 *(str(o["metadata"]["namespace"]) for o in self.sample.objects),
             },
+            self.knative,
         )
         for obj in self.sample.objects:
             ref = ObjectRef(
@@ -145,7 +180,9 @@ class LocalRun:
         self.say(f"kubernetes  API emulator at {server.url} (kubeconfig {kubeconfig})")
         return api, kubeconfig
 
-    def _versions(self, stack: contextlib.ExitStack) -> dict[str, Any]:
+    def _versions(self, stack: contextlib.ExitStack, workdir: Path) -> dict[str, Any]:
+        """One KServe model server process per version, behind its queue-proxy stand-in:
+        all launched at once, then waited for (each import of kserve takes a while)."""
         from local.servers import ModelVersion  # noqa: PLC0415
 
         rng = np.random.default_rng(self.options.seed)
@@ -157,20 +194,34 @@ class LocalRun:
                 v.profile,
                 np.random.default_rng(rng.integers(2**32)),
                 namespace=v.namespace,
+                knative=self.knative,
+                log_path=workdir / f"model-{v.key}.log",
             )
-            stack.enter_context(server)
-            servers[v.key] = server
+            stack.callback(server.stop)
+            servers[v.key] = server.launch()
+        for v in self.sample.versions:
+            server = servers[v.key]
+            try:
+                server.wait_ready()
+            except RuntimeError as e:
+                raise RunError(str(e)) from None
             p = v.profile
             if len(self.sample.targets) == 1:
                 self.say(
                     f"version     {v.key} at {server.url}: {p.error_rate:.1%} errors, latency "
-                    f"median {p.latency_median_ms:g} ms, {p.model} model"
+                    f"median {p.latency_median_ms:g} ms, {p.model} model (KServe model server "
+                    f"behind a Knative {server.generation.name} queue-proxy)"
                 )
         if len(self.sample.targets) > 1:
-            self.say(f"versions    {len(servers)} simulated, on {len(self.sample.targets)} targets")
+            self.say(
+                f"versions    {len(servers)} KServe model servers behind Knative "
+                f"{self.knative} queue-proxies, on {len(self.sample.targets)} targets"
+            )
         return servers
 
-    def _prometheus(self, stack: contextlib.ExitStack, workdir: Path, targets: list[str]) -> str:
+    def _prometheus(
+        self, stack: contextlib.ExitStack, workdir: Path, targets: list[ScrapeTarget]
+    ) -> str:
         binary = shutil.which("prometheus")
         if binary is None:
             raise RunError(
@@ -178,11 +229,9 @@ class LocalRun:
                 "prometheus` (or `make os-deps`), or pass --prometheus-url"
             )
         port = free_port()
-        config = {
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "scrape_configs": [{"job_name": "versions", "static_configs": [{"targets": targets}]}],
-        }
-        (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
+        (workdir / "prometheus.yml").write_text(
+            yaml.safe_dump(prometheus_config(targets, self.knative))
+        )
         log = (workdir / "prometheus.log").open("w")
         stack.callback(log.close)
         process = subprocess.Popen(
@@ -251,14 +300,19 @@ class LocalRun:
             local = self.options.kubeconfig is None
             direct = ""
             if local:
+                self._generation()
                 api, kubeconfig = self._emulator(stack, workdir)
-                servers = self._versions(stack)
-                targets = [s.url.removeprefix("http://") for s in servers.values()]
+                servers = self._versions(stack, workdir)
+                targets = [t for s in servers.values() for t in s.scrape_targets()]
                 if self.options.prometheus_url:
                     prometheus = self.options.prometheus_url
-                elif self.options.direct_metrics or shutil.which("prometheus") is None:
+                elif self._direct():
                     prometheus = ""
-                    direct = ",".join(f"{s.url}/metrics" for s in servers.values())
+                    direct = ",".join(
+                        f"http://{t.address}{t.path}"
+                        for s in servers.values()
+                        for t in s.scrape_targets()
+                    )
                     self.say(
                         "metrics     no Prometheus: DirectMetricsSource reads the versions' "
                         "/metrics (totals since they started) — install the Debian package "
@@ -369,16 +423,7 @@ class LocalRun:
         )
         stack.enter_context(generator)
         if target.preview and target.preview_rps > 0:
-            server = servers[target.preview]
-            preview = Preview(
-                f"{server.model_url}:predict",
-                target.preview_rps,
-                np.random.default_rng(
-                    [self.options.seed + 2, index] if many else self.options.seed + 2
-                ),
-            )
-            stack.enter_context(preview)
-            self.say(f"preview     {target.preview_rps:g} req/s straight to {target.preview}")
+            self._preview(stack, api, target, routes, index)
         per_interval = target.rate_rps * self.interval
         if many and index > 0:
             return
@@ -386,6 +431,44 @@ class LocalRun:
         self.say(
             f"traffic     {generator.rate} to {what}, kept at this rate under "
             f"--speed, so each {self.interval} s interval carries ~{per_interval:g} requests"
+        )
+
+    def _preview(
+        self,
+        stack: contextlib.ExitStack,
+        api: client.ApiClient,
+        target: TargetSim,
+        routes: dict[str, str],
+        index: int,
+    ) -> None:
+        """Preview traffic to the `latest` tag URL KServe publishes in status, as a user's
+        validation job would send it; said plainly when the InferenceService cannot have one."""
+        router = target.router
+        got = client.CustomObjectsApi(api).get_namespaced_custom_object(
+            router.group, router.version, router.namespace, router.plural, router.name
+        )
+        obj: dict[str, Any] = got if isinstance(got, dict) else {}
+        if router.kind == "InferenceService" and not kserve.tag_routing(obj):
+            self.say(
+                f"preview     NONE: {router.namespace}/{router.name} has no `latest` tag URL "
+                f'(KServe tags it only under annotation {kserve.TAG_ROUTING_ANNOTATION}: "true"),'
+                " so the candidate gets no preview traffic"
+            )
+            return
+        many = len(self.sample.targets) > 1
+        preview = Preview(
+            api,
+            router,
+            routes,
+            target.preview_rps,
+            np.random.default_rng(
+                [self.options.seed + 2, index] if many else self.options.seed + 2
+            ),
+        )
+        stack.enter_context(preview)
+        self.say(
+            f"preview     {target.preview_rps:g} req/s to the `latest` tag URL in "
+            f"{router.name}'s status ({kserve.tag_url(obj, kserve.LATEST_TAG)}), once published"
         )
 
     def _watch(self, api: client.ApiClient, stack: contextlib.ExitStack) -> int:
@@ -516,17 +599,36 @@ class LocalRun:
 
 
 class Preview:
-    """Requests straight to one version at a steady rate, whatever the split: the traffic a
-    tag URL (KServe's `latest-` route) gets, so a BlueGreen candidate at 0% can be judged."""
+    """Requests at a steady rate to the URL of the InferenceService's `latest` tag, whatever
+    the split, so a BlueGreen candidate at 0% can be judged.
 
-    def __init__(self, url: str, rate_rps: float, rng: np.random.Generator) -> None:
-        self._url = url
+    The URL is read from `status.components.predictor.traffic` (re-read every `refresh_s`:
+    the tag follows the latest ready revision); the local ingress resolves it to the version
+    serving the tag's revision and sends with the tag's Host, as Knative's would. Nothing is
+    sent while the status has no `latest` URL; `sent` and `resolved` tell what happened.
+    """
+
+    def __init__(
+        self,
+        api: client.ApiClient,
+        router: ObjectRef,
+        routes: Mapping[str, str],
+        rate_rps: float,
+        rng: np.random.Generator,
+        refresh_s: float = 0.5,
+    ) -> None:
+        self._objects = client.CustomObjectsApi(api)
+        self._router = router
+        self._routes = dict(routes)
         self._rate = rate_rps
         self._rng = rng
+        self._refresh_s = refresh_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="preview", daemon=True)
         self._session = requests.Session()
         self._body = json.dumps({"instances": [[6.8, 2.8, 4.8, 1.4]]})
+        self.resolved: tuple[str, str] | None = None  # (tag URL, revision)
+        self.sent = 0
 
     def __enter__(self) -> Preview:
         self._thread.start()
@@ -537,10 +639,34 @@ class Preview:
         self._thread.join(timeout=5)
         self._session.close()
 
+    def resolve(self) -> tuple[str, str] | None:
+        """The `latest` tag URL and its revision, as the status says now."""
+        r = self._router
+        with contextlib.suppress(ApiException, requests.RequestException, OSError):
+            obj = self._objects.get_namespaced_custom_object(
+                r.group, r.version, r.namespace, r.plural, r.name
+            )
+            self.resolved = kserve.latest_url(obj if isinstance(obj, dict) else {})
+        return self.resolved
+
     def _loop(self) -> None:
+        next_read = 0.0
         while not self._stop.wait(float(self._rng.exponential(1 / self._rate))):
+            if time.monotonic() >= next_read:
+                self.resolve()
+                next_read = time.monotonic() + self._refresh_s
+            if self.resolved is None or self.resolved[1] not in self._routes:
+                continue
+            url, revision = self.resolved
+            host = url.split("://", 1)[-1]
             with contextlib.suppress(requests.RequestException):
-                self._session.post(self._url, data=self._body, timeout=5)
+                self._session.post(
+                    f"{self._routes[revision]}:predict",
+                    data=self._body,
+                    headers={"Content-Type": "application/json", "Host": host},
+                    timeout=5,
+                )
+                self.sent += 1
 
 
 def kustomization_files(folder: Path) -> list[Path]:
@@ -554,10 +680,49 @@ def kustomization_files(folder: Path) -> list[Path]:
     return files
 
 
-def seed_metric_library(server: Any, namespaces: set[str]) -> None:
-    """Store the Metric library (config/metrics, sub-libraries included) in each namespace,
-    as `kubectl apply -k config` would for arbiter-system."""
-    for path in kustomization_files(METRICS):
+def prometheus_config(targets: list[ScrapeTarget], knative: str) -> dict[str, Any]:
+    """The local Prometheus's configuration: the scrape jobs of config/prometheus for the
+    generation's queue-proxy and for the KServe model server, as shipped, scraping every
+    second. Only their service discovery changes: each job is given every target as a
+    static one carrying its pod's discovery labels, and the job's own rules keep its
+    container's port and relabel the revision and namespace onto the series."""
+    jobs = []
+    for folder in (f"knative-{generation(knative).name}", "kserve-modelserver"):
+        shipped = yaml.safe_load((PROMETHEUS / folder / "prometheus.yml").read_text())
+        for job in shipped["scrape_configs"]:
+            local = {k: v for k, v in job.items() if k != "kubernetes_sd_configs"}
+            local["static_configs"] = [
+                {"targets": [t.address], "labels": {**t.meta, "__metrics_path__": t.path}}
+                for t in targets
+            ]
+            jobs.append(local)
+    return {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "scrape_configs": jobs,
+    }
+
+
+def metric_library(knative: str | None = None) -> list[Path]:
+    """The Metric files `kubectl apply -k config/metrics` applies, with the queue-proxy
+    library swapped for the one reading Knative `knative`'s (config/metrics/knative-<it>);
+    None keeps the shipped default."""
+    if knative is None:
+        return kustomization_files(METRICS)
+    chosen = f"knative-{generation(knative).name}"
+    listed = yaml.safe_load((METRICS / "kustomization.yaml").read_text()) or {}
+    files: list[Path] = []
+    for entry in listed.get("resources") or []:
+        name = chosen if str(entry).startswith("knative-") else str(entry)
+        path = METRICS / name
+        files.extend(kustomization_files(path) if path.is_dir() else [path])
+    return files
+
+
+def seed_metric_library(server: Any, namespaces: set[str], knative: str | None = None) -> None:
+    """Store the Metric library for Knative `knative` (`metric_library`; by default the
+    shipped config/metrics, sub-libraries included) in each namespace,
+    as `kubectl apply -k config/metrics` would for arbiter-system."""
+    for path in metric_library(knative):
         doc = yaml.safe_load(path.read_text())
         if doc.get("kind") != METRIC.kind:
             continue

@@ -9,6 +9,7 @@ turns Ready, and the outcome each experiment promises (the tests hold every samp
     apiVersion: arbiter.dev/v1alpha1
     kind: LocalRun
     spec:
+      knative: "1.18"                # the queue-proxy metrics generation (default "1.19")
       rateRps: 50
       readyDelaySeconds: 3
       versions:                      # keyed by what the router calls them (revision names)
@@ -41,9 +42,12 @@ import yaml
 from analytics.model import Duration, ExperimentSpec
 from analytics.parse import SpecError, parse_experiment
 from functions.core.resources import EXPERIMENT, ObjectRef
+from local.queueproxy import generation
 from local.servers import Profile
 
 _TRAFFIC_KINDS = ("InferenceService", "Service", "VirtualService", "HTTPRoute")
+# The Knative generation whose queue-proxy metrics the versions export, unless a sample says.
+DEFAULT_KNATIVE = "1.19"
 
 
 class SampleError(ValueError):
@@ -94,6 +98,9 @@ class Sample:
     targets: tuple[TargetSim, ...]
     versions: tuple[VersionSim, ...]  # every target's, keys unique across the file
     ready_delay_s: float
+    # The Knative generation the versions' queue-proxies play (local.queueproxy.GENERATIONS);
+    # None when the sample names none (DEFAULT_KNATIVE, unless the run cannot read it).
+    knative: str | None = None
 
     # The first (in a one-experiment file, the only) experiment and its target --------------
 
@@ -229,7 +236,22 @@ def load(path: str | Path) -> Sample:
         targets=targets,
         versions=versions,
         ready_delay_s=_number(spec, "readyDelaySeconds", where, 0.0),
+        knative=_knative(spec, where),
     )
+
+
+def _knative(spec: Mapping[str, Any], where: str) -> str | None:
+    """The generation named by `knative`, which must be a quoted string one of them names."""
+    knative = spec.get("knative")
+    if knative is None:
+        return None
+    try:
+        if not isinstance(knative, str):
+            raise ValueError(f"must be a string, got {knative!r}")
+        generation(knative)
+    except ValueError as e:
+        raise SampleError(f'{where}.knative: {e} (quote it: "1.19", not 1.19)') from None
+    return knative
 
 
 def _parse(

@@ -1,74 +1,52 @@
-"""Simulated model versions for the local run: KServe v1 predict servers with a profile.
+"""Simulated model versions for the local run: real KServe model servers with a profile.
 
-A `ModelVersion` stands in for one revision of an InferenceService predictor. It serves
-KServe's v1 protocol on 127.0.0.1 (`GET /v1/models/<name>` readiness, `POST
-/v1/models/<name>:predict` with `{"instances": [[4 floats], ...]}` → `{"predictions": [...]}`)
-with an sklearn iris classifier trained at start-up, and it behaves as its `Profile` says:
-a share of requests answered 500, and a lognormal latency.
+A `ModelVersion` stands in for one revision of an InferenceService predictor: one process
+(`local.modelserver`) running a real `kserve.ModelServer` with the iris classifier trained
+here at start-up, behind the queue-proxy stand-in (`local.queueproxy`) of the Knative
+generation the run plays. Requests go to the proxy (`url`, `model_url`), which forwards them
+to KServe, as Knative's queue-proxy forwards to the user-container; KServe answers the real
+v1 and v2 predict protocols and Content-Type rules. The version behaves as its `Profile`
+says: a share of requests answered 500, and a lognormal latency the model really waits, so
+the durations the proxy measures are real whatever the run's `--speed`.
 
-Each server exports, at `/metrics` from its own registry, what Knative's queue-proxy exports
-for a revision, so the Metric library's PromQL works unchanged against the local run:
-- `revision_app_request_latencies_{bucket,sum,count}`: a histogram in milliseconds with
-  queue-proxy's bucket bounds;
-- `revision_app_request_count`: requests by response code. Exposed untyped under exactly
-  that name (queue-proxy's), because prometheus_client's text format appends `_total` to
-  every counter it types as one;
-- `model_prediction_correct_total` and `model_prediction_total`: predictions whose instance is
-  an iris row, and how many of those were right — a ground-truth reward for A/B experiments
-  (counted per instance, not per request).
-All carry `namespace_name`, `configuration_name`, `revision_name`, `response_code` and
-`response_code_class`.
-
-Time compression: the run compresses time `time_scale`-fold. Latency is drawn in simulated
-milliseconds and exported as drawn (uncompressed), so histograms, means and quantiles look
-as they would in a cluster; only the wall-clock sleep is divided by `time_scale`
-(`math.inf` skips it).
+Prometheus scrapes two targets per version (`scrape_targets`): the proxy's metrics port
+(the generation's request-duration histogram; in the OpenTelemetry generations with the
+revision's labels attached per target, see local.queueproxy) and KServe's own `/metrics`
+(`request_predict_seconds` by `model_name`, and the ground-truth reward counters
+`model_prediction_correct_total` / `model_prediction_total` by revision).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
-import http.server
-import json
-import logging
-import math
+import os
 import re
-import threading
+import socket
+import subprocess
+import sys
+import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Literal, Self
+from pathlib import Path
+from typing import IO, Any, Final, Literal, Self
 
 import numpy as np
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Histogram,
-    generate_latest,
-)
-from prometheus_client.core import UnknownMetricFamily
-from prometheus_client.registry import Collector
+import urllib3
 
 from local.lifecycle import Component
-
-log = logging.getLogger(__name__)
+from local.modelserver import ENV, ServerConfig
+from local.queueproxy import (
+    DEFAULT_GENERATION,
+    PROBE_HEADER,
+    Generation,
+    RevisionInfo,
+    generation,
+)
 
 Quality = Literal["good", "worse"]
 
-# Knative queue-proxy's latency buckets, in milliseconds.
-LATENCY_BUCKETS_MS: Final = (
-    5, 10, 20, 40, 60, 80, 100, 150, 200, 250, 300, 350, 400, 450, 500,
-    600, 700, 800, 900, 1000, 2000, 5000, 10000, 20000, 50000, 100000,
-)  # fmt: skip
-LABELS: Final = (
-    "namespace_name",
-    "configuration_name",
-    "revision_name",
-    "response_code",
-    "response_code_class",
-)
-_N_FEATURES: Final = 4
 _REVISION_SUFFIX = re.compile(r"-\d{5}$")
 
 
@@ -153,128 +131,54 @@ def train(quality: Quality) -> IrisClassifier:
     )
 
 
-@functools.cache
-def _truth() -> dict[tuple[float, ...], int]:
-    # iris has one duplicated row, with the same class: the features identify the class.
-    data = iris()
-    return {
-        tuple(map(float, row)): int(y) for row, y in zip(data.features, data.labels, strict=True)
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class ScrapeTarget:
+    """One port Prometheus scrapes, described as Kubernetes service discovery (role: pod)
+    describes a pod's container port: `meta` holds the `__meta_kubernetes_*` labels the
+    scrape configurations in config/prometheus keep and relabel by. Prometheus drops
+    labels starting with `__` after relabelling, so only what the rules copy reaches the
+    series — exactly as in a cluster."""
+
+    address: str  # host:port
+    path: str
+    meta: Mapping[str, str]
+
+
+def pod_meta(
+    namespace: str, pod: str, container: str, port: str, pod_labels: Mapping[str, str]
+) -> dict[str, str]:
+    """The discovery labels of one container port of a pod (Prometheus' kubernetes_sd
+    role: pod; a label's name has every character but [a-zA-Z0-9_] made `_`)."""
+    meta = {
+        "__meta_kubernetes_namespace": namespace,
+        "__meta_kubernetes_pod_name": pod,
+        "__meta_kubernetes_pod_container_name": container,
+        "__meta_kubernetes_pod_container_port_name": port,
     }
-
-
-class _RequestCounter(Collector):
-    """`revision_app_request_count` under queue-proxy's exact name (see the module doc)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._counts: dict[tuple[str, ...], int] = {}
-
-    def inc(self, labels: Sequence[str]) -> None:
-        key = tuple(labels)
-        with self._lock:
-            self._counts[key] = self._counts.get(key, 0) + 1
-
-    def collect(self) -> Iterator[UnknownMetricFamily]:
-        family = UnknownMetricFamily(
-            "revision_app_request_count",
-            "The number of requests that are routed to user-container",
-            labels=LABELS,
-        )
-        with self._lock:
-            counts = dict(self._counts)
-        for key, count in sorted(counts.items()):
-            family.add_metric(list(key), count)
-        yield family
-
-
-class _Metrics:
-    """The metric families one version exports, on a registry of its own."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        self.latencies = Histogram(
-            "revision_app_request_latencies",
-            "The response time in millisecond",
-            LABELS,
-            buckets=LATENCY_BUCKETS_MS,
-            registry=self.registry,
-        )
-        self.requests = _RequestCounter()
-        self.registry.register(self.requests)
-        self.correct = Counter(
-            "model_prediction_correct",
-            "Predictions on instances with a known class that were right",
-            LABELS,
-            registry=self.registry,
-        )
-        self.scored = Counter(
-            "model_prediction",
-            "Predictions on instances with a known class",
-            LABELS,
-            registry=self.registry,
-        )
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, so the traffic generator's pool reuses sockets
-    # Headers and body in one segment: written separately, Nagle's algorithm and the
-    # client's delayed ACK hold every response ~40 ms.
-    wbufsize = -1
-    disable_nagle_algorithm = True
-    server: _Server
-    timeout = 30  # idle keep-alive connections give their thread back
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s: " + format, self.server.version.revision, *args)
-
-    def _send(self, code: int, body: bytes, content_type: str = "application/json") -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def _json(self, code: int, payload: Mapping[str, Any]) -> None:
-        self._send(code, json.dumps(payload).encode())
-
-    def do_GET(self) -> None:
-        version = self.server.version
-        if self.path == "/metrics":
-            self._send(200, generate_latest(version.metrics.registry), CONTENT_TYPE_LATEST)
-        elif self.path == f"/v1/models/{version.name}":
-            self._json(200, {"name": version.name, "ready": True})
-        elif self.path == "/v1/models":
-            self._json(200, {"models": [version.name]})
-        elif self.path == "/":
-            self._json(200, {"status": "alive"})
-        else:
-            self._json(404, {"error": f"no route for {self.path}"})
-
-    def do_POST(self) -> None:
-        version = self.server.version
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length)
-        if self.path != f"/v1/models/{version.name}:predict":
-            self._json(404, {"error": f"no route for {self.path}; model is {version.name}"})
-            return
-        code, payload = version.handle_predict(body)
-        self._json(code, payload)
-
-
-class _Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-    version: ModelVersion
+    for key, value in pod_labels.items():
+        meta["__meta_kubernetes_pod_label_" + re.sub(r"[^a-zA-Z0-9_]", "_", key)] = value
+    return meta
 
 
 class ModelVersion(Component):
-    """One simulated model revision, served over HTTP on 127.0.0.1 until stopped.
+    """One simulated model revision: a KServe model server process behind its queue-proxy.
 
-    `name` is the model name in the v1 URLs (KServe uses the InferenceService's name);
-    `revision` and `configuration` are the Knative names the metrics are labelled with
-    (`configuration` defaults to the revision name without its `-00001` suffix).
-    `rng` drives the errors and latencies; it is used under a lock, so one generator serves
-    every request thread.
+    `name` is the model name in the v1/v2 URLs (KServe uses the InferenceService's name);
+    `revision` and `configuration` are the Knative names (`configuration` defaults to the
+    revision name without its `-00001` suffix, the Knative Service's name too). `knative`
+    is the generation whose queue-proxy metrics the proxy exports ("1.18" or "1.19").
+    `rng` seeds the process's error and latency draws. `log_path` receives the process's
+    output (a temporary file by default). `launch()` starts the process without waiting;
+    `start()` launches and waits until the model answers through the proxy.
     """
+
+    READY_TIMEOUT_S: Final = 60.0
 
     def __init__(
         self,
@@ -285,142 +189,165 @@ class ModelVersion(Component):
         *,
         namespace: str = "default",
         configuration: str | None = None,
-        time_scale: float = 1.0,
-        host: str = "127.0.0.1",
-        port: int = 0,
+        knative: str = DEFAULT_GENERATION,
+        log_path: Path | None = None,
     ) -> None:
-        if not time_scale > 0:
-            raise ValueError(f"time_scale must be positive, got {time_scale}")
         self.name = name
         self.revision = revision
         self.profile = profile
         self.namespace = namespace
         self.configuration = configuration or _REVISION_SUFFIX.sub("", revision)
-        self.time_scale = time_scale
-        self.metrics = _Metrics()
-        self._rng = rng
-        self._rng_lock = threading.Lock()
-        self._host = host
-        self._port = port
-        self._model: IrisClassifier | None = None
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self.generation: Generation = generation(knative)
+        self.info = RevisionInfo(namespace, self.configuration, self.configuration, revision)
+        self._seed = int(rng.integers(2**63))
+        self._log_path = log_path
+        self._log: IO[bytes] | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self._ports: tuple[int, int, int] | None = None
 
     @property
     def url(self) -> str:
-        """The server's base URL, `http://127.0.0.1:PORT`."""
-        if self._server is None:
+        """The proxy's base URL, `http://127.0.0.1:PORT`: where requests for the revision go."""
+        if self._ports is None:
             raise RuntimeError(f"model version {self.revision} is not running")
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return f"http://127.0.0.1:{self._ports[1]}"
 
     @property
     def model_url(self) -> str:
         """The model's v1 URL; `:predict` appended is the predict endpoint."""
         return f"{self.url}/v1/models/{self.name}"
 
-    def start(self) -> Self:
-        """Train the model, bind a port and serve from a daemon thread; ready on return."""
-        self._model = train(self.profile.model)
-        _truth()  # built now, not by the first request, whose latency would show it
-        # Export the 200 and 500 series at 0 from the start: a series that first appears
-        # with its first error gives `increase()` nothing for that error, and error counts
-        # (rare by design) would read low.
-        for code in (200, 500):
-            labels = (
-                self.namespace,
-                self.configuration,
-                self.revision,
-                str(code),
-                f"{code // 100}xx",
+    @property
+    def metrics_url(self) -> str:
+        """The queue-proxy stand-in's metrics (queue-proxy's port 9091)."""
+        assert self._ports is not None, f"model version {self.revision} is not running"
+        return f"http://127.0.0.1:{self._ports[2]}/metrics"
+
+    @property
+    def server_metrics_url(self) -> str:
+        """KServe's own /metrics, on the model server's port."""
+        assert self._ports is not None, f"model version {self.revision} is not running"
+        return f"http://127.0.0.1:{self._ports[0]}/metrics"
+
+    def scrape_targets(self) -> list[ScrapeTarget]:
+        """What Prometheus can scrape for this version, as its pod's ports: the proxy's
+        metrics port (queue-proxy's http-usermetric, 9091) and the model server's (the
+        kserve-container's user-port, 8080), with the pod labels Knative and KServe set."""
+        assert self._ports is not None, f"model version {self.revision} is not running"
+        i = self.info
+        labels = {
+            "serving.knative.dev/revision": i.revision,
+            "serving.knative.dev/configuration": i.configuration,
+            "serving.knative.dev/service": i.service,
+            "serving.kserve.io/inferenceservice": self.name,
+        }
+        return [
+            ScrapeTarget(
+                f"127.0.0.1:{port}",
+                "/metrics",
+                pod_meta(i.namespace, i.pod, container, port_name, labels),
             )
-            self.metrics.latencies.labels(*labels)
-            if code == 200:  # only answered predictions are scored
-                self.metrics.correct.labels(*labels)
-                self.metrics.scored.labels(*labels)
-        server = _Server((self._host, self._port), _Handler)
-        server.version = self
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.1},
-            name=f"model-{self.revision}",
-            daemon=True,
+            for port, container, port_name in (
+                (self._ports[2], "queue-proxy", "http-usermetric"),
+                (self._ports[0], "kserve-container", "user-port"),
+            )
+        ]
+
+    def launch(self) -> Self:
+        """Train the model here and start the server process; do not wait for it."""
+        model = train(self.profile.model)
+        data = iris()
+        self._ports = (_free_port(), _free_port(), _free_port())
+        config = ServerConfig(
+            model_name=self.name,
+            namespace=self.namespace,
+            service=self.info.service,
+            configuration=self.configuration,
+            revision=self.revision,
+            error_rate=self.profile.error_rate,
+            latency_median_ms=self.profile.latency_median_ms,
+            latency_sigma=self.profile.latency_sigma,
+            coef=model.coef.tolist(),
+            intercept=model.intercept.tolist(),
+            truth=[
+                (row, int(y))
+                for row, y in zip(data.features.tolist(), data.labels.tolist(), strict=True)
+            ],
+            seed=self._seed,
+            generation=self.generation.name,
+            http_port=self._ports[0],
+            proxy_port=self._ports[1],
+            metrics_port=self._ports[2],
         )
-        self._thread.start()
+        if self._log_path is not None:
+            self._log = self._log_path.open("wb")
+        else:
+            self._log = tempfile.TemporaryFile(prefix=f"model-{self.revision}-")  # noqa: SIM115
+        env = {
+            **os.environ,
+            ENV: config.to_env(),
+            # What Knative sets in the user-container's environment.
+            "K_REVISION": self.revision,
+            "K_CONFIGURATION": self.configuration,
+            "K_SERVICE": self.info.service,
+        }
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "local.modelserver"],
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=Path(__file__).resolve().parents[1],
+        )
         return self
 
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._server = self._thread = None
-
-    def _draw(self) -> tuple[float, bool]:
-        profile = self.profile
-        with self._rng_lock:
-            latency = profile.latency_median_ms * math.exp(
-                profile.latency_sigma * float(self._rng.standard_normal())
-            )
-            failed = bool(self._rng.random() < profile.error_rate)
-        return latency, failed
-
-    def handle_predict(self, body: bytes) -> tuple[int, dict[str, Any]]:
-        """Answer one predict request: (HTTP status, JSON payload), metrics recorded.
-
-        Metrics are recorded before the response is sent, so a client that has its answer
-        finds the request counted.
-        """
-        latency_ms, failed = self._draw()
-        instances = _parse_instances(body)
-        payload: dict[str, Any]
-        correct = scored = 0
-        if isinstance(instances, str):
-            code, payload = 400, {"error": instances}
-        elif failed:
-            code, payload = 500, {"error": "simulated failure"}
-        else:
-            assert self._model is not None
-            predictions = self._model.predict(instances)
-            truth = _truth()
-            for row, predicted in zip(instances, predictions, strict=True):
-                expected = truth.get(tuple(map(float, row)))
-                if expected is not None:
-                    scored += 1
-                    correct += int(predicted == expected)
-            code, payload = 200, {"predictions": predictions}
-        # Wall-clock sleep compressed; the exported latency stays the simulated one.
-        time.sleep(latency_ms / 1000.0 / self.time_scale)
-        labels = (
-            self.namespace,
-            self.configuration,
-            self.revision,
-            str(code),
-            f"{code // 100}xx",
+    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> Self:
+        """Wait until the model answers ready through the proxy; RuntimeError if not."""
+        assert self._process is not None, "launch() first"
+        deadline = time.monotonic() + timeout
+        http = urllib3.PoolManager(retries=False, timeout=1.0)
+        try:
+            while time.monotonic() < deadline:
+                if self._process.poll() is not None:
+                    raise RuntimeError(
+                        f"model server {self.revision} exited with {self._process.returncode}: "
+                        + self._tail()
+                    )
+                with contextlib.suppress(urllib3.exceptions.HTTPError):
+                    # As Knative's probes: marked, so queue-proxy leaves it out of its metrics.
+                    probe = {PROBE_HEADER: "queue"}
+                    if http.request("GET", self.model_url, headers=probe).status == 200:
+                        return self
+                time.sleep(0.1)
+        finally:
+            http.clear()
+        raise RuntimeError(
+            f"model server {self.revision} not ready within {timeout:g} s: " + self._tail()
         )
-        self.metrics.latencies.labels(*labels).observe(latency_ms)
-        self.metrics.requests.inc(labels)
-        if scored:
-            self.metrics.scored.labels(*labels).inc(scored)
-            self.metrics.correct.labels(*labels).inc(correct)
-        return code, payload
 
+    def start(self) -> Self:
+        """Launch (unless `launch()` already did) and wait until ready."""
+        if self._process is None:
+            self.launch()
+        return self.wait_ready()
 
-def _parse_instances(body: bytes) -> np.ndarray[Any, np.dtype[np.float64]] | str:
-    """The request's instances as an (n, 4) array, or what is wrong with the request."""
-    try:
-        request = json.loads(body)
-    except ValueError as e:
-        return f"request body is not JSON: {e}"
-    instances = request.get("instances") if isinstance(request, dict) else None
-    if not isinstance(instances, list) or not instances:
-        return 'expected {"instances": [[4 numbers], ...]}'
-    try:
-        array = np.asarray(instances, dtype=np.float64)
-    except (TypeError, ValueError):
-        return "instances must be lists of 4 numbers"
-    if array.ndim != 2 or array.shape[1] != _N_FEATURES or not np.isfinite(array).all():
-        return f"instances must be lists of {_N_FEATURES} finite numbers, got shape {array.shape}"
-    return array
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def _tail(self) -> str:
+        if self._log is None:
+            return "(no output)"
+        self._log.flush()
+        self._log.seek(0, os.SEEK_END)
+        size = self._log.tell()
+        self._log.seek(max(0, size - 2000))
+        return self._log.read().decode(errors="replace")

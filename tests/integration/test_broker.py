@@ -26,6 +26,7 @@ from cloudevents.http import CloudEvent
 
 from functions.core import control, events
 from local.broker import (
+    RETRIED_CLIENT_ERRORS,
     DeliverySpec,
     LocalBroker,
     ManifestError,
@@ -396,6 +397,44 @@ def test_retries_5xx_and_429_with_backoff_then_delivers(
     ]
     assert b.dead_letters() == []
     assert (tmp_path / "dead.jsonl").read_text() == ""
+
+
+def test_the_retried_client_errors_are_knative_eventings() -> None:
+    """knative/eventing pkg/kncloudevents/retries.go, SelectiveRetry (knative-v1.22.0 and
+    main after it, 8cf4c4b67): `statusCode >= 500 || statusCode == 404 || statusCode == 429
+    || statusCode == 408 || statusCode == 409` retries; every other 4xx does not."""
+    assert {404, 408, 409, 429} == RETRIED_CLIENT_ERRORS
+
+
+@pytest.mark.parametrize("status", [404, 408, 409, 429, 500, 502, 503, 504])
+def test_each_retried_status_is_retried_and_then_delivered(
+    broker: BrokerFactory, subscriber: SubscriberFactory, status: int
+) -> None:
+    flaky = subscriber([status, 200])
+    b = broker(
+        [trigger("flaky", delivery={"retry": 2, "backoffDelay": "PT0.01S"})], {"flaky": flaky.url}
+    )
+    post(b, event(events.MEASURED))
+    assert b.drain(WAIT)
+    assert [(r["status"], r["outcome"]) for r in deliveries(b)] == [
+        (status, "retry"),
+        (200, "delivered"),
+    ]
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 410, 422])
+def test_any_other_client_error_is_not_retried(
+    broker: BrokerFactory, subscriber: SubscriberFactory, status: int
+) -> None:
+    refusing = subscriber([status, 200])
+    b = broker(
+        [trigger("refusing", delivery={"retry": 2, "backoffDelay": "PT0.01S"})],
+        {"refusing": refusing.url},
+    )
+    post(b, event(events.MEASURED))
+    assert b.drain(WAIT)
+    assert [(r["status"], r["outcome"]) for r in deliveries(b)] == [(status, "failed")]
+    assert len(refusing.received) == 1
 
 
 def test_a_client_error_is_not_retried_and_goes_to_the_dead_letter_file(

@@ -31,17 +31,26 @@ def versions() -> Iterator[tuple[ModelVersion, ModelVersion, int, int]]:
     busy = ModelVersion(
         "iris",
         "iris-00001",
-        Profile(error_rate=0.3, latency_median_ms=30.0),
+        Profile(error_rate=0.3, latency_median_ms=1.0),
         np.random.default_rng(7),
         namespace="demo",
-        time_scale=1000.0,
+        knative="1.18",  # the OpenCensus queue-proxy: the revision is on its series
     )
-    idle = ModelVersion("iris", "iris-00002", Profile(), np.random.default_rng(8), namespace="demo")
-    with busy, idle:
+    idle = ModelVersion(
+        "iris",
+        "iris-00002",
+        Profile(),
+        np.random.default_rng(8),
+        namespace="demo",
+        knative="1.18",
+    )
+    with busy.launch(), idle.launch():  # both processes start side by side
         body = json.dumps({"instances": [[5.1, 3.5, 1.4, 0.2]]}).encode()
         errors = 0
         for _ in range(400):
-            request = urllib.request.Request(f"{busy.model_url}:predict", data=body)
+            request = urllib.request.Request(
+                f"{busy.model_url}:predict", data=body, headers={"Content-Type": "application/json"}
+            )
             try:
                 urllib.request.urlopen(request, timeout=5).read()
             except urllib.error.HTTPError as e:
@@ -61,7 +70,7 @@ def test_the_library_reads_exact_totals(
     versions: tuple[ModelVersion, ModelVersion, int, int],
 ) -> None:
     busy, idle, sent, errors = versions
-    source = DirectMetricsSource([busy.url, idle.url])
+    source = DirectMetricsSource([busy.metrics_url, idle.metrics_url])
     assert 0 < errors < sent
     assert measure(source, "request-count", "iris-00001") == PointValue(sent)
     assert measure(source, "error-count", "iris-00001") == PointValue(errors)
@@ -80,7 +89,7 @@ def test_a_query_it_cannot_evaluate_is_refused_by_name(
 ) -> None:
     busy, _, _, _ = versions
     with pytest.raises(MetricQueryError, match="histogram_quantile"):
-        measure(DirectMetricsSource([busy.url]), "p95-latency", "iris-00001")
+        measure(DirectMetricsSource([busy.metrics_url]), "p95-latency", "iris-00001")
 
 
 def test_a_window_shorter_than_the_experiment_counts_only_what_it_covers(
@@ -89,7 +98,7 @@ def test_a_window_shorter_than_the_experiment_counts_only_what_it_covers(
     """The conditional ratio test reads each iteration's own window: the same template with
     `$elapsed` the window. Runs last: it sends the idle revision requests."""
     _, idle, _, _ = versions
-    source = DirectMetricsSource([idle.url])
+    source = DirectMetricsSource([idle.metrics_url])
     t1 = datetime(2026, 1, 1, 0, 1, tzinfo=UTC)
 
     def rate(at: datetime, elapsed: int) -> object:
@@ -106,7 +115,9 @@ def test_a_window_shorter_than_the_experiment_counts_only_what_it_covers(
 
     def send(n: int) -> None:
         for _ in range(n):
-            request = urllib.request.Request(f"{idle.model_url}:predict", data=body)
+            request = urllib.request.Request(
+                f"{idle.model_url}:predict", data=body, headers={"Content-Type": "application/json"}
+            )
             urllib.request.urlopen(request, timeout=5).read()
 
     send(7)

@@ -23,7 +23,7 @@ import yaml
 from local.controllers import TrafficControllers
 from local.harness import seed_metric_library
 from local.kubeapi import KubeApiServer
-from local.sample import load
+from local.sample import DEFAULT_KNATIVE, load
 from tests.support.prometheus import OpenMetrics, PrometheusTSDB, missing_binaries
 
 pytestmark = pytest.mark.slow
@@ -89,6 +89,10 @@ def test_each_sample_keeps_its_promise(
     final = json.loads((out / "experiment.json").read_text())
     expect = load(sample).expect
     assert final["status"]["outcome"] == expect["outcome"]
+    # The default generation's queue-proxy, measured by its own library (the others:
+    # test_local_generations.py).
+    assert f"behind a Knative {DEFAULT_KNATIVE} queue-proxy" in text
+    assert f"knative-{DEFAULT_KNATIVE}" in final["status"]["metricsLibrary"].split(", ")
     # what it shows: a table row per iteration and the verdict
     assert "versions: v1=" in text and "\noutcome:" in text
     # --output keeps the event log and the status history
@@ -228,4 +232,24 @@ def test_without_prometheus_the_run_reads_the_versions_directly_and_says_so(
     text, _ = proc.communicate(timeout=240)
     assert proc.returncode == 0, text
     assert "DirectMetricsSource" in text and "Prometheus at" not in text
+    # canary-good names no generation: without Prometheus to relabel the OpenTelemetry
+    # series, the versions play the one whose series carry the revision.
+    assert "the versions play Knative 1.18's queue-proxy" in text
+    assert "behind a Knative 1.18 queue-proxy" in text
     assert "promise:    kept" in text
+
+
+def test_without_prometheus_an_opentelemetry_generation_named_is_refused(
+    tmp_path: Path,
+) -> None:
+    sample = tmp_path / "canary-good-1.19.yaml"
+    documents = list(yaml.safe_load_all((ROOT / "samples/local/canary-good.yaml").read_text()))
+    for doc in documents:
+        if doc.get("kind") == "LocalRun":
+            doc["spec"]["knative"] = "1.19"
+    sample.write_text(yaml.safe_dump_all(documents))
+    proc = start(sample, tmp_path / "out", "--direct-metrics")
+    text, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 1, text
+    assert "Knative 1.19's queue-proxy keeps the revision off its series" in text
+    assert 'knative: "1.18"' in text and "Traceback" not in text

@@ -1,42 +1,68 @@
 """KServe v1beta1 InferenceService: `spec.predictor.canaryTrafficPercent` between the last
 rolled-out revision (baseline) and the latest one (candidate), reported in
-`status.components.predictor`."""
+`status.components.predictor`.
+
+The traffic targets, and their tags, are those KServe's controller gives the predictor's
+Knative Service (pkg/controller/v1beta1/inferenceservice/reconcilers/knative/
+ksvc_reconciler.go, kserve v0.20): with a canaryTrafficPercent and a rolled-out revision,
+the latest revision takes the percent and the previous rolled-out one the rest, tagged
+`prev`; otherwise the latest takes everything. The latest target is tagged `latest` only
+when the InferenceService has the annotation `serving.kserve.io/enable-tag-routing: "true"`
+(constants.EnableRoutingTagAnnotationKey); Knative then publishes a URL per tag, which is
+how a BlueGreen candidate at 0% is reached for preview.
+"""
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 from analytics.model import ExperimentSpec, Version
 from functions.core.backends.base import Obj, Patch, Resolution, Route, get_path, with_ready
 from functions.core.resources import ObjectRef
+
+TAG_ROUTING_ANNOTATION: Final = "serving.kserve.io/enable-tag-routing"
+LATEST_TAG: Final = "latest"
+PREV_TAG: Final = "prev"
+# Knative's default domain (config-domain), which the tag URLs in status are under.
+DEFAULT_DOMAIN: Final = "example.com"
 
 
 def _predictor_status(obj: Obj) -> Mapping[str, Any]:
     return get_path(obj, "status", "components", "predictor") or {}
 
 
+def tag_routing(obj: Obj) -> bool:
+    """Whether KServe tags the latest revision `latest` (the annotation is exactly "true")."""
+    return bool(get_path(obj, "metadata", "annotations", TAG_ROUTING_ANNOTATION) == "true")
+
+
+def tag_url(obj: Obj, tag: str, domain: str = DEFAULT_DOMAIN) -> str:
+    """The URL Knative publishes for `tag` of the predictor's route: `{tag}-{route}.{ns}`."""
+    meta = obj.get("metadata") or {}
+    return f"http://{tag}-{meta.get('name')}-predictor.{meta.get('namespace')}.{domain}"
+
+
 def routes(obj: Obj) -> tuple[Route, ...]:
-    """The routes KServe programs for `obj`'s canaryTrafficPercent and revisions: the
-    percent goes to latestCreatedRevision once it is the latest *ready* revision, the rest to
-    latestRolledoutRevision; with no percent (or 100) a ready latest revision takes everything
-    (KServe then rolls it out); a latest revision that is not ready gets nothing; () before
-    any revision is ready."""
+    """The traffic targets KServe gives the predictor's Knative Service, as Knative resolves
+    them: the latest target (`latestRevision`) serves from latestReadyRevision, so the
+    candidate takes the percent only once it is ready; the previous rolled-out revision
+    takes the rest under tag `prev`; the latest target is tagged `latest` under the
+    annotation (see the module doc); () before any revision is ready."""
     predictor = _predictor_status(obj)
     rolled = predictor.get("latestRolledoutRevision")
-    created = predictor.get("latestCreatedRevision")
     ready = predictor.get("latestReadyRevision")
     percent = get_path(obj, "spec", "predictor", "canaryTrafficPercent")
-    if not rolled:
-        return (Route(100, str(ready), latest=True),) if ready else ()
-    if not created or created == rolled or ready != created:
-        return (Route(100, str(rolled), latest=created == rolled),)
-    if percent is None or int(percent) >= 100:
-        return (Route(100, str(created), latest=True),)
-    p = max(0, int(percent))
-    return (Route(100 - p, str(rolled)), Route(p, str(created), latest=True))
+    if not ready:
+        return ()
+    latest_tag = LATEST_TAG if tag_routing(obj) else None
+    if percent is None or not rolled:
+        return (Route(100, str(ready), alias=latest_tag, latest=True),)
+    p = min(100, max(0, int(percent)))
+    latest = Route(p, str(ready), alias=latest_tag, latest=True)
+    return (latest,) if p >= 100 else (latest, Route(100 - p, str(rolled), alias=PREV_TAG))
 
 
 def expected_status(obj: Obj) -> dict[str, Any]:
@@ -52,9 +78,31 @@ def expected_status(obj: Obj) -> dict[str, Any]:
         if rolled:
             predictor["previousRolledoutRevision"] = rolled
         predictor["latestRolledoutRevision"] = programmed[0].revision
-    predictor["traffic"] = [r.target() for r in programmed]
+    predictor["traffic"] = [
+        {**r.target(), "url": tag_url(obj, r.alias)} if r.alias else r.target() for r in programmed
+    ]
+    meta = obj.get("metadata") or {}
+    status["url"] = f"http://{meta.get('name')}.{meta.get('namespace')}.{DEFAULT_DOMAIN}"
+    if meta.get("generation") is not None:
+        status["observedGeneration"] = meta["generation"]
     status["conditions"] = with_ready(status)
+    created = predictor.get("latestCreatedRevision")
+    if created and created != predictor.get("latestReadyRevision"):
+        # Knative's configuration is not ready while its latest revision is not, and KServe
+        # reports the InferenceService so (what wait_isvc_ready waits out).
+        status["conditions"] = [
+            {**c, "status": "False", "reason": "RevisionNotReady"} if c["type"] == "Ready" else c
+            for c in status["conditions"]
+        ]
     return status
+
+
+def latest_url(obj: Obj) -> tuple[str, str] | None:
+    """The `latest` tag's URL in `obj`'s status and the revision serving it; None without."""
+    for entry in get_path(obj, "status", "components", "predictor", "traffic") or []:
+        if isinstance(entry, Mapping) and entry.get("tag") == LATEST_TAG and entry.get("url"):
+            return str(entry["url"]), str(entry.get("revisionName") or "")
+    return None
 
 
 @dataclass(frozen=True)
