@@ -121,7 +121,7 @@ class PrometheusSource:
             return NoData("; ".join(missing))
         try:
             if spec.type is MetricType.RATIO:
-                return Counts(events=values["numerator"], trials=values["denominator"])
+                return Counts(events=_within(values, spec), trials=values["denominator"])
             if spec.type is MetricType.MEAN:
                 return Moments(
                     count=values["count"],
@@ -278,3 +278,22 @@ def _show(labels: Mapping[str, str]) -> str:
 
 def _number_text(value: float) -> str:
     return "NaN" if math.isnan(value) else ("+Inf" if value > 0 else "-Inf")
+
+
+# How far a Ratio's numerator may exceed its denominator and still be read as "all of them":
+# increase() extrapolates each series to the window's edges from its own first and last
+# samples, so two counters scraped at different instants disagree by up to about one scrape's
+# increments, most visibly over one short iteration's window. Beyond this the two queries do
+# not count the same thing, and that is an error in the Metric.
+_SKEW_EVENTS: Final = 2.0
+_SKEW_SHARE: Final = 0.1
+
+
+def _within(values: Mapping[str, float], spec: MetricSpec) -> float:
+    events, trials = values["numerator"], values["denominator"]
+    if trials < events <= trials + max(_SKEW_EVENTS, _SKEW_SHARE * trials):
+        log.info(
+            "%s: numerator %g over denominator %g read as all of them", spec.ref, events, trials
+        )
+        return trials
+    return events

@@ -8,6 +8,7 @@ refusals are checked against pytest-httpserver, where the answers can be chosen.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Iterator
@@ -422,3 +423,38 @@ def test_a_backfill_promtool_rejects_says_why(tmp_path: Path) -> None:
 def test_openmetrics_refuses_points_out_of_time_order() -> None:
     with pytest.raises(ValueError, match="increasing time order"):
         OpenMetrics().gauge("g", {}, [(T0 + 10, 1.0), (T0, 2.0)])
+
+
+@pytest.mark.parametrize(
+    ("numerator", "denominator", "events"),
+    [("10.9", "10", 10.0), ("12", "10", 10.0), ("104", "100", 100.0), ("7", "10", 7.0)],
+)
+def test_a_ratio_a_scrape_apart_is_read_as_all_of_them(
+    httpserver: HTTPServer, numerator: str, denominator: str, events: float
+) -> None:
+    """increase() extrapolates each counter from its own samples, so a numerator scraped a
+    moment after its denominator can come out a little larger over a short window."""
+    m = spec("Ratio", numerator="sum(num)", denominator="sum(den)")
+
+    def answer(request: Request) -> Response:
+        value = numerator if request.args["query"] == "sum(num)" else denominator
+        return Response(json.dumps(_vector(value)), content_type="application/json")
+
+    httpserver.expect_request("/api/v1/query").respond_with_handler(answer)
+    with PrometheusSource(httpserver.url_for("/"), 1.0, 0, 0.0) as s:
+        assert s.measure(m, {}, WHEN) == Counts(events, float(denominator))
+
+
+def test_a_numerator_far_over_its_denominator_is_still_an_error(httpserver: HTTPServer) -> None:
+    m = spec("Ratio", numerator="sum(num)", denominator="sum(den)")
+
+    def answer(request: Request) -> Response:
+        value = "20" if request.args["query"] == "sum(num)" else "10"
+        return Response(json.dumps(_vector(value)), content_type="application/json")
+
+    httpserver.expect_request("/api/v1/query").respond_with_handler(answer)
+    with (
+        PrometheusSource(httpserver.url_for("/"), 1.0, 0, 0.0) as s,
+        pytest.raises(MetricQueryError, match="exceed trials"),
+    ):
+        s.measure(m, {}, WHEN)
