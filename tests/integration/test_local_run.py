@@ -35,6 +35,9 @@ SAMPLES = sorted(
 )
 ARBITER = Path(sys.executable).with_name("arbiter")
 SPEED = "10"
+# The Metric library that measures a sample, when it is not its generation's queue-proxy
+# library (knative-<generation>): the KFServing sample names the kfserving-* Metrics.
+LIBRARY = {"canary-kfserving": "kfserving-v1alpha2"}
 
 
 def start(sample: Path, out: Path, *extra: str) -> subprocess.Popen[str]:
@@ -75,6 +78,8 @@ def test_there_are_the_samples_the_issue_names() -> None:
         "fixed-split",
         "conformance",
         "canary-httproute",
+        "canary-kfserving",
+        "canary-knative",
     }
 
 
@@ -87,12 +92,14 @@ def test_each_sample_keeps_its_promise(
     assert "promise:    kept" in text, text
     assert seconds < 240, f"{sample.stem} took {seconds:.0f} s at --speed {SPEED}"
     final = json.loads((out / "experiment.json").read_text())
-    expect = load(sample).expect
-    assert final["status"]["outcome"] == expect["outcome"]
-    # The default generation's queue-proxy, measured by its own library (the others:
-    # test_local_generations.py).
-    assert f"behind a Knative {DEFAULT_KNATIVE} queue-proxy" in text
-    assert f"knative-{DEFAULT_KNATIVE}" in final["status"]["metricsLibrary"].split(", ")
+    loaded = load(sample)
+    assert final["status"]["outcome"] == loaded.expect["outcome"]
+    # The default generation's queue-proxy unless the sample names its own, measured by
+    # that generation's library (the other generations: test_local_generations.py).
+    knative = loaded.knative or DEFAULT_KNATIVE
+    assert f"behind a Knative {knative} queue-proxy" in text
+    library = LIBRARY.get(sample.stem, f"knative-{knative}")
+    assert library in final["status"]["metricsLibrary"].split(", ")
     # what it shows: a table row per iteration and the verdict
     assert "versions: v1=" in text and "\noutcome:" in text
     # --output keeps the event log and the status history
@@ -128,6 +135,33 @@ def test_traffic_moves_the_way_each_pattern_says(
     route = splits("canary-httproute")
     assert route[0] == [80, 20] and route[-1] == [0, 100], route
     assert all(b[1] - a[1] <= 20 for a, b in itertools.pairwise(route[:-1])), route
+    # A Knative Service's spec.traffic by tag, read back from status.traffic.
+    service = splits("canary-knative")
+    assert service[0] == [80, 20] and service[-1] == [0, 100], service
+    assert all(b[1] - a[1] <= 20 for a, b in itertools.pairwise(service[:-1])), service
+
+
+def test_a_kfserving_promotion_copies_the_canary_over_the_default(
+    runs: dict[str, tuple[int, str, Path, float]],
+) -> None:
+    """KFServing v1alpha2 under Knative 1.18's queue-proxy: the kfserving-* Metrics found
+    both predictors' series by configuration_name (else nothing would have been measured and
+    nothing promoted), and the promotion left the candidate's predictor, framework and all,
+    as spec.default, with the canary gone; traffic follows the default's new revision."""
+    out = runs["canary-kfserving"][2]
+    final = json.loads((out / "experiment.json").read_text())["status"]
+    assert final["outcome"] == "Promoted" and final["metricsLibrary"] == "kfserving-v1alpha2"
+    metrics = final["analysis"]["aggregatedMetrics"]["data"]
+    counted = metrics["arbiter-system/kfserving-request-count"]["data"]
+    # ~300 requests an interval between them, over several intervals
+    assert counted["default"]["value"] > 100 and counted["canary"]["value"] > 100, counted
+    (isvc,) = json.loads((out / "targets.json").read_text())
+    candidate = load(ROOT / "samples/local/canary-kfserving.yaml").objects[0]["spec"]["canary"]
+    assert isvc["spec"]["default"] == candidate, isvc["spec"]
+    assert list(isvc["spec"]["default"]["predictor"]) == ["xgboost"]
+    assert "canary" not in isvc["spec"] and "canaryTrafficPercent" not in isvc["spec"]
+    assert isvc["status"]["default"]["predictor"]["name"].endswith("-predictor-canary-00001")
+    assert isvc["status"]["traffic"] == 100 and isvc["status"]["canaryTraffic"] == 0
 
 
 def test_a_bad_sample_is_exit_code_2_naming_the_file(tmp_path: Path) -> None:
