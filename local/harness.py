@@ -503,7 +503,7 @@ class LocalRun:
         else:
             self.say(f"\ntimed out after {timeout:g} s")
         self.final = obj
-        self._save()
+        self._save(objects)
         self.say("\n" + verdict(obj))
         self.say(promise(obj, self.sample.expect))
         return 0 if (obj.get("status") or {}).get("stage") == st.Stage.COMPLETED else 1
@@ -587,9 +587,21 @@ class LocalRun:
             return self.options.output
         return Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="arbiter-run-")))
 
-    def _save(self) -> None:
+    def _save(self, objects: client.CustomObjectsApi) -> None:
         if self.options.output is None:
             return
+        # The traffic objects as the experiment left them: what a promotion wrote is part
+        # of what a sample promises (a KFServing canary copied over the default).
+        targets = []
+        for target in self.sample.targets:
+            r = target.router
+            with contextlib.suppress(ApiException, OSError):
+                targets.append(
+                    objects.get_namespaced_custom_object(
+                        r.group, r.version, r.namespace, r.plural, r.name
+                    )
+                )
+        (self.options.output / "targets.json").write_text(json.dumps(targets, indent=2) + "\n")
         (self.options.output / "status-history.json").write_text(
             json.dumps(self.history, indent=2) + "\n"
         )

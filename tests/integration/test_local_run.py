@@ -35,6 +35,9 @@ SAMPLES = sorted(
 )
 ARBITER = Path(sys.executable).with_name("arbiter")
 SPEED = "10"
+# The Metric library that measures a sample, when it is not its generation's queue-proxy
+# library (knative-<generation>): the KFServing sample names the kfserving-* Metrics.
+LIBRARY = {"canary-kfserving": "kfserving-v1alpha2"}
 
 
 def start(sample: Path, out: Path, *extra: str) -> subprocess.Popen[str]:
@@ -47,17 +50,25 @@ def start(sample: Path, out: Path, *extra: str) -> subprocess.Popen[str]:
     )
 
 
+# The runs of the module fixture, two at a time: every sample, and canary-good without
+# Prometheus (in the odd sample's slot rather than on its own).
+DIRECT = "canary-good --direct-metrics"
+RUNS = [(p.stem, p, ()) for p in SAMPLES] + [
+    (DIRECT, ROOT / "samples/local/canary-good.yaml", ("--direct-metrics",))
+]
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[int, str, Path, float]]:
-    """Every sample's exit code, output, output folder and wall time."""
+    """Every run's exit code, output, output folder and wall time, by name."""
     assert not missing_binaries(), "prometheus is not installed: run `make os-deps`"
     results: dict[str, tuple[int, str, Path, float]] = {}
-    for pair in (SAMPLES[i : i + 2] for i in range(0, len(SAMPLES), 2)):
+    for pair in (RUNS[i : i + 2] for i in range(0, len(RUNS), 2)):
         started = time.monotonic()
         procs = {}
-        for sample in pair:
+        for name, sample, extra in pair:
             out = tmp_path_factory.mktemp(sample.stem)
-            procs[sample.stem] = (start(sample, out), out)
+            procs[name] = (start(sample, out, *extra), out)
         for name, (proc, out) in procs.items():
             text, _ = proc.communicate(timeout=240)
             results[name] = (proc.returncode, text, out, time.monotonic() - started)
@@ -75,6 +86,8 @@ def test_there_are_the_samples_the_issue_names() -> None:
         "fixed-split",
         "conformance",
         "canary-httproute",
+        "canary-kfserving",
+        "canary-knative",
     }
 
 
@@ -87,12 +100,14 @@ def test_each_sample_keeps_its_promise(
     assert "promise:    kept" in text, text
     assert seconds < 240, f"{sample.stem} took {seconds:.0f} s at --speed {SPEED}"
     final = json.loads((out / "experiment.json").read_text())
-    expect = load(sample).expect
-    assert final["status"]["outcome"] == expect["outcome"]
-    # The default generation's queue-proxy, measured by its own library (the others:
-    # test_local_generations.py).
-    assert f"behind a Knative {DEFAULT_KNATIVE} queue-proxy" in text
-    assert f"knative-{DEFAULT_KNATIVE}" in final["status"]["metricsLibrary"].split(", ")
+    loaded = load(sample)
+    assert final["status"]["outcome"] == loaded.expect["outcome"]
+    # The default generation's queue-proxy unless the sample names its own, measured by
+    # that generation's library (the other generations: test_local_generations.py).
+    knative = loaded.knative or DEFAULT_KNATIVE
+    assert f"behind a Knative {knative} queue-proxy" in text
+    library = LIBRARY.get(sample.stem, f"knative-{knative}")
+    assert library in final["status"]["metricsLibrary"].split(", ")
     # what it shows: a table row per iteration and the verdict
     assert "versions: v1=" in text and "\noutcome:" in text
     # --output keeps the event log and the status history
@@ -128,6 +143,33 @@ def test_traffic_moves_the_way_each_pattern_says(
     route = splits("canary-httproute")
     assert route[0] == [80, 20] and route[-1] == [0, 100], route
     assert all(b[1] - a[1] <= 20 for a, b in itertools.pairwise(route[:-1])), route
+    # A Knative Service's spec.traffic by tag, read back from status.traffic.
+    service = splits("canary-knative")
+    assert service[0] == [80, 20] and service[-1] == [0, 100], service
+    assert all(b[1] - a[1] <= 20 for a, b in itertools.pairwise(service[:-1])), service
+
+
+def test_a_kfserving_promotion_copies_the_canary_over_the_default(
+    runs: dict[str, tuple[int, str, Path, float]],
+) -> None:
+    """KFServing v1alpha2 under Knative 1.18's queue-proxy: the kfserving-* Metrics found
+    both predictors' series by configuration_name (else nothing would have been measured and
+    nothing promoted), and the promotion left the candidate's predictor, framework and all,
+    as spec.default, with the canary gone; traffic follows the default's new revision."""
+    out = runs["canary-kfserving"][2]
+    final = json.loads((out / "experiment.json").read_text())["status"]
+    assert final["outcome"] == "Promoted" and final["metricsLibrary"] == "kfserving-v1alpha2"
+    metrics = final["analysis"]["aggregatedMetrics"]["data"]
+    counted = metrics["arbiter-system/kfserving-request-count"]["data"]
+    # ~300 requests an interval between them, over several intervals
+    assert counted["default"]["value"] > 100 and counted["canary"]["value"] > 100, counted
+    (isvc,) = json.loads((out / "targets.json").read_text())
+    candidate = load(ROOT / "samples/local/canary-kfserving.yaml").objects[0]["spec"]["canary"]
+    assert isvc["spec"]["default"] == candidate, isvc["spec"]
+    assert list(isvc["spec"]["default"]["predictor"]) == ["xgboost"]
+    assert "canary" not in isvc["spec"] and "canaryTrafficPercent" not in isvc["spec"]
+    assert isvc["status"]["default"]["predictor"]["name"].endswith("-predictor-canary-00001")
+    assert isvc["status"]["traffic"] == 100 and isvc["status"]["canaryTraffic"] == 0
 
 
 def test_a_bad_sample_is_exit_code_2_naming_the_file(tmp_path: Path) -> None:
@@ -226,11 +268,10 @@ def test_against_a_cluster_it_uses_the_cluster_and_starts_no_simulation(
 
 
 def test_without_prometheus_the_run_reads_the_versions_directly_and_says_so(
-    tmp_path: Path,
+    runs: dict[str, tuple[int, str, Path, float]],
 ) -> None:
-    proc = start(ROOT / "samples/local/canary-good.yaml", tmp_path, "--direct-metrics")
-    text, _ = proc.communicate(timeout=240)
-    assert proc.returncode == 0, text
+    code, text, _, _ = runs[DIRECT]
+    assert code == 0, text
     assert "DirectMetricsSource" in text and "Prometheus at" not in text
     # canary-good names no generation: without Prometheus to relabel the OpenTelemetry
     # series, the versions play the one whose series carry the revision.
