@@ -70,7 +70,7 @@ def record(ctx: Context, ref: ExperimentRef, reason: str, message: str, stage: s
     written = st.update(ctx.store, obj, change)
     if written is None or not was_running:
         return
-    decision = sweep.recorded_decision(written)
+    decision = st.recorded_decision(written)
     if decision is not None:
         ctx.sink.emit(events.make(decision, ref, written.iterations_done, stage=stage))
 

@@ -1,7 +1,7 @@
 """The finish stage: carry out the decision recorded in status, and close.
 
 `experiment.concluded` only wakes finish: it acts on the decision status records (stage
-Finishing, functions/core/sweep.py `recorded_decision`) for the iteration it was recorded
+Finishing, functions/core/status.py `recorded_decision`) for the iteration it was recorded
 at, and never on the event's own action or version; any other conclusion (none recorded,
 another iteration, an experiment that has ended) is acknowledged and ignored.
 
@@ -113,7 +113,7 @@ def finish(ctx: Context, ref: ExperimentRef, iteration: int, hint: events.Conclu
         # happened (it may have been lost after the terminal write); send nothing again.
         _let_go(ctx, obj)
         return
-    concluded = sweep.recorded_decision(status)
+    concluded = st.recorded_decision(status)
     if status.stage is not Stage.FINISHING or concluded is None:
         log.info("finish: %s is %s with no decision recorded; ignored", ref, status.stage)
         return

@@ -296,7 +296,7 @@ def _failed_transiently(
         error=error,
     )
     counted = st.update(ctx.store, obj, change)
-    decision = None if counted is None else sweep.recorded_decision(counted)
+    decision = None if counted is None else st.recorded_decision(counted)
     if counted is not None and decision is not None and counted.stage is Stage.FINISHING:
         ctx.sink.emit(events.make(decision, st.ref_of(obj), counted.iterations_done, stage=STAGE))
         return

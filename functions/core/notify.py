@@ -33,7 +33,7 @@ from typing import Any, Final
 
 from cloudevents.http import CloudEvent
 
-from functions.core import events, sweep
+from functions.core import events
 from functions.core import status as st
 from functions.core.context import Context
 from functions.core.errors import ArbiterError, ConflictError, NotFoundError
@@ -70,7 +70,7 @@ def due(status: Status) -> list[str]:
     """The notifications the status calls for, in order: concluded, then finished or failed."""
     kinds = []
     ended = status.stage in (Stage.FINISHING, Stage.COMPLETED, Stage.FAILED)
-    if ended and sweep.recorded_decision(status) is not None:
+    if ended and st.recorded_decision(status) is not None:
         kinds.append("concluded")
     if status.stage is Stage.COMPLETED:
         kinds.append("finished")
@@ -158,7 +158,7 @@ def _wanted(record: Mapping[str, Any] | None, now: datetime, attempts: int) -> b
 
 
 def _payload(status: Status, kind: str) -> dict[str, Any]:
-    decision = sweep.recorded_decision(status)
+    decision = st.recorded_decision(status)
     condition_type = {"finished": ConditionType.COMPLETED, "failed": ConditionType.FAILED}
     condition = next((c for c in status.conditions if c.type is condition_type.get(kind)), None)
     reason = (

@@ -30,6 +30,7 @@ from analytics.conditional import RatioTest
 from analytics.model import Experiment
 from analytics.parse import SpecError, parse_experiment
 from analytics.recommendation import Action, Recommendation, recommendation_to_dict
+from functions.core import events
 from functions.core.backends import backend_for
 from functions.core.errors import ConflictError, NotFoundError, PermanentError
 from functions.core.events import ExperimentRef
@@ -696,3 +697,14 @@ def retry_on_conflict(action: Callable[[], T], attempts: int = CONFLICT_ATTEMPTS
             if attempt == attempts - 1:
                 raise
     raise AssertionError("unreachable")
+
+
+def recorded_decision(status: Status) -> events.Concluded | None:
+    """The decision recorded in status that ends the experiment, or None if none is: what
+    finish carries out, what the clock re-announces and what the alert sinks are told."""
+    rec = status.concluding
+    if rec is None:
+        return None
+    if status.abort_reason:
+        return events.Concluded.abort(status.abort_reason, rec.message)
+    return events.Concluded.recommended(rec)

@@ -77,16 +77,6 @@ STAGE: Final = "iterate"  # the sweep runs in iterate's ping handling
 # The one place that knows how a decision is stored: finish and the sweep go through these.
 
 
-def recorded_decision(status: Status) -> events.Concluded | None:
-    """The decision recorded in status that ends the experiment, or None if none is."""
-    rec = status.concluding
-    if rec is None:
-        return None
-    if status.abort_reason:
-        return events.Concluded.abort(status.abort_reason, rec.message)
-    return events.Concluded.recommended(rec)
-
-
 def with_decision(status: Status, decision: events.Concluded, now: datetime) -> Status:
     """`status` with `decision` recorded and the stage Finishing (its deadline from now)."""
     rec = Recommendation(decision.action, decision.version, decision.rule, decision.message)
@@ -117,7 +107,7 @@ def conclude(
         if obj is None:
             return None
         status = Status.read(obj)
-        if status.stage not in stages or recorded_decision(status) is not None:
+        if status.stage not in stages or st.recorded_decision(status) is not None:
             return status  # decided already (or ended): the recorded decision stands
         status = with_decision(status, decision, ctx.clock.now())
         ctx.store.write_status(obj, status.to_dict())
@@ -126,7 +116,7 @@ def conclude(
     status = st.retry_on_conflict(record)
     if status is None or status.stage in TERMINAL:
         return
-    recorded = recorded_decision(status) or decision
+    recorded = st.recorded_decision(status) or decision
     ctx.sink.emit(events.make(recorded, ref, status.iterations_done, stage=STAGE))
 
 
@@ -271,7 +261,7 @@ def handle_control(ctx: Context, obj: Mapping[str, Any], now: datetime) -> Mappi
 
     written = None if ownership.deleting(obj) else st.update(ctx.store, dict(obj), change)
     if written is not None:
-        decision = recorded_decision(written) if decided else None
+        decision = st.recorded_decision(written) if decided else None
         if decision is not None and written.stage is Stage.FINISHING:
             ctx.sink.emit(events.make(decision, ref, written.iterations_done, stage=STAGE))
         obj = st.current(ctx.store, ref) or obj
@@ -341,7 +331,7 @@ def _drive_finishing(ctx: Context, obj: Mapping[str, Any], status: Status, now: 
         # Just decided: finish may still be applying the first announcement (it waits up to
         # a read-back timeout for the split); the next ping re-sends it if need be.
         return
-    decision = recorded_decision(status)
+    decision = st.recorded_decision(status)
     if decision is None:
         # Finishing with no decision recorded: nothing to promote; record the decision to
         # restore the baseline, as finish acts on recorded decisions only.

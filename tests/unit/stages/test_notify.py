@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from functions.core import events, notify, sweep
+from functions.core import events, notify
+from functions.core import status as st
 from functions.core.resources import KNATIVE_BROKER, KNATIVE_SERVICE, ObjectRef
 from functions.core.settings import Settings
 from functions.core.status import Status
@@ -80,7 +81,7 @@ def concluded_again(w: World) -> Any:
     """The experiment.concluded that ended it, delivered once more."""
     obj = w.store.stored(NS, NAME)
     status = Status.read(obj)
-    decision = sweep.recorded_decision(status)
+    decision = st.recorded_decision(status)
     assert decision is not None
     return events.make(decision, ref(obj), status.iterations_done, stage="iterate")
 
