@@ -27,7 +27,7 @@ from typing import Any, Final, Self
 import requests
 
 from local.broker import ActivationError
-from local.lifecycle import Component
+from local.lifecycle import Component, stop_process
 
 log = logging.getLogger(__name__)
 
@@ -61,16 +61,6 @@ def is_up(url: str) -> bool:
     with contextlib.suppress(requests.RequestException):
         return requests.get(url, timeout=1).status_code in _UP_CODES
     return False
-
-
-def stop_process(process: subprocess.Popen[Any]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @dataclass(frozen=True)

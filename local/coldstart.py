@@ -55,6 +55,7 @@ from functions.core.events import ExperimentRef
 from local.controllers import kserve_status
 from local.harness import ROOT, free_port, seed_metric_library
 from local.kubeapi import KubeApiEmulator, KubeApiServer, register_resources
+from local.lifecycle import stop_process
 
 STAGES: Final = ("start", "iterate", "assess", "finish")
 ISVC: Final = ("serving.kserve.io", "v1beta1", "inferenceservices")
@@ -298,12 +299,7 @@ def measure(
         return Timing(cold, cpu, warm)
     finally:
         session.close()
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, grace_s=10)
 
 
 def _check(target: str, response: requests.Response, log: Path) -> None:

@@ -40,8 +40,9 @@ from functions.core.events import TRIGGERS
 from functions.core.resources import EXPERIMENT, METRIC, ObjectRef
 from functions.core.settings import Settings
 from functions.core.timestamps import parse_time
-from local.autoscale import ScaleToZero, function_process, stop_process
+from local.autoscale import ScaleToZero, function_process
 from local.broker import LocalBroker, load_manifests
+from local.lifecycle import stop_process
 from local.queueproxy import generation
 from local.sample import DEFAULT_KNATIVE, Planned, Sample, TargetSim
 from local.servers import ScrapeTarget
@@ -244,7 +245,7 @@ class LocalRun:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        stack.callback(_terminate, process)
+        stack.callback(stop_process, process)
         url = f"http://127.0.0.1:{port}"
         _wait_http(f"{url}/-/ready", 30, "Prometheus")
         self.say(f"metrics     Prometheus at {url}, scraping every 1 s (first rates after ~7 s)")
@@ -259,7 +260,7 @@ class LocalRun:
             log = (workdir / f"function-{stage}.log").open("w")
             stack.callback(log.close)
             process = function_process(stage, port, env, log)
-            stack.callback(_terminate, process)
+            stack.callback(stop_process, process)
             urls[f"arbiter-{stage}"] = f"http://127.0.0.1:{port}/"
         for name, url in urls.items():
             _wait_http(url, 30, f"function {name}", ok=(400, 405))
@@ -741,7 +742,3 @@ def seed_metric_library(server: Any, namespaces: set[str], knative: str | None =
         for ns in sorted(namespaces):
             body = {**doc, "metadata": {**doc["metadata"], "namespace": ns}}
             server.seed(METRIC.group, METRIC.version, METRIC.plural, ns, body)
-
-
-def _terminate(process: subprocess.Popen[Any]) -> None:
-    stop_process(process)

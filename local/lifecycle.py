@@ -2,14 +2,16 @@
 
 The broker, the source players, the API server, the model servers, the traffic generator
 and the controller stand-ins each start threads or servers in `start()` and release them in
-`stop()`; `with component:` does both, stopping even when the block raises.
+`stop()`; `with component:` does both, stopping even when the block raises. Those that run
+a child process end it with `stop_process`.
 """
 
 from __future__ import annotations
 
 import abc
+import subprocess
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 
 class Component(abc.ABC):
@@ -33,3 +35,14 @@ class Component(abc.ABC):
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def stop_process(process: subprocess.Popen[Any], grace_s: float = 5.0) -> None:
+    """End a child process: SIGTERM, then SIGKILL if it has not exited within `grace_s`."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

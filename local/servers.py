@@ -35,7 +35,7 @@ from typing import IO, Any, Final, Literal, Self
 import numpy as np
 import urllib3
 
-from local.lifecycle import Component
+from local.lifecycle import Component, stop_process
 from local.modelserver import ENV, ServerConfig
 from local.queueproxy import (
     DEFAULT_GENERATION,
@@ -332,13 +332,8 @@ class ModelVersion(Component):
 
     def stop(self) -> None:
         process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        if process is not None:
+            stop_process(process, grace_s=10)
         if self._log is not None:
             self._log.close()
             self._log = None
