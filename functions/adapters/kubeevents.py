@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from functions.adapters.kubernetes import HasConfiguration, KubeApi, _rest
+from functions.adapters.kubernetes import HasConfiguration, KubeApi, as_kube_api
 from functions.core.errors import ConflictError
 from functions.core.ports import Occurrence
 
@@ -86,7 +86,7 @@ class KubeEventRecorder:
     """Records Events as `controller` (`arbiter.dev/<stage>`) from `instance` (the pod)."""
 
     def __init__(self, api: KubeApi | HasConfiguration, controller: str, instance: str) -> None:
-        self._api = _rest(api)
+        self._api = as_kube_api(api)
         self._controller = controller
         self._instance = instance or "unknown"
 

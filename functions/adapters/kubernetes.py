@@ -274,7 +274,8 @@ def connect(
     return KubeApi.of(api)
 
 
-def _rest(api: KubeApi | HasConfiguration) -> KubeApi:
+def as_kube_api(api: KubeApi | HasConfiguration) -> KubeApi:
+    """`api` itself, or an official client's configuration carried over (`KubeApi.of`)."""
     return api if isinstance(api, KubeApi) else KubeApi.of(api)
 
 
@@ -282,7 +283,7 @@ class KubeExperimentStore:
     """Experiments and Metrics, in every namespace the service account may read."""
 
     def __init__(self, api: KubeApi | HasConfiguration) -> None:
-        self._api = _rest(api)
+        self._api = as_kube_api(api)
 
     def get(self, ref: ExperimentRef) -> dict[str, Any]:
         return self._api.get_namespaced_custom_object(
@@ -354,7 +355,7 @@ class KubeObjects:
     """The objects that carry traffic: InferenceServices, Knative Services, anything."""
 
     def __init__(self, api: KubeApi | HasConfiguration) -> None:
-        self._api = _rest(api)
+        self._api = as_kube_api(api)
 
     def get(self, ref: ObjectRef) -> dict[str, Any]:
         return self._api.get_namespaced_custom_object(
@@ -384,7 +385,7 @@ class KubePingSources:
     """The clock's PingSource (functions/core/clock.py), in the system namespace."""
 
     def __init__(self, api: KubeApi | HasConfiguration) -> None:
-        self._api = _rest(api)
+        self._api = as_kube_api(api)
 
     def get(self, namespace: str, name: str) -> dict[str, Any]:
         return self._api.get_namespaced_custom_object(
