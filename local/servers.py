@@ -280,7 +280,8 @@ class ModelVersion(Component):
             metrics_port=self._ports[2],
         )
         if self._log_path is not None:
-            self._log = self._log_path.open("wb")
+            # w+b: readable too, so a failed start can quote the end of it (`_tail`).
+            self._log = self._log_path.open("w+b")
         else:
             self._log = tempfile.TemporaryFile(prefix=f"model-{self.revision}-")  # noqa: SIM115
         env = {

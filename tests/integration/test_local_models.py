@@ -334,3 +334,19 @@ def test_the_generation_library_reads_the_local_prometheus(
         "knative-queue-proxy": "1",
         "kserve-model-server": "1",
     }
+
+
+def test_a_server_that_does_not_come_up_says_why_from_its_own_log(tmp_path: Path) -> None:
+    """A failed start quotes the end of the server's log (written to a file the run keeps),
+    not a traceback of reading a write-only file."""
+    profile = Profile(latency_median_ms=5.0, latency_sigma=0.0)
+    version = ModelVersion(
+        "iris", "iris-00009", profile, np.random.default_rng(1), log_path=tmp_path / "m.log"
+    )
+    version.launch()
+    try:
+        with pytest.raises(RuntimeError, match=r"not ready within 0\.01 s") as failed:
+            version.wait_ready(timeout=0.01)
+        assert isinstance(failed.value.args[0], str)
+    finally:
+        version.stop()
