@@ -94,7 +94,7 @@ def _metadata(manifest: Mapping[str, Any], kind: str) -> tuple[str, str, Mapping
 
 
 class _Player(Component):
-    """Daemon threads that run until `stop()`, and a count of the events the sink accepted."""
+    """Daemon threads that run until `stop()`, and the events the sink accepted, in send order."""
 
     def __init__(self, name: str) -> None:
         self._name = name
@@ -102,11 +102,14 @@ class _Player(Component):
         self._threads: list[threading.Thread] = []
         self._count_lock = threading.Lock()
         self.sent = 0
+        self.sent_types: list[str] = []
 
     def _send(self, sink: str, event: CloudEvent) -> bool:
         accepted = post_event(sink, event)
         with self._count_lock:
             self.sent += accepted
+            if accepted:
+                self.sent_types.append(str(event["type"]))
         return accepted
 
     def _spawn(self, target: Any, *args: Any) -> None:
