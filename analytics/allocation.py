@@ -34,10 +34,11 @@ from analytics.assessment import (
     ObjectiveAssessment,
     Verdict,
 )
-from analytics.evidence import Arrays, Kind, Quantity, stack
+from analytics.conditional import PairTests
+from analytics.evidence import Arrays, Kind, Quantity
 from analytics.model import DeploymentPattern, Direction, ExperimentSpec, TestingPattern
 from analytics.split import initial_weights
-from analytics.winner import RewardArrays, WinnerAssessment, pairwise_evidence
+from analytics.winner import RewardArrays, WinnerAssessment, pairwise_evidence, reward_evidence
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -289,10 +290,12 @@ def next_weights(
     reward_quantities: Mapping[str, Quantity],
     rng: np.random.Generator,
     n_samples: int = DEFAULT_SAMPLES,
+    reward_tests: PairTests | None = None,
 ) -> dict[str, int] | None:
     """The split for the next iteration, keyed by version name.
 
     `rng` and `n_samples` are kept for callers; no split depends on random draws now.
+    `reward_tests` are the first reward's windowed pairwise tests, when kept.
     """
     if spec.version_info is None:
         raise ValueError("spec.versionInfo is not resolved yet")
@@ -316,7 +319,7 @@ def next_weights(
         doubtful = not any(a.conclusive and not a.satisfied for a in assessments[names[1]])
         target = canary_target(spec, [feasible], [doubtful])[0]
     else:
-        target = _reward_target(spec, names, assessments, reward_quantities)
+        target = _reward_target(spec, names, assessments, reward_quantities, reward_tests)
     capped = apply_caps(target, now, w.max_candidate_weight, w.max_candidate_weight_increment)
     return dict(zip(names, to_percentages(capped).tolist(), strict=True))
 
@@ -326,6 +329,7 @@ def _reward_target(
     names: tuple[str, ...],
     assessments: Mapping[str, tuple[ObjectiveAssessment, ...]],
     reward_quantities: Mapping[str, Quantity],
+    reward_tests: PairTests | None,
 ) -> FloatArray:
     running = np.array(
         [
@@ -337,5 +341,9 @@ def _reward_target(
     kinds = {q.kind for q in quantities if q is not None} & {Kind.COUNTS, Kind.MEAN}
     comparable = all(q is not None for q in quantities) and len(kinds) == 1
     # Without that (point values, or counts beside means) there is nothing to steer by.
-    arrays = stack([q for q in quantities if q is not None]) if comparable else None
+    arrays = (
+        reward_evidence(names, [q for q in quantities if q is not None], reward_tests)
+        if comparable
+        else None
+    )
     return np.asarray(reward_target(spec, arrays, running[None, :])[0], dtype=np.float64)

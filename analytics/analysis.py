@@ -71,7 +71,10 @@ def analyze(
         raise ValueError("spec.versionInfo is not resolved yet")
     measurements = status.measurements
     assessments = assess_versions(spec, measurements, status.ratio_tests)
-    winner = assess_winner(spec, assessments, measurements)
+    reward_tests = (
+        status.reward_tests.get(spec.criteria.rewards[0].metric) if spec.criteria.rewards else None
+    )
+    winner = assess_winner(spec, assessments, measurements, reward_tests)
     reward_quantities: dict[str, Quantity] = {}
     if spec.criteria.rewards:
         by_version = measurements.get(spec.criteria.rewards[0].metric, {})
@@ -79,7 +82,14 @@ def analyze(
             n: evidence.quantity(by_version.get(n)) for n in spec.version_info.names
         }
     weights = allocation.next_weights(
-        spec, status.current_weights, assessments, winner, reward_quantities, rng, n_samples
+        spec,
+        status.current_weights,
+        assessments,
+        winner,
+        reward_quantities,
+        rng,
+        n_samples,
+        reward_tests,
     )
     iteration = status.completed_iterations + 1
     last = iteration >= spec.duration.total_iterations

@@ -9,10 +9,11 @@ probabilities (`bayes`, `allocation.condition_probability`), the winner
 are the array functions `analyze` itself calls with R = 1. This module only turns arrays of
 measurements into their evidence and wires those functions together;
 tests/unit/benchmarks/test_batch.py checks that every verdict, winner, weight and
-recommendation equals `analyze`'s on random inputs. The one exception is `RatioSums`, the
-running conditional ratio test per replicate: `conditional.RatioTest` folds one candidate in
-pure Python, since the stages that only parse the status must not load numpy, so the array
-fold lives here (tests/unit/analytics/test_conditional.py checks both fold alike).
+recommendation equals `analyze`'s on random inputs. The one exception is `RatioSums` (and
+`PairSums` over it), the running conditional tests per replicate: `conditional.RatioTest`
+and `PairTest` fold in pure Python, since the stages that only parse the status must not
+load numpy, so the array fold lives here (tests/unit/analytics/test_conditional.py checks
+both fold alike).
 
 Measurements are arrays per metric: `Counts` (events, trials), `Moments` (count, sum, sum
 of squares) or `Histogram` (cumulative bucket counts), each (R, K) or (R, K, B) with K the
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -57,6 +58,7 @@ __all__ = [
     "Histogram",
     "Measurement",
     "Moments",
+    "PairSums",
     "RatioSums",
     "analyze",
 ]
@@ -94,34 +96,48 @@ Measurement = Counts | Moments | Histogram
 class RatioSums:
     """Batched `conditional.RatioTest`s of one metric against one margin, updated in place.
 
-    Arrays are (R, K) per candidate (column 0, the baseline's, is unused), and (R, K, G)
-    for the log likelihood-ratio sums. Like a `RatioTest` with `iteration > 0`: pass it to
-    `analyze` once the first iteration is folded.
+    Arrays are (R, M) per test, and (R, M, G) for the log likelihood-ratio sums. For a
+    candidate's tests (`start`, `fold`) column m is version m's test against the baseline
+    (column 0 is unused); `PairSums` keeps one column per pair of versions. Like a
+    `RatioTest` with `iteration > 0`: pass it to `analyze` once the first iteration is folded.
     """
 
     margin: float
     violation: FloatArray
     satisfaction: FloatArray
-    reference: FloatArray  # (R, K, 4): candidate events, requests, baseline events, requests
-    dispersion: FloatArray  # (R, K, 2): total, windows
+    reference: FloatArray  # (R, M, 4): candidate events, requests, baseline events, requests
+    dispersion: FloatArray  # (R, M, 2): total, windows
+    offsets: tuple[float, ...] = conditional.RATIO_OFFSETS
 
     @staticmethod
-    def start(margin: float, shape: tuple[int, int]) -> RatioSums:
-        grid = len(conditional.RATIO_OFFSETS)
+    def start(
+        margin: float,
+        shape: tuple[int, int],
+        offsets: tuple[float, ...] = conditional.RATIO_OFFSETS,
+    ) -> RatioSums:
+        grid = len(offsets)
         return RatioSums(
             margin,
             np.zeros((*shape, grid)),
             np.zeros((*shape, grid)),
             np.zeros((*shape, 4)),
             np.zeros((*shape, 2)),
+            offsets,
         )
 
     def fold(self, events: FloatArray, requests: FloatArray) -> None:
         """`RatioTest.fold` for every replicate and candidate: (R, K) counts this window."""
         e, n = np.rint(np.maximum(events, 0.0)), np.rint(np.maximum(requests, 0.0))
-        c, nc, b, nb = e[:, 1:], n[:, 1:], e[:, :1] + 0 * e[:, 1:], n[:, :1] + 0 * n[:, 1:]
-        ref = self.reference[:, 1:]
-        disp = self.dispersion[:, 1:]
+        b, nb = e[:, :1] + 0 * e[:, 1:], n[:, :1] + 0 * n[:, 1:]
+        self.fold_columns(slice(1, None), e[:, 1:], n[:, 1:], b, nb)
+
+    def fold_columns(
+        self, columns: slice, c: FloatArray, nc: FloatArray, b: FloatArray, nb: FloatArray
+    ) -> None:
+        """`RatioTest.fold` for the tests in `columns`: (R, M) rounded counts, candidate
+        (c, nc) against baseline (b, nb)."""
+        ref = self.reference[:, columns]
+        disp = self.dispersion[:, columns]
         hit = sequential.incident(
             c + b, nc + nb, ref[..., 0] + ref[..., 2], ref[..., 1] + ref[..., 3]
         )
@@ -138,15 +154,15 @@ class RatioSums:
         theta = ratio * safe_nc / (ratio * safe_nc + safe_nb)
         total = np.where(counted, c + b, 1.0)
         residual = np.where(counted, (c - total * theta) ** 2 / (total * theta * (1 - theta)), 0.0)
-        v, s = sequential.ratio_log_lr(c, nc, b, nb, self.margin)
+        v, s = sequential.ratio_log_lr(c, nc, b, nb, self.margin, self.offsets)
         v, s = v / phi[..., None], s / phi[..., None]
         w = conditional.INCIDENT_WEIGHT
         damped = np.logaddexp(np.log1p(-w), np.log(w) + v)
-        self.violation[:, 1:] += np.where(hit[..., None], damped, v)
-        self.satisfaction[:, 1:] += np.where(hit[..., None], 0.0, s)
+        self.violation[:, columns] += np.where(hit[..., None], damped, v)
+        self.satisfaction[:, columns] += np.where(hit[..., None], 0.0, s)
         keep = np.where(hit, 0.0, 1.0)[..., None]
-        self.reference[:, 1:] += keep * np.stack([c, nc, b, nb], axis=-1)
-        self.dispersion[:, 1:] += np.stack([residual, counted.astype(np.float64)], axis=-1)
+        self.reference[:, columns] += keep * np.stack([c, nc, b, nb], axis=-1)
+        self.dispersion[:, columns] += np.stack([residual, counted.astype(np.float64)], axis=-1)
 
     def take(self, rows: IntArray) -> RatioSums:
         return RatioSums(
@@ -155,7 +171,40 @@ class RatioSums:
             self.satisfaction[rows],
             self.reference[rows],
             self.dispersion[rows],
+            self.offsets,
         )
+
+
+@dataclass(frozen=True, eq=False)
+class PairSums:
+    """Batched `conditional.PairTest`s of the first reward: one per pair of versions i < j,
+    in `itertools.combinations` order, updated in place."""
+
+    k: int
+    sums: RatioSums
+
+    @staticmethod
+    def start(shape: tuple[int, int]) -> PairSums:
+        r, k = shape
+        pairs = k * (k - 1) // 2
+        return PairSums(k, RatioSums.start(1.0, (r, pairs), conditional.REWARD_OFFSETS))
+
+    def fold(self, events: FloatArray, requests: FloatArray) -> None:
+        """Every pair's test with this window's (R, K) counts added."""
+        i, j = np.triu_indices(self.k, 1)
+        e, n = np.rint(np.maximum(events, 0.0)), np.rint(np.maximum(requests, 0.0))
+        self.sums.fold_columns(slice(None), e[:, i], n[:, i], e[:, j], n[:, j])
+
+    def matrix(self) -> FloatArray:
+        """(R, K, K): log evidence that version i's rate exceeds version j's."""
+        return winner.pair_matrix(
+            self.k,
+            sequential.ratio_log_evidence(self.sums.violation),
+            sequential.ratio_log_evidence(self.sums.satisfaction),
+        )
+
+    def take(self, rows: IntArray) -> PairSums:
+        return PairSums(self.k, self.sums.take(rows))
 
 
 @dataclass(frozen=True, eq=False)
@@ -304,6 +353,7 @@ def analyze(
     current_weights: npt.ArrayLike | None = None,
     n_samples: int = allocation.DEFAULT_SAMPLES,
     ratio_sums: Mapping[str, RatioSums] | None = None,
+    pair_sums: PairSums | None = None,
 ) -> BatchAnalysis:
     """Analyse R replicates of `spec` at once, as `analytics.analysis.analyze` does each.
 
@@ -316,6 +366,8 @@ def analyze(
         n_samples: posterior draws for P(best) (kept for callers, like `analyze`'s).
         ratio_sums: metric name -> the running conditional tests of its maxRatio condition
             (`ExperimentStatus.ratio_tests`); without one, the cumulative comparison.
+        pair_sums: the first reward's windowed pairwise tests (`ExperimentStatus.reward_tests`);
+            without them (or for a reward on means), the cumulative pairwise statistic.
 
     Raises:
         ValueError: versionInfo is not resolved, or shapes disagree.
@@ -352,6 +404,8 @@ def analyze(
         reward = _arrays(
             m or Counts(np.zeros((r, k)), np.zeros((r, k))), None, sequential.DEFAULT_SCALE
         )
+        if pair_sums is not None and reward.is_counts:
+            reward = replace(reward, pairs=pair_sums.matrix())
     if pattern in (TestingPattern.CONFORMANCE, TestingPattern.CANARY):
         found, found_conclusive = winner.pattern_winner(
             pattern, satisfied, all_conclusive, ruled_out

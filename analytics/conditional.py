@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, ClassVar, Final, Self
 
 RATIO_OFFSETS: Final = (0.1, 0.2, 0.3, 0.45, 0.7, 1.1)
 """The mixture's grid over |log(r / margin)|, equal weights: the regressions that matter in
@@ -26,6 +26,13 @@ neighbours share the credit). Measured at a fixed 10% canary, 50 rps, 1% vs 2% e
 median time to reject "within 1.5x" is 1.3x that of Wald's SPRT that knows r = 2; finer
 or wider grids (4 to 8 points, down to 0.05) did no better."""
 
+
+REWARD_OFFSETS: Final = tuple(round(0.01 * 1.6**i, 4) for i in range(9))
+"""The pairwise reward test's grid over |log(r)|, r one version's reward rate over another's:
+from 1% to 43%. Versions compared by a reward differ far less than a regression differs from
+its margin (the A/B/n scenarios step conversion by 3%), so the grid starts low; nine points
+1.6x apart cost at most log 9 = 2.2 against an oracle that knew the gap, where a mixture over
+both versions' rates (the cumulative statistic) costs about log N."""
 
 INCIDENT_FACTOR: Final = 5.0
 """An iteration whose pooled event rate (both versions together) exceeds this multiple of the
@@ -123,13 +130,19 @@ class RatioTest:
     incidents: int = 0
     dispersion_total: float = 0.0
     dispersion_windows: float = 0.0
-    violation: tuple[float, ...] = (0.0,) * len(RATIO_OFFSETS)
-    satisfaction: tuple[float, ...] = (0.0,) * len(RATIO_OFFSETS)
+    violation: tuple[float, ...] = ()
+    satisfaction: tuple[float, ...] = ()
+
+    OFFSETS: ClassVar[tuple[float, ...]] = RATIO_OFFSETS
+    """The mixture's grid; empty sums start at zero on every point."""
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.margin) and self.margin > 0):
             raise ValueError(f"margin must be a positive number, got {self.margin}")
-        n = len(RATIO_OFFSETS)
+        n = len(self.OFFSETS)
+        for side in ("violation", "satisfaction"):
+            if not getattr(self, side):
+                object.__setattr__(self, side, (0.0,) * n)
         if len(self.violation) != n or len(self.satisfaction) != n:
             raise ValueError(f"violation and satisfaction need {n} numbers each")
 
@@ -144,7 +157,7 @@ class RatioTest:
         candidate_trials: float,
         baseline_events: float,
         baseline_trials: float,
-    ) -> RatioTest:
+    ) -> Self:
         """This test with iteration `iteration`'s own counts added, once; counts rounded."""
         if iteration <= self.iteration:
             return self
@@ -165,7 +178,7 @@ class RatioTest:
         counted = not incident and nc > 0 and nb > 0 and c + b > 0
         residual = pearson(c, nc, b, nb, reference) if counted else 0.0
         keep = 0.0 if incident else 1.0
-        return RatioTest(
+        return type(self)(
             margin=m,
             iteration=iteration,
             candidate_events=self.candidate_events + keep * c,
@@ -177,11 +190,11 @@ class RatioTest:
             dispersion_windows=self.dispersion_windows + float(counted),
             violation=tuple(
                 s + _damped(_log_lr(c, nc, b, nb, m, m * math.exp(d)) / phi, incident)
-                for s, d in zip(self.violation, RATIO_OFFSETS, strict=True)
+                for s, d in zip(self.violation, self.OFFSETS, strict=True)
             ),
             satisfaction=tuple(
                 s + keep * _log_lr(c, nc, b, nb, m, m * math.exp(-d)) / phi
-                for s, d in zip(self.satisfaction, RATIO_OFFSETS, strict=True)
+                for s, d in zip(self.satisfaction, self.OFFSETS, strict=True)
             ),
         )
 
@@ -205,10 +218,10 @@ class RatioTest:
             "satisfaction": list(self.satisfaction),
         }
 
-    @staticmethod
-    def from_dict(raw: Mapping[str, Any]) -> RatioTest:
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> Self:
         """Read back `to_dict`'s shape. Raises KeyError, ValueError or TypeError."""
-        return RatioTest(
+        return cls(
             margin=float(raw["margin"]),
             iteration=int(raw["iteration"]),
             candidate_events=float(raw.get("candidateEvents", 0.0)),
@@ -221,3 +234,26 @@ class RatioTest:
             violation=tuple(float(x) for x in raw["violation"]),
             satisfaction=tuple(float(x) for x in raw["satisfaction"]),
         )
+
+
+@dataclass(frozen=True)
+class PairTest(RatioTest):
+    """Two versions' reward rates compared window by window: the pairwise stopping rule's
+    statistic for an A/B/n reward on counts (docs/statistics.md#the-pairwise-stopping-rule).
+
+    The same conditional test at margin 1: "candidate" is the version, "baseline" its rival,
+    `violation` the evidence that the version's rate is the higher, `satisfaction` that the
+    rival's is. Given a window's total conversions, the version's share is binomial when
+    conversions are rare (Poisson), and for any rate less spread than that (the exact
+    conditional law of two binomials is hypergeometric-like, which is dominated in convex
+    order by the binomial, Hoeffding 1963): so exp(sum of log LR) stays a supermartingale
+    under "not higher" whatever the rates are. Only the ratio is tested, so the common rate
+    costs nothing: one grid mixture instead of one mixture per version.
+    """
+
+    margin: float = 1.0
+    OFFSETS: ClassVar[tuple[float, ...]] = REWARD_OFFSETS
+
+
+PairTests = Mapping[tuple[str, str], PairTest]
+"""(version, rival) -> their windowed test, as `status.rewardTests` keeps them per metric."""

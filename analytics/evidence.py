@@ -154,6 +154,10 @@ class Arrays:
     sum_of_squares: FloatArray
     present: BoolArray
     scale: float = sequential.DEFAULT_SCALE
+    pairs: FloatArray | None = None
+    """(R, K, K) log evidence that version i's rate exceeds version j's, from the windowed
+    pairwise test (`analytics.conditional.PairTest`), when the status keeps one; without it
+    the pairwise rule compares the cumulative counts."""
 
     @property
     def estimate(self) -> FloatArray:

@@ -12,7 +12,7 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from analytics.conditional import RatioTest
+from analytics.conditional import PairTests, RatioTest
 from analytics.measurements import Measurement
 
 
@@ -145,7 +145,8 @@ class ExperimentStatus:
     `measurements` maps metric name -> version name -> measurement; a version missing from
     the inner mapping has no data yet. `ratio_tests` maps metric name -> candidate name ->
     the running conditional test of its maxRatio condition, when per-iteration counts feed
-    one.
+    one; `reward_tests` maps the first reward's metric -> (version, rival) -> the windowed
+    pairwise test the A/B/n stopping rule reads, likewise.
     """
 
     completed_iterations: int = 0
@@ -153,6 +154,7 @@ class ExperimentStatus:
     measurements: Mapping[str, Mapping[str, Measurement]] = field(default_factory=dict)
     stage: str | None = None
     ratio_tests: Mapping[str, Mapping[str, RatioTest]] = field(default_factory=dict)
+    reward_tests: Mapping[str, PairTests] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
-from analytics.conditional import RATIO_OFFSETS, RatioTest
+from analytics.conditional import RATIO_OFFSETS, REWARD_OFFSETS, PairTest, RatioTest
 from analytics.measurements import Counts, Histogram, Measurement, Moments, NoData, PointValue
 from analytics.model import (
     Criteria,
@@ -147,16 +147,25 @@ def _version_bounds(path: str) -> dict[str, Bound]:
     }
 
 
-def _ratio_test_bounds(path: str) -> dict[str, Bound]:
+MAX_PAIR_VERSIONS: Final = 8
+"""Up to this many versions (28 pairs, about 20 KB of status) the first reward is judged by
+windowed pairwise tests kept in the status; beyond, by the cumulative counts (no state)."""
+
+
+def _ratio_test_bounds(path: str, pairs: bool = False) -> dict[str, Bound]:
     """`status.ratioTests`: one running conditional test per maxRatio metric and candidate
-    (analytics.conditional.RatioTest.to_dict, plus whose it is)."""
+    (analytics.conditional.RatioTest.to_dict, plus whose it is); with `pairs`,
+    `status.rewardTests`: one PairTest per pair of versions, plus its rival."""
     count = Bound(minimum=0, maximum=MAX_MAGNITUDE)
     log_lr = Bound(minimum=-MAX_MAGNITUDE, maximum=MAX_MAGNITUDE)
     iterations = Bound(minimum=0, maximum=MAX_ITERATIONS)
+    grid = len(REWARD_OFFSETS if pairs else RATIO_OFFSETS)
+    items = MAX_PAIR_VERSIONS * (MAX_PAIR_VERSIONS - 1) // 2 if pairs else None
     return {
-        path: Bound(max_items=MAX_OBJECTIVES * MAX_CANDIDATES),
+        path: Bound(max_items=items or MAX_OBJECTIVES * MAX_CANDIDATES),
         f"{path}[].metric": _NAME,
         f"{path}[].version": Bound(max_length=253),
+        **({f"{path}[].rival": Bound(max_length=253)} if pairs else {}),
         f"{path}[].margin": Bound(minimum=0, maximum=MAX_RATIO, exclusive_minimum=True),
         f"{path}[].iteration": iterations,
         **{
@@ -171,9 +180,9 @@ def _ratio_test_bounds(path: str) -> dict[str, Bound]:
         },
         f"{path}[].incidents": iterations,
         f"{path}[].dispersionWindows": iterations,
-        f"{path}[].violation": Bound(max_items=len(RATIO_OFFSETS)),
+        f"{path}[].violation": Bound(max_items=grid),
         f"{path}[].violation[]": log_lr,
-        f"{path}[].satisfaction": Bound(max_items=len(RATIO_OFFSETS)),
+        f"{path}[].satisfaction": Bound(max_items=grid),
         f"{path}[].satisfaction[]": log_lr,
     }
 
@@ -215,6 +224,7 @@ BOUNDS: Final[Mapping[str, Bound]] = {
     "status.currentWeightDistribution[].name": Bound(max_length=253),
     "status.currentWeightDistribution[].value": _PERCENT,
     **_ratio_test_bounds("status.ratioTests"),
+    **_ratio_test_bounds("status.rewardTests", pairs=True),
 }
 
 # (candidates rule, rewards) per testing pattern (iter8 etc3's IsVersionInfoValid).
@@ -678,6 +688,7 @@ def _status(r: _Reader, raw: Mapping[str, Any], spec: ExperimentSpec | None) -> 
         measurements,
         stage if isinstance(stage, str) else None,
         _ratio_tests(r, raw.get("ratioTests"), known),
+        _reward_tests(r, raw.get("rewardTests"), known),
     )
 
 
@@ -698,29 +709,60 @@ def _ratio_tests(
 ) -> dict[str, dict[str, RatioTest]]:
     """`status.ratioTests`, each entry within its fields' bounds, of a known version."""
     out: dict[str, dict[str, RatioTest]] = {}
-    for i, item in enumerate(r.sequence(raw, "status.ratioTests")):
-        path = f"status.ratioTests[{i}]"
+    for metric, (version, _), test in _running_tests(r, raw, known, "ratioTests", RatioTest):
+        out.setdefault(metric, {})[version] = test
+    return out
+
+
+def _reward_tests(
+    r: _Reader, raw: object, known: tuple[str, ...]
+) -> dict[str, dict[tuple[str, str], PairTest]]:
+    """`status.rewardTests`, each entry within its fields' bounds, of two known versions."""
+    out: dict[str, dict[tuple[str, str], PairTest]] = {}
+    for metric, pair, test in _running_tests(r, raw, known, "rewardTests", PairTest):
+        out.setdefault(metric, {})[pair] = test
+    return out
+
+
+_Test = TypeVar("_Test", bound=RatioTest)
+
+
+def _running_tests(
+    r: _Reader, raw: object, known: tuple[str, ...], key: str, kind: type[_Test]
+) -> list[tuple[str, tuple[str, str], _Test]]:
+    """The entries of `status.<key>` as (metric, (version, rival or ""), test)."""
+    out: list[tuple[str, tuple[str, str], _Test]] = []
+    pairs = kind is PairTest
+    grid = len(kind.OFFSETS)
+    for i, item in enumerate(r.sequence(raw, f"status.{key}")):
+        path = f"status.{key}[{i}]"
         entry = r.mapping(item, path)
         before = len(r.problems)
         metric = r.string(entry.get("metric"), f"{path}.metric", required=True)
-        version = r.string(entry.get("version"), f"{path}.version", required=True)
-        if version is not None:
-            _check_known(r, version, known, f"{path}.version")
+        names = [
+            r.string(entry.get(role), f"{path}.{role}", required=True)
+            for role in (("version", "rival") if pairs else ("version",))
+        ]
+        for role, name in zip(("version", "rival"), names, strict=False):
+            if name is not None:
+                _check_known(r, name, known, f"{path}.{role}")
         fields: dict[str, Any] = {}
-        for key in _RATIO_TEST_INTEGERS:
-            fields[key] = r.integer(entry.get(key), f"{path}.{key}", 0)
-        for key in _RATIO_TEST_NUMBERS:
-            fields[key] = _bounded(r, entry.get(key), f"{path}.{key}", required=key == "margin")
-        for key in ("violation", "satisfaction"):
-            values = r.sequence(entry.get(key), f"{path}.{key}")
-            if len(values) != len(RATIO_OFFSETS):
-                r.fail(f"{path}.{key}", f"must hold {len(RATIO_OFFSETS)} numbers")
-            fields[key] = [_bounded(r, v, f"{path}.{key}[{j}]") for j, v in enumerate(values)]
-        if len(r.problems) > before or metric is None or version is None:
+        for field_name in _RATIO_TEST_INTEGERS:
+            fields[field_name] = r.integer(entry.get(field_name), f"{path}.{field_name}", 0)
+        for field_name in _RATIO_TEST_NUMBERS:
+            fields[field_name] = _bounded(
+                r, entry.get(field_name), f"{path}.{field_name}", required=field_name == "margin"
+            )
+        for side in ("violation", "satisfaction"):
+            values = r.sequence(entry.get(side), f"{path}.{side}")
+            if len(values) != grid:
+                r.fail(f"{path}.{side}", f"must hold {grid} numbers")
+            fields[side] = [_bounded(r, v, f"{path}.{side}[{j}]") for j, v in enumerate(values)]
+        if len(r.problems) > before or metric is None or None in names:
             continue
-        out.setdefault(metric, {})[version] = RatioTest.from_dict(
-            {k: v for k, v in fields.items() if v is not None}
-        )
+        version, rival = str(names[0]), str(names[1]) if pairs else ""
+        test = kind.from_dict({k: v for k, v in fields.items() if v is not None})
+        out.append((metric, (version, rival), test))
     return out
 
 

@@ -24,6 +24,13 @@
   `sequential.mean_cs`, it is asymptotically valid. With bare point values, iter8's plain
   maximum. Ties and missing rewards are reported, never guessed.
 
+  For counts with per-iteration windows (what `assess` keeps in `status.rewardTests`),
+  S_ij is instead the log mixture e-value of the windowed conditional test that version i's
+  rate exceeds version j's (`analytics.conditional.PairTest`): it tests the ratio alone,
+  so its regret is one grid mixture's (at most log 9) rather than two versions' (about
+  log N), and it needs roughly half the samples. The cumulative statistic stays the fallback
+  for an experiment file without that history.
+
 The array functions (`pairwise_evidence`, `reward_winner`, `pattern_winner`) take a leading
 replicate axis: `assess_winner` calls them with R = 1, `analytics.batch` with R replicates.
 """
@@ -31,14 +38,14 @@ replicate axis: `assess_winner` calls them with R = 1, `analytics.batch` with R 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
 from scipy import special
 
-from analytics import evidence, sequential
+from analytics import conditional, evidence, sequential
 from analytics.assessment import ObjectiveAssessment, Verdict, fmt
 from analytics.evidence import Kind, Quantity
 from analytics.measurements import Measurement
@@ -82,7 +89,10 @@ def assess_winner(
     spec: ExperimentSpec,
     assessments: Mapping[str, tuple[ObjectiveAssessment, ...]],
     measurements: Mapping[str, Mapping[str, Measurement]],
+    reward_tests: conditional.PairTests | None = None,
 ) -> WinnerAssessment:
+    """The winner under the spec's testing pattern; for A/B and A/B/n, by the first reward,
+    judged by its windowed pairwise tests (`reward_tests`) when kept for every pair."""
     if spec.version_info is None:
         raise ValueError("spec.versionInfo is not resolved yet")
     info = spec.version_info
@@ -151,7 +161,7 @@ def assess_winner(
             f"no version satisfies all objectives; candidate {candidate}: {why}",
         )
 
-    return _best_by_reward(spec, names, assessments, measurements, feasible)
+    return _best_by_reward(spec, names, assessments, measurements, feasible, reward_tests)
 
 
 def pattern_winner(
@@ -188,6 +198,7 @@ def _best_by_reward(
     assessments: Mapping[str, tuple[ObjectiveAssessment, ...]],
     measurements: Mapping[str, Mapping[str, Measurement]],
     feasible: tuple[str, ...],
+    reward_tests: conditional.PairTests | None,
 ) -> WinnerAssessment:
     if not spec.criteria.rewards:
         return WinnerAssessment(False, None, (), False, feasible, "no reward metric in experiment")
@@ -258,7 +269,15 @@ def _best_by_reward(
             " they cannot be compared",
             rewards,
         )
-    arrays = reward_arrays([quantities[n] for n in names])
+    arrays = reward_evidence(names, [quantities[n] for n in names], reward_tests)
+    # Which statistic judged: the evidence says so (an experiment file may lack the windows).
+    how = (
+        "windowed pairwise tests"
+        if arrays.pairs is not None
+        else "cumulative counts, no per-iteration history"
+        if arrays.is_counts
+        else "cumulative means"
+    )
     satisfied = np.array([[n in feasible for n in names]])
     running_mask = np.array([[n in running for n in names]])
     decided = reward_winner(arrays, higher, spec.criteria.alpha, satisfied, running_mask)
@@ -277,7 +296,7 @@ def _best_by_reward(
             f" against every other version still in the running (least"
             f" {fmt(float(decided.margin[0, index]))}"
             + (f", against {', '.join(rivals)}" if rivals else "")
-            + f") exceeds the threshold log(K / alpha) = {fmt(cut)}",
+            + f") exceeds the threshold log(K / alpha) = {fmt(cut)} ({how})",
             rewards,
         )
     plausible = tuple(n for i, n in enumerate(names) if decided.plausible[0, i])
@@ -295,7 +314,7 @@ def _best_by_reward(
         False,
         feasible,
         f"not yet conclusive on {reward.metric}: {', '.join(plausible) or 'none'} could still"
-        f" be best{progress}",
+        f" be best{progress} ({how})",
         rewards,
     )
 
@@ -316,16 +335,60 @@ def _loglik(k: FloatArray, n: FloatArray, p: FloatArray) -> FloatArray:
     return np.asarray(special.xlogy(k, q) + special.xlog1py(n - k, -q))
 
 
+def pair_matrix(k: int, violation: FloatArray, satisfaction: FloatArray) -> FloatArray:
+    """(R, K, K) from the pairwise tests' log e-values per pair i < j (R, K(K-1)/2, in
+    `itertools.combinations` order): [i, j] the evidence that i's rate exceeds j's, [j, i]
+    the reverse; the diagonal is -inf."""
+    violation, satisfaction = np.asarray(violation), np.asarray(satisfaction)
+    out = np.full((*violation.shape[:-1], k, k), -np.inf)
+    i, j = np.triu_indices(k, 1)
+    out[..., i, j] = violation
+    out[..., j, i] = satisfaction
+    return out
+
+
+def pair_matrix_of(names: tuple[str, ...], tests: conditional.PairTests) -> FloatArray | None:
+    """(1, K, K) `pair_matrix` of the kept tests, when every pair of `names` has one
+    (either way round); None otherwise (the cumulative statistic is used)."""
+    k = len(names)
+    out = np.full((1, k, k), -np.inf)
+    for a in range(k):
+        for b in range(a + 1, k):
+            if (test := tests.get((names[a], names[b]))) is not None:
+                out[0, a, b], out[0, b, a] = test.log_evidence
+            elif (test := tests.get((names[b], names[a]))) is not None:
+                out[0, b, a], out[0, a, b] = test.log_evidence
+            else:
+                return None
+    return out
+
+
+def reward_evidence(
+    names: tuple[str, ...],
+    quantities: Sequence[Quantity],
+    tests: conditional.PairTests | None,
+) -> RewardArrays:
+    """The first reward's evidence for the pairwise rule, (1, K): the versions' quantities,
+    with the windowed pairwise tests attached when they are counts and every pair has one."""
+    arrays = reward_arrays(quantities)
+    pairs = pair_matrix_of(names, tests) if tests and arrays.is_counts else None
+    return replace(arrays, pairs=pairs)
+
+
 def pairwise_evidence(reward: RewardArrays, higher: bool, alpha: float) -> FloatArray:
     """S[r, i, j]: log evidence that version i beats version j, shape (R, K, K).
 
     Large when i leads j by more than chance; at most log of the mixture's regret (<= 0)
     when it does not. -inf where either version lacks data (or, for means, has fewer than
-    `sequential.MIN_MEAN_COUNT` observations). The diagonal is -inf.
+    `sequential.MIN_MEAN_COUNT` observations). The diagonal is -inf. Counts carrying the
+    windowed tests (`reward.pairs`) are judged by them.
     """
     k = reward.a.shape[-1]
     est = reward.estimate
-    if reward.is_counts:
+    if reward.is_counts and reward.pairs is not None:
+        s = reward.pairs if higher else np.swapaxes(reward.pairs, -1, -2)
+        ok = reward.present
+    elif reward.is_counts:
         events, trials = reward.a, reward.b
         log_m = sequential.log_marginal(events, trials)
         mle = _loglik(events, trials, np.where(reward.present, est, 0.0))

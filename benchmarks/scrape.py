@@ -7,11 +7,11 @@ a time, with the simulator's reset-aware `increase`. Like PromQL it can undercou
 it cannot see, so the rebuilt counts are made consistent before anyone reads them (errors
 never above requests, bucket counts non-decreasing in `le`).
 
-The conditional ratio test of relative objectives needs each window's own counts, taken
-over the same window for every version. `Observation.window_*` holds them: the increase
-since the last look at which every version of the replicate was scraped, given at a look
-where all were (and zero elsewhere, the counts carried to the next such look), so a missed
-scrape never pairs one version's interval with another's.
+The conditional tests (relative objectives, and the pairwise reward test) need each
+window's own counts, taken over the same window for every version. `Observation.window_*`
+holds them: the increase since the last look at which every version of the replicate was
+scraped, given at a look where all were (and zero elsewhere, the counts carried to the next
+such look), so a missed scrape never pairs one version's interval with another's.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ class Observation:
     window_requests: FloatArray
     window_errors: FloatArray
     window_buckets: FloatArray
+    window_rewards: FloatArray
 
     def take(self, rows: npt.NDArray[np.int64]) -> Observation:
         """The same observation for the replicates `rows` only."""
@@ -61,6 +62,7 @@ class Observation:
             self.window_requests[rows],
             self.window_errors[rows],
             self.window_buckets[rows],
+            self.window_rewards[rows],
         )
 
 
@@ -111,4 +113,5 @@ class Scraper:
             window_buckets=np.minimum(
                 np.maximum.accumulate(window["buckets"], axis=-1), window["requests"][..., None]
             ),
+            window_rewards=np.minimum(window["reward_sum"], window["requests"]),
         )

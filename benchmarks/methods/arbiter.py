@@ -8,8 +8,9 @@ calls) with the Experiment spec the scenario parses. Arbiter's own
 is not a verdict the evidence reached.
 
 A `maxRatio` condition is judged by the conditional test on each window's own counts, as
-`assess` judges it from the running statistic in the status: this method keeps that
-statistic, per replicate, and folds every window into it.
+`assess` judges it from the running statistic in the status, and so is the A/B/n reward
+(its pairwise tests): this method keeps those statistics, per replicate, and folds every
+window into them.
 
 Nothing in it is random: the Generator and the number of draws are passed for the
 interface's sake.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from analytics import allocation, batch, split
+from analytics.parse import MAX_PAIR_VERSIONS
 from benchmarks.methods import base
 from benchmarks.methods.base import CONTINUE, EVERY_PATTERN, FloatArray, MethodInfo, Step
 from benchmarks.scenario import ERROR_METRIC, LATENCY_METRIC, REWARD_METRIC, Scenario
@@ -38,6 +40,49 @@ def measurements(metrics: set[str], obs: Observation) -> dict[str, batch.Measure
     return out
 
 
+class Windowed:
+    """The running conditional tests `assess` keeps in the status, per replicate: each
+    maxRatio metric's (`status.ratioTests`) and the first reward's pairwise tests
+    (`status.rewardTests`, up to MAX_PAIR_VERSIONS versions), every window folded in."""
+
+    def __init__(self, scenario: Scenario, replicates: int) -> None:
+        spec = scenario.spec
+        shape = (replicates, len(scenario.names))
+        self.ratio: dict[str, batch.RatioSums] = {}
+        for o in spec.criteria.objectives:
+            if o.max_ratio is not None and o.metric not in self.ratio:
+                self.ratio[o.metric] = batch.RatioSums.start(o.max_ratio, shape)
+        self.latency_limit = next(
+            (o.upper_limit for o in spec.criteria.objectives if o.metric == LATENCY_METRIC),
+            None,
+        )
+        rewards = spec.criteria.rewards
+        paired = rewards and rewards[0].metric == REWARD_METRIC
+        self.pairs = (
+            batch.PairSums.start(shape)
+            if paired and len(scenario.names) <= MAX_PAIR_VERSIONS
+            else None
+        )
+
+    def fold(self, obs: Observation) -> None:
+        """Add this window's counts to every replicate's tests."""
+        for metric, sums in self.ratio.items():
+            if metric == LATENCY_METRIC:
+                assert self.latency_limit is not None
+                events, trials = base.exceedance_of(
+                    obs.bounds, obs.window_buckets, self.latency_limit
+                )
+            else:
+                events, trials = obs.window_errors, obs.window_requests
+            sums.fold(events, trials)
+        if self.pairs is not None:
+            self.pairs.fold(obs.window_rewards, obs.window_requests)
+
+    def take(self, rows: np.ndarray) -> tuple[dict[str, batch.RatioSums], batch.PairSums | None]:
+        ratio = {metric: sums.take(rows) for metric, sums in self.ratio.items()}
+        return ratio, None if self.pairs is None else self.pairs.take(rows)
+
+
 class Arbiter:
     def __init__(
         self, scenario: Scenario, replicates: int, rng: np.random.Generator, n_samples: int
@@ -51,33 +96,13 @@ class Arbiter:
         self.metrics = {o.metric for o in self.spec.criteria.objectives} | {
             r.metric for r in self.spec.criteria.rewards
         }
-        self.ratio: dict[str, batch.RatioSums] = {}
-        for o in self.spec.criteria.objectives:
-            if o.max_ratio is not None and o.metric not in self.ratio:
-                shape = (replicates, len(scenario.names))
-                self.ratio[o.metric] = batch.RatioSums.start(o.max_ratio, shape)
-        self.latency_limit = next(
-            (o.upper_limit for o in self.spec.criteria.objectives if o.metric == LATENCY_METRIC),
-            None,
-        )
+        self.windowed = Windowed(scenario, replicates)
 
     def initial_weights(self) -> FloatArray:
         return np.asarray(self.current / 100.0)
 
-    def _fold(self, obs: Observation) -> None:
-        """Add this window's counts to every replicate's conditional ratio tests."""
-        for metric, sums in self.ratio.items():
-            if metric == LATENCY_METRIC:
-                assert self.latency_limit is not None
-                events, trials = base.exceedance_of(
-                    obs.bounds, obs.window_buckets, self.latency_limit
-                )
-            else:
-                events, trials = obs.window_errors, obs.window_requests
-            sums.fold(events, trials)
-
     def step(self, obs: Observation) -> Step:
-        self._fold(obs)
+        self.windowed.fold(obs)
         # Only replicates still running are analysed; the rest keep their last split.
         rows = np.flatnonzero(obs.active)
         action = np.zeros(obs.active.size, dtype=np.int64)
@@ -91,7 +116,7 @@ class Arbiter:
     def _live(
         self, obs: Observation, current: FloatArray, rows: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, FloatArray]:
-        ratio = {metric: sums.take(rows) for metric, sums in self.ratio.items()}
+        ratio, pairs = self.windowed.take(rows)
         result = batch.analyze(
             self.spec,
             measurements(self.metrics, obs),
@@ -100,6 +125,7 @@ class Arbiter:
             current,
             self.n_samples,
             ratio,
+            pairs,
         )
         assert result.weights is not None  # no Conformance scenarios
         exhausted = result.rule == batch.RULES.index("iterations-exhausted")

@@ -8,7 +8,7 @@ from the first interval it steers the counts toward t w*(mu) (D-tracking: each v
 share of the next interval is what lifts its count to its w* share of the total after it),
 within the scenario's caps, as Arbiter's split is. It stops by exactly Arbiter's rule:
 `analytics.batch.analyze`, the pipeline `assess` runs (the objectives' confidence
-sequences, the pairwise GLR statistic of `analytics.winner` against its threshold, the
+sequences, the windowed pairwise tests of `analytics.winner` against its threshold, the
 feasibility gate); only the split differs. So its samples to a decision are a floor for
 any allocation, adaptive or not, under that stopping rule, and what is left between it and
 the lower bound is the stopping rule's threshold, not the allocation (`threshold_floor`
@@ -28,11 +28,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import optimize, special
 
-from analytics import allocation, batch, sequential, split, winner
+from analytics import allocation, batch, conditional, sequential, split, winner
 from analytics.assessment import SATISFIED, VIOLATED
-from analytics.evidence import Arrays
 from benchmarks.methods import base
-from benchmarks.methods.arbiter import measurements
+from benchmarks.methods.arbiter import Windowed, measurements
 from benchmarks.methods.base import (
     CONTINUE,
     REWARD_ONLY,
@@ -111,22 +110,27 @@ class OracleTracking:
             r.metric for r in self.spec.criteria.rewards
         }
         self.per_interval = scenario.rate_rps * scenario.interval_s
+        self.windowed = Windowed(scenario, replicates)
 
     def initial_weights(self) -> FloatArray:
         return np.asarray(self.current / 100.0)
 
     def step(self, obs: Observation) -> Step:
+        self.windowed.fold(obs)
         rows = np.flatnonzero(obs.active)
         action = np.zeros(obs.active.size, dtype=np.int64)
         version = np.zeros(obs.active.size, dtype=np.int64)
         if rows.size:
             live = obs.take(rows)
+            ratio, pairs = self.windowed.take(rows)
             result = batch.analyze(
                 self.spec,
                 measurements(self.metrics, live),
                 live.iteration - 1,
                 self.rng,
                 self.current[rows],
+                ratio_sums=ratio,
+                pair_sums=pairs,
             )
             if self.heuristic:
                 action[rows], version[rows] = self._glr_stop(live, result.verdict)
@@ -203,10 +207,12 @@ class ThresholdFloor:
     """Where the samples go under Arbiter's stopping rule, at expected counts (no noise).
 
     At counts n_a = T w*_a and conversions mu_a n_a, every pairwise GLR against the best
-    equals T / T*(mu). Arbiter's statistic is that GLR minus the mixture's regret
-    (`penalty`, which grows like log T), and it must exceed `cut` = log(K / alpha): so it
-    stops at T with T / T* = cut + penalty(T), where the lower bound has
-    T / T* = kl(delta, 1 - delta). `heuristic` is T for the plain GLR against
+    equals T / T*(mu). Arbiter's statistic, the windowed pairwise test, is a mixture over a
+    grid of rate ratios of a conditional likelihood ratio: less than that GLR by the
+    mixture's cost (at most log 9), the grid's mismatch and what conditioning on each
+    window's total gives up (together `penalty`), and it must exceed `cut` =
+    log(K / alpha): so it stops at T with T / T* = cut + penalty(T), where the lower bound
+    has T / T* = kl(delta, 1 - delta). `heuristic` is T for the plain GLR against
     log((1 + log T) / delta), the threshold Garivier and Kaufmann ran their experiments
     with (not proven anytime-valid). `regret` is the least regret (lost conversions) of
     any allocation that brings each rival's statistic against the best to `cut`, whatever
@@ -232,16 +238,29 @@ class ThresholdFloor:
 
     def describe(self) -> str:
         return (
-            f"at w* and expected counts the rule stops when T/T* = log(K/alpha) + mixture"
-            f" regret = {self.cut:.2f} + {self.penalty:.2f}, where the bound has"
+            f"at w* and expected counts the rule stops when T/T* = log(K/alpha) + the"
+            f" test's overhead = {self.cut:.2f} + {self.penalty:.2f}, where the bound has"
             f" kl(delta, 1 - delta) = {self.kl_delta:.2f}: {self.ratio:.2f}x; even"
             f" GLR >= log((1 + log T)/delta) needs {self.heuristic_ratio:.2f}x"
         )
 
 
-def _counts(mu: FloatArray, n: FloatArray) -> Arrays:
-    n2 = np.asarray(n, dtype=np.float64)[None, :]
-    return Arrays(True, mu * n2, n2, np.zeros_like(n2), n2 > 0, sequential.DEFAULT_SCALE)
+def _evidence(mu: FloatArray, n: FloatArray, best: int, rival: int) -> float:
+    """The windowed pairwise test's log e-value that `best` beats `rival` at expected
+    counts, the dispersion factor at 1. With the split held fixed every window's log
+    likelihood ratio is the same linear function of its counts, so the whole run is one
+    window of the totals."""
+    if n[best] <= 0 or n[rival] <= 0:
+        return -math.inf
+    v, _ = sequential.ratio_log_lr(
+        mu[best] * n[best],
+        n[best],
+        mu[rival] * n[rival],
+        n[rival],
+        1.0,
+        conditional.REWARD_OFFSETS,
+    )
+    return float(sequential.ratio_log_evidence(v))
 
 
 def _root(f: Callable[[float], float], start: float) -> float:
@@ -265,8 +284,7 @@ def threshold_floor(scenario: Scenario) -> ThresholdFloor:
     d = scenario.alpha
 
     def statistic(t: float) -> float:
-        s = winner.pairwise_evidence(_counts(mu, t * w), True, d)[0, best]
-        return float(np.min(np.delete(s, best)))
+        return min(_evidence(mu, t * w, best, a) for a in range(len(mu)) if a != best)
 
     t = _root(lambda x: statistic(x) - cut, bound.complexity * cut)
     heuristic = _root(
@@ -280,12 +298,12 @@ def threshold_floor(scenario: Scenario) -> ThresholdFloor:
         def against(n: float) -> float:
             counts = np.zeros(len(mu))
             counts[best], counts[a] = n_best, n
-            return float(winner.pairwise_evidence(_counts(mu, counts), True, d)[0, best, a]) - cut
+            return _evidence(mu, counts, best, a) - cut
 
         return _root(against, 1000.0) if against(horizon) > 0 else math.inf
 
-    # The best version's own mixture regret grows with its requests, so more of them is
-    # not always better: search its count on a log grid up to the horizon.
+    # The best version's count sets how much each of the rival's requests tells: search it
+    # on a log grid up to the horizon.
     regret = min(
         sum((mu[best] - mu[a]) * least(float(n_best), a) for a in range(len(mu)) if a != best)
         for n_best in np.geomspace(1000.0, horizon, 48)

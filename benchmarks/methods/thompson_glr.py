@@ -15,7 +15,7 @@ import numpy as np
 
 from analytics import batch
 from benchmarks.methods import base
-from benchmarks.methods.arbiter import measurements
+from benchmarks.methods.arbiter import Windowed, measurements
 from benchmarks.methods.base import CONTINUE, REWARD_ONLY, FloatArray, MethodInfo, Step
 from benchmarks.methods.thompson import Thompson
 from benchmarks.scenario import Scenario
@@ -31,12 +31,14 @@ class ThompsonGLR:
         self.metrics = {o.metric for o in self.spec.criteria.objectives} | {
             r.metric for r in self.spec.criteria.rewards
         }
+        self.windowed = Windowed(scenario, replicates)
 
     def initial_weights(self) -> FloatArray:
         return self.traffic.initial_weights()
 
     def step(self, obs: Observation) -> Step:
         weights = self.traffic.step(obs).weights
+        self.windowed.fold(obs)
         rows = np.flatnonzero(obs.active)
         action = np.zeros(obs.active.size, dtype=np.int64)
         version = np.zeros(obs.active.size, dtype=np.int64)
@@ -44,11 +46,14 @@ class ThompsonGLR:
             live = obs.take(rows)
             # The weights Arbiter would set are computed and discarded: only the decision
             # is used (the split is Thompson's).
+            ratio, pairs = self.windowed.take(rows)
             result = batch.analyze(
                 self.spec,
                 measurements(self.metrics, live),
                 live.iteration - 1,
                 np.random.default_rng(0),
+                ratio_sums=ratio,
+                pair_sums=pairs,
             )
             # As for Arbiter, running out of iterations is not a verdict the evidence reached.
             exhausted = result.rule == batch.RULES.index("iterations-exhausted")

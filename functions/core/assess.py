@@ -20,14 +20,17 @@ abort` (functions/core/control.py). Nothing is assessed while paused.
 
 The measurements' `windows` (each version's own counts this iteration) are folded into
 `status.ratioTests` once, keyed by the iteration, before the analysis judges maxRatio
-conditions by them.
+conditions by them; the first reward's, into `status.rewardTests`, which the A/B/n
+stopping rule reads.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Final
 
@@ -36,9 +39,10 @@ from cloudevents.http import CloudEvent
 
 from analytics.analysis import analyze
 from analytics.assessment import RatioTests
-from analytics.conditional import RatioTest
+from analytics.conditional import PairTest, RatioTest
 from analytics.document import status_analysis
 from analytics.model import DeploymentPattern, Experiment, TestingPattern
+from analytics.parse import MAX_PAIR_VERSIONS
 from analytics.recommendation import Action, Recommendation
 from functions.core import control, events, failures, rollout, sweep
 from functions.core import status as st
@@ -123,6 +127,35 @@ def fold_windows(
     return out
 
 
+def fold_reward_windows(
+    experiment: Experiment,
+    tests: Mapping[str, Mapping[tuple[str, str], PairTest]],
+    iteration: int,
+    windows: events.WindowCounts,
+) -> dict[str, dict[tuple[str, str], PairTest]]:
+    """The first reward's pairwise tests, every pair of versions, with iteration
+    `iteration`'s window folded in once: what the A/B/n stopping rule reads. They start
+    with the first window measured for that metric (iterate measures one only for a reward
+    on counts) and are kept only for up to MAX_PAIR_VERSIONS versions; a missing version's
+    counts add nothing."""
+    info, rewards = experiment.spec.version_info, experiment.spec.criteria.rewards
+    if info is None or not rewards or len(info.names) > MAX_PAIR_VERSIONS:
+        return {}
+    metric = rewards[0].metric
+    kept = tests.get(metric, {})
+    counts = windows.get(metric)
+    if counts is None and not kept:
+        return {}
+    counts = counts or {}
+    out: dict[tuple[str, str], PairTest] = {}
+    for version, rival in itertools.combinations(info.names, 2):
+        test = kept.get((version, rival)) or PairTest()
+        a, b = counts.get(version), counts.get(rival)
+        window = (*a, *b) if a is not None and b is not None else (0, 0, 0, 0)
+        out[(version, rival)] = test.fold(iteration, *window)
+    return {metric: out}
+
+
 def assess(ctx: Context, request: Request[events.Measured]) -> None:
     ref, iteration, measured = request.ref, request.iteration, request.payload
     obj = st.current(ctx.store, ref)
@@ -154,8 +187,12 @@ def assess(ctx: Context, request: Request[events.Measured]) -> None:
         # This iteration's own counts join the running conditional tests, once: a test
         # that has seen this iteration (a redelivery after the write-ahead) keeps it.
         tests = fold_windows(experiment, status.ratio_tests, iteration, measured.windows)
-        status = replace(status, ratio_tests=tests)
-        experiment = replace(experiment, status=replace(experiment.status, ratio_tests=tests))
+        pairs = fold_reward_windows(experiment, status.reward_tests, iteration, measured.windows)
+        status = replace(status, ratio_tests=tests, reward_tests=pairs)
+        experiment = replace(
+            experiment,
+            status=replace(experiment.status, ratio_tests=tests, reward_tests=pairs),
+        )
     uid = str(st.ref_of(obj).uid or ref)
     analysis = analyze(experiment, rng_for(uid, iteration))
     stored = status_analysis(analysis, aggregated)
@@ -207,7 +244,7 @@ def assess(ctx: Context, request: Request[events.Measured]) -> None:
     entry = st.history_entry(
         iteration, now, names, status.split, stored["evidence"], analysis.recommendation
     )
-    status = replace(status, history=st.with_history(status.history, entry))
+    status = replace(status, history=st.with_history(status.history, entry, st.tests_size(status)))
     follow_up: events.Payload = events.Assessed()
     if (
         action is Action.PROMOTE

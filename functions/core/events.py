@@ -310,9 +310,10 @@ class Measured:
     """Every metric of every version for one iteration, in `aggregatedMetrics` shape (which
     the analysis validates), and when they were read.
 
-    `windows` holds, for each metric a maxRatio objective judges, each version's own
-    counts over this iteration's window alone (`window_seconds` long, since the last
-    iteration): what assess folds into the conditional ratio test (status.ratioTests). A
+    `windows` holds, for each metric a maxRatio objective judges and the first reward,
+    each version's own counts over this iteration's window alone (`window_seconds` long,
+    since the last iteration): what assess folds into the conditional tests
+    (status.ratioTests, status.rewardTests). A
     version without data in the window (a missed scrape) is left out.
 
     iterate records the data's `digest` in status before it emits the event; assess uses

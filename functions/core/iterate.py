@@ -13,10 +13,11 @@ the data: assess believes the data only when its digest is the recorded one. A d
 for an iteration measured less than an interval ago is a repeat: acknowledged, and nothing
 is sent again (a measurement lost on its way is asked for again one interval on).
 
-A metric a maxRatio objective judges is read twice: since the start, and over this
-iteration's own window (since `status.lastIterationTime`, the same template with
-`$elapsed` the window's length), rounded to counts and carried as the event's `windows`
-for the conditional ratio test assess keeps in `status.ratioTests`.
+A metric a maxRatio objective judges, and the first reward, are read twice: since the
+start, and over this iteration's own window (since `status.lastIterationTime`, the same
+template with `$elapsed` the window's length), rounded to counts and carried as the
+event's `windows` for the conditional tests assess keeps in `status.ratioTests` and
+`status.rewardTests`.
 
 Nothing is measured while the experiment is paused, or a pause or an end is asked for and
 not yet handled (functions/core/control.py).
@@ -41,6 +42,7 @@ from cloudevents.http import CloudEvent
 
 from analytics.measurements import Counts, Histogram, Measurement, measurement_to_dict
 from analytics.model import Experiment
+from analytics.parse import MAX_PAIR_VERSIONS
 from functions.core import control, events, failures, sweep
 from functions.core import status as st
 from functions.core.context import Context
@@ -186,14 +188,18 @@ def _record(status: Status, taken: MeasurementRecord, interval: float) -> Status
     return replace(status, measurement=taken)
 
 
-def ratio_limits(experiment: Experiment) -> dict[str, float | None]:
-    """metric -> the upperLimit that picks a histogram's bucket, for each metric a maxRatio
-    objective judges (the first such objective per metric, as the running test is kept
-    per metric)."""
+def window_limits(experiment: Experiment) -> dict[str, float | None]:
+    """metric -> the upperLimit that picks a histogram's bucket, for each metric measured
+    window by window: those a maxRatio objective judges (the first such objective per
+    metric, as the running test is kept per metric), and the first reward of up to
+    MAX_PAIR_VERSIONS versions (its pairwise tests; only counts yield a window)."""
     limits: dict[str, float | None] = {}
     for o in experiment.spec.criteria.objectives:
         if o.max_ratio is not None and o.metric not in limits:
             limits[o.metric] = o.upper_limit
+    info, rewards = experiment.spec.version_info, experiment.spec.criteria.rewards
+    if rewards and info is not None and len(info.names) <= MAX_PAIR_VERSIONS:
+        limits.setdefault(rewards[0].metric, None)
     return limits
 
 
@@ -213,10 +219,10 @@ def window_counts(m: Measurement, upper_limit: float | None) -> tuple[int, int] 
 def _measure_windows(
     ctx: Context, experiment: Experiment, seconds: int, now: datetime
 ) -> dict[str, dict[str, tuple[int, int]]]:
-    """Each version's own counts over the last `seconds`, for every maxRatio metric: the
-    same template rendered with `$elapsed` the window's length."""
+    """Each version's own counts over the last `seconds`, for every `window_limits` metric:
+    the same template rendered with `$elapsed` the window's length."""
     out: dict[str, dict[str, tuple[int, int]]] = {}
-    for name, limit in ratio_limits(experiment).items():
+    for name, limit in window_limits(experiment).items():
         spec = _metric(ctx, experiment, name)
         counts = {
             version: c

@@ -26,7 +26,7 @@ from datetime import datetime
 from enum import Enum, StrEnum
 from typing import Any, Final, TypeVar
 
-from analytics.conditional import RatioTest
+from analytics.conditional import PairTest, RatioTest
 from analytics.model import Experiment
 from analytics.parse import SpecError, parse_experiment
 from analytics.recommendation import Action, Recommendation, recommendation_to_dict
@@ -263,6 +263,9 @@ class Status:
     # assess (functions/core/assess.py): the running conditional test of each maxRatio
     # objective, metric -> candidate -> test, each iteration's own counts folded in once.
     ratio_tests: Mapping[str, Mapping[str, RatioTest]] = field(default_factory=dict)
+    # assess: the pairwise stopping rule's windowed test of the first reward (on counts),
+    # metric -> (version, rival) -> test, for at most analytics.parse.MAX_PAIR_VERSIONS versions.
+    reward_tests: Mapping[str, Mapping[tuple[str, str], PairTest]] = field(default_factory=dict)
     # Manual control (functions/core/control.py): the last request handled; since when the
     # experiment is paused (None: not paused) and the seconds it was paused before; and,
     # under `promotion: Manual`, the promotion the analysis recommends, waiting for a person.
@@ -308,6 +311,7 @@ class Status:
             history=tuple(dict(h) for h in _items(raw.get("history")) if isinstance(h, Mapping)),
             measurement=MeasurementRecord.read(raw.get("measurement")),
             ratio_tests=_ratio_tests(raw.get("ratioTests")),
+            reward_tests=_reward_tests(raw.get("rewardTests")),
             control=ControlRecord.read(raw.get("control")),
             paused_at=parse_time(raw.get("pausedAt")),
             paused_seconds=_seconds(raw.get("pausedSeconds")),
@@ -357,6 +361,7 @@ class Status:
             "history": [dict(h) for h in self.history] or None,
             "measurement": None if self.measurement is None else self.measurement.to_dict(),
             "ratioTests": ratio_tests_to_list(self.ratio_tests) or None,
+            "rewardTests": reward_tests_to_list(self.reward_tests) or None,
             "control": None if self.control is None else self.control.to_dict(),
             "pausedSeconds": self.paused_seconds,
             "awaitingPromotion": (
@@ -507,6 +512,40 @@ def _ratio_tests(value: object) -> dict[str, dict[str, RatioTest]]:
     return out
 
 
+def reward_tests_to_list(
+    tests: Mapping[str, Mapping[tuple[str, str], PairTest]],
+) -> list[dict[str, Any]]:
+    """`status.rewardTests` as the CRD stores it: one entry per metric and pair."""
+    return [
+        {"metric": metric, "version": version, "rival": rival, **test.to_dict()}
+        for metric, by_pair in tests.items()
+        for (version, rival), test in by_pair.items()
+    ]
+
+
+def _reward_tests(value: object) -> dict[str, dict[tuple[str, str], PairTest]]:
+    """The pairwise tests; a malformed entry is left out, as `_ratio_tests` does."""
+    out: dict[str, dict[tuple[str, str], PairTest]] = {}
+    for item in _items(value):
+        if not isinstance(item, Mapping):
+            continue
+        metric, version, rival = (_text(item.get(k)) for k in ("metric", "version", "rival"))
+        if not metric or not version or not rival:
+            continue
+        try:
+            test = PairTest.from_dict(item)
+        except (KeyError, ValueError, TypeError):
+            continue
+        out.setdefault(metric, {})[(version, rival)] = test
+    return out
+
+
+def tests_size(status: Status) -> int:
+    """Bytes the running tests take in the status (the history gives way to them)."""
+    kept = ratio_tests_to_list(status.ratio_tests) + reward_tests_to_list(status.reward_tests)
+    return len(json.dumps(kept, separators=(",", ":"))) if kept else 0
+
+
 def _recommendation(value: object) -> Recommendation | None:
     if not isinstance(value, Mapping):
         return None
@@ -576,13 +615,14 @@ def history_entry(
 
 
 def with_history(
-    history: Sequence[Mapping[str, Any]], entry: Mapping[str, Any]
+    history: Sequence[Mapping[str, Any]], entry: Mapping[str, Any], reserved: int = 0
 ) -> tuple[Mapping[str, Any], ...]:
-    """`history` with `entry` appended (replacing a redelivered iteration), then bounded."""
+    """`history` with `entry` appended (replacing a redelivered iteration), then bounded:
+    to HISTORY_MAX_BYTES less the `reserved` bytes other bounded state takes (`tests_size`)."""
     kept = [h for h in history if h.get("iteration") != entry.get("iteration")]
     kept = [*kept, entry][-HISTORY_MAX_ENTRIES:]
     size = len(json.dumps(kept, separators=(",", ":")))
-    while len(kept) > 1 and size > HISTORY_MAX_BYTES:
+    while len(kept) > 1 and size > HISTORY_MAX_BYTES - reserved:
         size -= len(json.dumps(kept[0], separators=(",", ":"))) + 1
         kept = kept[1:]
     return tuple(kept)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from datetime import UTC, datetime
 
-from analytics.conditional import RatioTest
+from analytics.conditional import PairTest, RatioTest
 from analytics.recommendation import Action, Recommendation
 from functions.core.status import (
     Condition,
@@ -60,6 +60,7 @@ def full_status() -> Status:
             3, T0.replace(minute=3), T0.replace(minute=3, second=1), "0" * 64, failed=True
         ),
         ratio_tests={"error-rate": {"b": RatioTest(1.5).fold(3, 4, 300, 10, 700)}},
+        reward_tests={"conversion": {("a", "b"): PairTest().fold(3, 40, 300, 90, 700)}},
         control=ControlRecord(
             "20260101T000300Z-ab12", "promote", T0.replace(minute=3), "b", "ok", "ann", "late"
         ),

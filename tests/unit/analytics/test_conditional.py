@@ -140,3 +140,49 @@ def test_a_test_for_another_margin_is_not_used() -> None:
     measurements = {"error-rate": {"baseline": Counts(30, 3000), "candidate": Counts(3, 300)}}
     item = assess_versions(SPEC, measurements, {"error-rate": {"candidate": test}})["candidate"][0]
     assert "cumulative comparison" in item.conditions[0].reason
+
+
+# --- The pairwise reward test (A/B/n) ------------------------------------------------------
+
+
+def _conversions(seed: int, n: int, rates: tuple[float, ...]) -> np.ndarray:
+    """(n, K, 2) per-window (conversions, requests) of K versions."""
+    rng = np.random.default_rng(seed)
+    requests = rng.poisson(400, (n, len(rates)))
+    return np.stack([rng.binomial(requests, rates), requests], axis=-1)
+
+
+def test_a_pair_test_is_a_ratio_test_at_margin_one_on_its_own_grid() -> None:
+    test = conditional.PairTest()
+    assert test.margin == 1.0 and test.OFFSETS == conditional.REWARD_OFFSETS
+    assert len(test.violation) == len(conditional.REWARD_OFFSETS) == 9
+    assert conditional.REWARD_OFFSETS[0] == 0.01 and conditional.REWARD_OFFSETS[-1] < 0.5
+    folded = test.fold(1, 60, 400, 40, 400)
+    assert isinstance(folded, conditional.PairTest)
+    assert folded.fold(1, 0, 400, 90, 400) is folded
+    assert conditional.PairTest.from_dict(folded.to_dict()) == folded
+    # More conversions on the version's side: evidence it is the higher, against the reverse.
+    higher, lower = folded.log_evidence
+    assert higher > 0 > lower
+    with pytest.raises(ValueError, match="9 numbers"):
+        conditional.PairTest(violation=(0.0,) * 6, satisfaction=(0.0,) * 6)
+
+
+def test_the_batched_pairs_fold_exactly_as_the_scalar_ones() -> None:
+    rates = (0.10, 0.12, 0.09)
+    runs = [_conversions(seed, 120, rates) for seed in range(3)]
+    sums = batch.PairSums.start((len(runs), len(rates)))
+    for i in range(120):
+        window = np.array([run[i] for run in runs], dtype=np.float64)
+        sums.fold(window[..., 0], window[..., 1])
+    matrix = sums.matrix()
+    for r, run in enumerate(runs):
+        for p, (a, b) in enumerate(((0, 1), (0, 2), (1, 2))):
+            test = conditional.PairTest()
+            for i, window in enumerate(run, start=1):
+                test = test.fold(i, *window[a], *window[b])
+            assert np.allclose(sums.sums.violation[r, p], test.violation, rtol=1e-9, atol=1e-9)
+            assert np.allclose(sums.sums.satisfaction[r, p], test.satisfaction, rtol=1e-9)
+            assert matrix[r, a, b] == pytest.approx(test.log_evidence[0], rel=1e-9, abs=1e-9)
+            assert matrix[r, b, a] == pytest.approx(test.log_evidence[1], rel=1e-9, abs=1e-9)
+    assert np.all(np.isneginf(matrix[:, [0, 1, 2], [0, 1, 2]]))

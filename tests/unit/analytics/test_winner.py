@@ -158,7 +158,9 @@ def test_ab_waits_while_the_reward_sequences_overlap(make_experiment: Factory) -
     assert w.message.startswith(
         "not yet conclusive on conversion: v1, v2 could still be best; leader v2, evidence"
     )
-    assert w.message.endswith(" of 3.689 needed")  # log(2 / 0.05)
+    assert w.message.endswith(
+        " of 3.689 needed (cumulative counts, no per-iteration history)"
+    )  # log(2 / 0.05)
 
 
 def test_an_exact_tie_on_counts_is_reported_not_broken(make_experiment: Factory) -> None:
@@ -308,3 +310,55 @@ def test_a_gaussian_reward_follows_the_same_rule() -> None:
     assert reward_winner(arrays, False, 0.05, ok, ok).winner.tolist() == [0]
     few = RewardArrays(False, n / 500, total / 500, squares / 500, n > 0)  # 10 observations
     assert reward_winner(few, True, 0.05, ok, ok).winner.tolist() == [-1]
+
+
+# --- The windowed pairwise tests (status.rewardTests) --------------------------------------
+
+
+def _pair_tests(
+    rng: np.random.Generator, rates: dict[str, float], windows: int
+) -> dict[tuple[str, str], Any]:
+    from analytics.conditional import PairTest
+
+    names = list(rates)
+    tests = {(a, b): PairTest() for i, a in enumerate(names) for b in names[i + 1 :]}
+    for t in range(1, windows + 1):
+        served = {n: int(rng.poisson(500)) for n in names}
+        got = {n: int(rng.binomial(served[n], rates[n])) for n in names}
+        tests = {
+            (a, b): test.fold(t, got[a], served[a], got[b], served[b])
+            for (a, b), test in tests.items()
+        }
+    return tests
+
+
+def test_the_windowed_tests_judge_the_reward_when_every_pair_has_one(
+    make_experiment: Factory,
+) -> None:
+    # The same cumulative counts, too close for the cumulative statistic; the windows say
+    # v3 leads clearly (10% vs 13%), and the rule names it from them.
+    rates = {"v1": 0.10, "v2": 0.10, "v3": 0.13}
+    tests = _pair_tests(np.random.default_rng(7), rates, 60)
+    e = make_experiment(
+        "A/B/n",
+        baseline="v1",
+        candidates=["v2", "v3"],
+        objectives=ERRORS,
+        rewards=CONVERSION,
+        data={
+            "conversion": {n: conv(2000) for n in rates},
+            "error-rate": {n: GOOD for n in rates},
+        },
+    )
+    spec, measurements = e.spec, e.status.measurements
+    assessments = assess_versions(spec, measurements)
+    cumulative = assess_winner(spec, assessments, measurements)
+    assert not cumulative.winner_found
+    assert cumulative.message.endswith("(cumulative counts, no per-iteration history)")
+    windowed = assess_winner(spec, assessments, measurements, tests)
+    assert (windowed.winner_found, windowed.winner) == (True, "v3"), windowed.message
+    assert windowed.message.endswith("(windowed pairwise tests)")
+    # A pair without a test (a version added since): the cumulative statistic, said so.
+    partial = {pair: t for pair, t in tests.items() if pair != ("v2", "v3")}
+    fallback = assess_winner(spec, assessments, measurements, partial)
+    assert not fallback.winner_found and "cumulative counts" in fallback.message

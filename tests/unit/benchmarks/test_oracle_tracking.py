@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from analytics import winner
+from analytics import conditional, sequential
 from benchmarks import scenario
 from benchmarks.methods import oracle_tracking
 from benchmarks.methods.lower_bound import kl, lower_bound
@@ -56,15 +56,21 @@ def test_the_floor_is_the_stopping_rules_threshold_at_expected_counts() -> None:
     assert f.lower_bound == pytest.approx(bound.samples)
     assert f.kl_delta == pytest.approx(kl(0.05, 0.95))
     assert f.cut == pytest.approx(math.log(3 / 0.05))
-    # T / T* is exactly the threshold plus the mixture's regret ...
+    # T / T* is exactly the threshold plus the test's overhead ...
     assert f.samples / bound.complexity == pytest.approx(f.cut + f.penalty)
     assert f.ratio == pytest.approx((f.cut + f.penalty) / f.kl_delta)
-    # ... and there the statistic against the closest rival sits on the threshold.
+    # ... and there the windowed test against the closest rival sits on the threshold.
     n = f.samples * np.array(bound.allocation)
     mu = np.array([0.050, 0.055, 0.060])
-    reward = oracle_tracking._counts(mu, n)
-    s_best = winner.pairwise_evidence(reward, True, s.alpha)[0, 2, :2]
-    assert float(s_best.min()) == pytest.approx(f.cut, abs=1e-6)
+    evidence = []
+    for rival in (0, 1):
+        whole = sequential.ratio_log_lr(
+            mu[2] * n[2], n[2], mu[rival] * n[rival], n[rival], 1.0, conditional.REWARD_OFFSETS
+        )[0]
+        evidence.append(float(sequential.ratio_log_evidence(whole)))
+    assert min(evidence) == pytest.approx(f.cut, abs=0.02)  # counts are rounded
+    # The overhead is the grid's: about its log-size, not two versions' log N.
+    assert 0 < f.penalty < math.log(len(conditional.REWARD_OFFSETS)) + 1
     # The heuristic threshold solves T / T* = log((1 + log T) / delta).
     t = f.heuristic
     assert t / bound.complexity == pytest.approx(math.log((1 + math.log(t)) / s.alpha))

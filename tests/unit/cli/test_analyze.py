@@ -627,3 +627,76 @@ def test_a_ratio_test_out_of_bounds_is_named(
     assert "  status.ratioTests[0].margin: must be in (0, 1000], got 0" in err, err
     assert "  status.ratioTests[0].violation: must hold 6 numbers" in err, err
     assert "Traceback" not in err
+
+
+AB_FILE: Final = """
+apiVersion: arbiter.dev/v1alpha1
+kind: Experiment
+metadata: {name: ab, namespace: demo}
+spec:
+  target: demo/model
+  strategy: {testingPattern: A/B, deploymentPattern: Progressive}
+  criteria:
+    rewards: [{metric: conversion, preferredDirection: High}]
+  duration: {intervalSeconds: 60, iterationsPerLoop: 12}
+  versionInfo:
+    baseline: {name: v1}
+    candidates: [{name: v2}]
+status:
+  completedIterations: 6
+  analysis:
+    aggregatedMetrics:
+      data:
+        conversion:
+          data:
+            v1: {events: 3000, trials: 30000}
+            v2: {events: 3060, trials: 30000}
+"""
+
+
+def _ab_document(with_tests: bool) -> dict[str, Any]:
+    from analytics.conditional import PairTest
+
+    document: dict[str, Any] = yaml.safe_load(AB_FILE)
+    if with_tests:
+        # The windows tell a clearer story than the cumulative counts: v2 converts 13%
+        # against v1's 10% in each of six windows of 5,000 requests.
+        test = PairTest()
+        for k in range(1, 7):
+            test = test.fold(k, 500, 5000, 650, 5000)
+        document["status"]["rewardTests"] = [
+            {"metric": "conversion", "version": "v1", "rival": "v2", **test.to_dict()}
+        ]
+    return document
+
+
+@pytest.mark.parametrize("with_tests", [True, False], ids=["rewardTests", "cumulative"])
+def test_the_reward_is_judged_by_the_status_reward_tests_and_says_which(
+    with_tests: bool, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "experiment.yaml"
+    path.write_text(yaml.safe_dump(_ab_document(with_tests)), encoding="utf-8")
+    result = analyze(capsys, str(path), "--seed", "1")
+    message = result["evidence"]["winner"]["message"]
+    if with_tests:
+        assert message.startswith("v2 is best on conversion"), message
+        assert message.endswith("(windowed pairwise tests)"), message
+    else:
+        assert message.startswith("not yet conclusive on conversion"), message
+        assert message.endswith("(cumulative counts, no per-iteration history)"), message
+
+
+def test_a_reward_test_out_of_bounds_or_of_an_unknown_version_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    document = _ab_document(with_tests=True)
+    entry = document["status"]["rewardTests"][0]
+    entry["rival"] = "v9"
+    entry["satisfaction"] = [0.0] * 6
+    path = tmp_path / "experiment.yaml"
+    path.write_text(yaml.safe_dump(document), encoding="utf-8")
+    code, out, err = run_cli(capsys, "analyze", str(path))
+    assert (code, out) == (2, "")
+    assert "  status.rewardTests[0].rival:" in err and "v9" in err, err
+    assert "  status.rewardTests[0].satisfaction: must hold 9 numbers" in err, err
+    assert "Traceback" not in err

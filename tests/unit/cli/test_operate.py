@@ -136,28 +136,46 @@ def test_analyze_exit_code(
 @pytest.mark.slow
 def test_the_history_stays_bounded_after_ten_thousand_iterations() -> None:
     """etcd refuses objects over 1.5 MiB; the status must stay at most 64 KiB however long
-    an experiment runs: 10,000 iterations of 2 versions, and 17 versions of 6 objectives
-    (whose entries reach the byte bound within a few iterations, so 2,000 show it)."""
+    an experiment runs: 10,000 iterations of 2 versions; 17 versions of 6 objectives
+    (whose entries reach the byte bound within a few iterations, so 500 show it); and 8
+    versions of an A/B/n, whose 28 pairwise reward tests (the most kept) take their room
+    from the history."""
+    from analytics.conditional import PairTest
+
     doc = staged(Stage.RUNNING, 4)
     status = st.Status.read(doc)
     evidence = dict(status.analysis or {})["evidence"]
     rec = Recommendation(Action.CONTINUE, None, "collecting-evidence", "continue")
     many = [f"version-{i:02d}-with-a-long-revision-name-00001" for i in range(17)]
     wide = {"versions": {v: evidence["versions"][BASELINE] * 3 for v in many}}
-    for names, ev, iterations in (([BASELINE, CANDIDATE], evidence, 10_000), (many, wide, 2_000)):
+    eight = many[:8]
+    mid = {"versions": {v: evidence["versions"][BASELINE] * 3 for v in eight}}
+    # Pairwise tests with every number at full precision, as a long run leaves them.
+    test = PairTest()
+    for i in range(1, 301):
+        test = test.fold(i, 1000 + i % 7, 10_000 + i % 13, 1100 + i % 5, 10_000 + i % 11)
+    pairs = {"conversion": {(a, b): test for k, a in enumerate(eight) for b in eight[k + 1 :]}}
+    runs = (
+        ([BASELINE, CANDIDATE], evidence, 10_000, status),
+        (many, wide, 500, status),
+        (eight, mid, 500, replace(status, reward_tests=pairs)),
+    )
+    for names, ev, iterations, before in runs:
         history: tuple[dict[str, object], ...] = ()
+        reserved = st.tests_size(before)
         for i in range(1, iterations + 1):
             split = {n: (i + k) % 100 for k, n in enumerate(names)}
             entry = st.history_entry(i, T0 + timedelta(seconds=i), names, split, ev, rec)
-            history = st.with_history(history, entry)  # type: ignore[assignment]
-        full = replace(status, history=history, completed_iterations=iterations)
+            history = st.with_history(history, entry, reserved)  # type: ignore[assignment]
+        full = replace(before, history=history, completed_iterations=iterations)
         size = len(json.dumps(full.to_dict()))
         assert size <= 64 * 1024, size
         kept = [h["iteration"] for h in history]
         assert kept == list(range(iterations - len(kept) + 1, iterations + 1))
-        # Two versions: the last 200 iterations; seventeen: as many as fit the byte bound.
+        # Two versions: the last 200 iterations; more: as many as fit the byte bound.
         assert len(kept) == (st.HISTORY_MAX_ENTRIES if len(names) == 2 else len(kept))
         assert len(kept) >= 5
+    assert len(full.reward_tests["conversion"]) == 28 and reserved > 15_000
     # A redelivered iteration replaces its entry instead of adding one.
     again = st.with_history(history, {**history[-1], "action": "promote"})
     assert len(again) == len(history) and again[-1]["action"] == "promote"
