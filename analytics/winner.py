@@ -28,8 +28,8 @@
   S_ij is instead the log mixture e-value of the windowed conditional test that version i's
   rate exceeds version j's (`analytics.conditional.PairTest`): it tests the ratio alone,
   so its regret is one grid mixture's (at most log 9) rather than two versions' (about
-  log N), and it needs roughly half the samples. The cumulative statistic stays the fallback
-  for an experiment file without that history.
+  log N), and on the benchmark it needs less than half the samples. The cumulative
+  statistic stays the fallback for an experiment file without that history.
 
 The array functions (`pairwise_evidence`, `reward_winner`, `pattern_winner`) take a leading
 replicate axis: `assess_winner` calls them with R = 1, `analytics.batch` with R replicates.

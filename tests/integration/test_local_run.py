@@ -2,7 +2,8 @@
 
 Each run is the real thing as a subprocess: the API emulator, simulated versions,
 Prometheus, four functions-framework processes, the broker and its sources, traffic.
-Samples run two at a time to keep the suite short on two cores.
+Samples run two at a time, the next as soon as one ends (tests/support/local_runs.py), to
+keep the suite short on two cores.
 """
 
 from __future__ import annotations
@@ -24,17 +25,12 @@ from local.controllers import TrafficControllers
 from local.harness import seed_metric_library
 from local.kubeapi import KubeApiServer
 from local.sample import DEFAULT_KNATIVE, load
-from tests.support.prometheus import OpenMetrics, PrometheusTSDB, missing_binaries
+from tests.support.local_runs import DIRECT, ROOT, SAMPLES, SPEED, Result
+from tests.support.prometheus import OpenMetrics, PrometheusTSDB
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
-# One experiment each; the files with several (load-50) are run by test_local_load.py.
-SAMPLES = sorted(
-    p for p in (ROOT / "samples" / "local").glob("*.yaml") if len(load(p).planned) == 1
-)
 ARBITER = Path(sys.executable).with_name("arbiter")
-SPEED = "10"
 # The Metric libraries that measure a sample besides its generation's queue-proxy library
 # (knative-<generation>): the KFServing sample names the kfserving-* Metrics, the bad-latency
 # one judges the model server's own histogram (kserve-modelserver).
@@ -54,29 +50,10 @@ def start(sample: Path, out: Path, *extra: str) -> subprocess.Popen[str]:
     )
 
 
-# The runs of the module fixture, two at a time: every sample, and canary-good without
-# Prometheus (in the odd sample's slot rather than on its own).
-DIRECT = "canary-good --direct-metrics"
-RUNS = [(p.stem, p, ()) for p in SAMPLES] + [
-    (DIRECT, ROOT / "samples/local/canary-good.yaml", ("--direct-metrics",))
-]
-
-
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[int, str, Path, float]]:
-    """Every run's exit code, output, output folder and wall time, by name."""
-    assert not missing_binaries(), "prometheus is not installed: run `make os-deps`"
-    results: dict[str, tuple[int, str, Path, float]] = {}
-    for pair in (RUNS[i : i + 2] for i in range(0, len(RUNS), 2)):
-        started = time.monotonic()
-        procs = {}
-        for name, sample, extra in pair:
-            out = tmp_path_factory.mktemp(sample.stem)
-            procs[name] = (start(sample, out, *extra), out)
-        for name, (proc, out) in procs.items():
-            text, _ = proc.communicate(timeout=240)
-            results[name] = (proc.returncode, text, out, time.monotonic() - started)
-    return results
+def runs(local_runs: dict[str, Result]) -> dict[str, Result]:
+    """Every sample's run (and DIRECT's), from the session's queue of local runs."""
+    return local_runs
 
 
 def test_there_are_the_samples_the_issue_names() -> None:

@@ -12,6 +12,7 @@ winner, weight and recommendation must agree.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -195,9 +196,13 @@ ACTIONS = {analysis.Action.CONTINUE: 0, analysis.Action.PROMOTE: 1, analysis.Act
 
 
 def _check(case: Case, got: batch.BatchAnalysis, r: int, seed: int) -> None:
+    want = analysis.analyze(_experiment(case, r), np.random.default_rng(seed), n_samples=200)
+    _check_against(case, got, r, want)
+
+
+def _check_against(case: Case, got: batch.BatchAnalysis, r: int, want: analysis.Analysis) -> None:
     assert case.spec.version_info is not None
     names = case.spec.version_info.names
-    want = analysis.analyze(_experiment(case, r), np.random.default_rng(seed), n_samples=200)
     for v, name in enumerate(names):
         for i, item in enumerate(want.version_assessments[name]):
             assert batch.VERDICTS[got.verdict[r, v, i]] is item.verdict, (r, name, item.message)
@@ -284,3 +289,60 @@ def test_shapes_are_checked() -> None:
         batch.analyze(case.spec, case.measurements, 0, rng, np.full((4, 9), 10.0))
     with pytest.raises(ValueError, match="Generator per replicate"):
         batch.analyze(case.spec, case.measurements, 0, [rng], case.current)
+
+
+@pytest.mark.parametrize("case_seed", range(20))
+def test_the_windowed_pairwise_tests_decide_alike_in_batch_and_in_analyze(case_seed: int) -> None:
+    """With the first reward's windows folded in (status.rewardTests in `assess`,
+    `batch.PairSums` in the benchmark), both paths still agree replicate by replicate."""
+    from analytics.conditional import PairTest
+
+    rng = np.random.default_rng(7000 + case_seed)
+    case = _case(rng, 4)
+    while not case.spec.criteria.rewards or case.spec.criteria.rewards[0].metric != "conversion":
+        case = _case(rng, 4)
+    assert case.spec.version_info is not None
+    names = case.spec.version_info.names
+    k = len(names)
+    sums = batch.PairSums.start((4, k))
+    tests = [
+        {(a, b): PairTest() for i, a in enumerate(names) for b in names[i + 1 :]} for _ in range(4)
+    ]
+    rates = rng.choice([0.1, 0.103, 0.11, 0.13], size=(4, k))
+    for window in range(1, int(rng.integers(1, 80)) + 1):
+        served = rng.poisson(rng.choice([0.0, 30.0, 500.0, 3000.0]), size=(4, k)).astype(float)
+        got = rng.binomial(served.astype(np.int64), rates).astype(float)
+        sums.fold(got, served)
+        for r in range(4):
+            tests[r] = {
+                (a, b): t.fold(
+                    window,
+                    got[r, names.index(a)],
+                    served[r, names.index(a)],
+                    got[r, names.index(b)],
+                    served[r, names.index(b)],
+                )
+                for (a, b), t in tests[r].items()
+            }
+    seeds = [50 + r for r in range(4)]
+    result = batch.analyze(
+        case.spec,
+        case.measurements,
+        case.completed,
+        [np.random.default_rng(s) for s in seeds],
+        case.current,
+        n_samples=200,
+        pair_sums=sums,
+    )
+    for r in range(4):
+        experiment = _experiment(case, r)
+        status = dataclasses.replace(experiment.status, reward_tests={"conversion": tests[r]})
+        want = analysis.analyze(
+            dataclasses.replace(experiment, status=status),
+            np.random.default_rng(seeds[r]),
+            n_samples=200,
+        )
+        assert want.winner.winner_found is bool(result.winner[r] >= 0), want.winner.message
+        if want.winner.winner_found:
+            assert "(windowed pairwise tests)" in want.winner.message
+        _check_against(case, result, r, want)
