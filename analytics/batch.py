@@ -108,12 +108,14 @@ class RatioSums:
     reference: FloatArray  # (R, M, 4): candidate events, requests, baseline events, requests
     dispersion: FloatArray  # (R, M, 2): total, windows
     offsets: tuple[float, ...] = conditional.RATIO_OFFSETS
+    flip: bool = False  # conditional.PairTest.FLIP: judge on the complements past a half
 
     @staticmethod
     def start(
         margin: float,
         shape: tuple[int, int],
         offsets: tuple[float, ...] = conditional.RATIO_OFFSETS,
+        flip: bool = False,
     ) -> RatioSums:
         grid = len(offsets)
         return RatioSums(
@@ -123,6 +125,7 @@ class RatioSums:
             np.zeros((*shape, 4)),
             np.zeros((*shape, 2)),
             offsets,
+            flip,
         )
 
     def fold(self, events: FloatArray, requests: FloatArray) -> None:
@@ -136,8 +139,18 @@ class RatioSums:
     ) -> None:
         """`RatioTest.fold` for the tests in `columns`: (R, M) rounded counts, candidate
         (c, nc) against baseline (b, nb)."""
+        original = np.stack([c, nc, b, nb], axis=-1)
         ref = self.reference[:, columns]
         disp = self.dispersion[:, columns]
+        flip = np.zeros(c.shape, dtype=np.bool_)
+        if self.flip:
+            flip = ref[..., 0] + ref[..., 2] > (ref[..., 1] + ref[..., 3]) / 2
+            c, b = np.where(flip, nc - c, c), np.where(flip, nb - b, b)
+            complement = np.stack(
+                [ref[..., 1] - ref[..., 0], ref[..., 1], ref[..., 3] - ref[..., 2], ref[..., 3]],
+                axis=-1,
+            )
+            ref = np.where(flip[..., None], complement, ref)
         hit = sequential.incident(
             c + b, nc + nb, ref[..., 0] + ref[..., 2], ref[..., 1] + ref[..., 3]
         )
@@ -158,10 +171,13 @@ class RatioSums:
         v, s = v / phi[..., None], s / phi[..., None]
         w = conditional.INCIDENT_WEIGHT
         damped = np.logaddexp(np.log1p(-w), np.log(w) + v)
-        self.violation[:, columns] += np.where(hit[..., None], damped, v)
-        self.satisfaction[:, columns] += np.where(hit[..., None], 0.0, s)
+        above = np.where(hit[..., None], damped, v)
+        below = np.where(hit[..., None], 0.0, s)
+        # A higher share of the complements is evidence for the other side.
+        self.violation[:, columns] += np.where(flip[..., None], below, above)
+        self.satisfaction[:, columns] += np.where(flip[..., None], above, below)
         keep = np.where(hit, 0.0, 1.0)[..., None]
-        self.reference[:, columns] += keep * np.stack([c, nc, b, nb], axis=-1)
+        self.reference[:, columns] += keep * original
         self.dispersion[:, columns] += np.stack([residual, counted.astype(np.float64)], axis=-1)
 
     def take(self, rows: IntArray) -> RatioSums:
@@ -172,6 +188,7 @@ class RatioSums:
             self.reference[rows],
             self.dispersion[rows],
             self.offsets,
+            self.flip,
         )
 
 
@@ -187,7 +204,10 @@ class PairSums:
     def start(shape: tuple[int, int]) -> PairSums:
         r, k = shape
         pairs = k * (k - 1) // 2
-        return PairSums(k, RatioSums.start(1.0, (r, pairs), conditional.REWARD_OFFSETS))
+        start = RatioSums.start(
+            1.0, (r, pairs), conditional.PairTest.OFFSETS, conditional.PairTest.FLIP
+        )
+        return PairSums(k, start)
 
     def fold(self, events: FloatArray, requests: FloatArray) -> None:
         """Every pair's test with this window's (R, K) counts added."""

@@ -97,6 +97,12 @@ def _log_lr(c: float, nc: float, b: float, nb: float, margin: float, ratio: floa
     return c * (math.log(t1) - math.log(t0)) + b * (math.log1p(-t1) - math.log1p(-t0))
 
 
+def _complement(counts: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+    """(events, requests, events, requests) with each events count replaced by the rest."""
+    ce, cr, be, br = counts
+    return (cr - ce, cr, br - be, br)
+
+
 def _damped(log_lr: float, incident: bool) -> float:
     """log(1 - w + w LR) in an incident window, log LR otherwise."""
     if not incident:
@@ -135,6 +141,8 @@ class RatioTest:
 
     OFFSETS: ClassVar[tuple[float, ...]] = RATIO_OFFSETS
     """The mixture's grid; empty sums start at zero on every point."""
+    FLIP: ClassVar[bool] = False
+    """Whether a window may be judged on the complements (see PairTest)."""
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.margin) and self.margin > 0):
@@ -172,12 +180,22 @@ class RatioTest:
             self.baseline_events,
             self.baseline_requests,
         )
-        incident = is_incident(
-            c + b, nc + nb, reference[0] + reference[2], reference[1] + reference[3]
-        )
-        counted = not incident and nc > 0 and nb > 0 and c + b > 0
-        residual = pearson(c, nc, b, nb, reference) if counted else 0.0
+        flip = self.FLIP and reference[0] + reference[2] > (reference[1] + reference[3]) / 2
+        # The frame the window is judged in: the counts, or (FLIP) their complements.
+        fc, fb, ref = (nc - c, nb - b, _complement(reference)) if flip else (c, b, reference)
+        incident = is_incident(fc + fb, nc + nb, ref[0] + ref[2], ref[1] + ref[3])
+        counted = not incident and nc > 0 and nb > 0 and fc + fb > 0
+        residual = pearson(fc, nc, fb, nb, ref) if counted else 0.0
         keep = 0.0 if incident else 1.0
+        above = tuple(
+            _damped(_log_lr(fc, nc, fb, nb, m, m * math.exp(d)) / phi, incident)
+            for d in self.OFFSETS
+        )
+        below = tuple(
+            keep * _log_lr(fc, nc, fb, nb, m, m * math.exp(-d)) / phi for d in self.OFFSETS
+        )
+        # A higher share of the complements is evidence for the other side.
+        above, below = (below, above) if flip else (above, below)
         return type(self)(
             margin=m,
             iteration=iteration,
@@ -188,14 +206,8 @@ class RatioTest:
             incidents=self.incidents + int(incident),
             dispersion_total=self.dispersion_total + residual,
             dispersion_windows=self.dispersion_windows + float(counted),
-            violation=tuple(
-                s + _damped(_log_lr(c, nc, b, nb, m, m * math.exp(d)) / phi, incident)
-                for s, d in zip(self.violation, self.OFFSETS, strict=True)
-            ),
-            satisfaction=tuple(
-                s + keep * _log_lr(c, nc, b, nb, m, m * math.exp(-d)) / phi
-                for s, d in zip(self.satisfaction, self.OFFSETS, strict=True)
-            ),
+            violation=tuple(s + x for s, x in zip(self.violation, above, strict=True)),
+            satisfaction=tuple(s + x for s, x in zip(self.satisfaction, below, strict=True)),
         )
 
     @property
@@ -249,10 +261,18 @@ class PairTest(RatioTest):
     order by the binomial, Hoeffding 1963): so exp(sum of log LR) stays a supermartingale
     under "not higher" whatever the rates are. Only the ratio is tested, so the common rate
     costs nothing: one grid mixture instead of one mixture per version.
+
+    Counting the events is sharp only while they are rare: at 95% accuracy the successes
+    barely vary, and the binomial (the Poisson picture) would credit them with twenty times
+    the noise they have. So once the pooled rate so far is above one half, a window is
+    judged on the complements (the failures), whose ratio points the other way. The choice
+    rests on past windows only, so every window's factor keeps its mean at most 1 and the
+    product stays a supermartingale. Only at margin 1 is that the same question.
     """
 
     margin: float = 1.0
     OFFSETS: ClassVar[tuple[float, ...]] = REWARD_OFFSETS
+    FLIP: ClassVar[bool] = True
 
 
 PairTests = Mapping[tuple[str, str], PairTest]

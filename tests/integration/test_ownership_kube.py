@@ -20,6 +20,7 @@ from functions.adapters.kubernetes import KubeExperimentStore, KubeObjects, Kube
 from functions.core import finish, ownership, start, status
 from functions.core.backends import Patch, backend_for
 from functions.core.context import Context
+from functions.core.errors import ConflictError
 from functions.core.events import ExperimentRef
 from functions.core.resources import KSERVE, ObjectRef
 from functions.core.settings import Settings
@@ -146,13 +147,24 @@ def test_a_stale_take_of_the_target_loses_to_the_holder(
     ctx, _ = context(api)
     objects = KubeObjects(api)
     seen = objects.get(ISVC_REF)
-    body = {
-        "metadata": {
-            "resourceVersion": seen["metadata"]["resourceVersion"],
-            "annotations": {ownership.HELD_BY: "demo/a/uid-a"},
+    # The first start takes it. The controller stand-in writes the status every 50 ms, so
+    # that conditional take may itself lose to a status write: it reads again and retries,
+    # as `ensure_held` does (CI saw the 409 on a loaded machine).
+    for _ in range(50):
+        fresh = objects.get(ISVC_REF)["metadata"]["resourceVersion"]
+        body = {
+            "metadata": {
+                "resourceVersion": fresh,
+                "annotations": {ownership.HELD_BY: "demo/a/uid-a"},
+            }
         }
-    }
-    objects.patch(Patch(ISVC_REF, "merge", body))
+        try:
+            objects.patch(Patch(ISVC_REF, "merge", body))
+            break
+        except ConflictError:
+            continue
+    else:
+        raise AssertionError("the first take lost to status writes 50 times running")
     # A second start that read the object before the first took it: its conditional patch
     # is refused (409), it reads the object again and finds the first holding it.
     with pytest.raises(ownership.NotHolderError, match="held by experiment demo/a/uid-a"):

@@ -168,8 +168,10 @@ def test_a_pair_test_is_a_ratio_test_at_margin_one_on_its_own_grid() -> None:
         conditional.PairTest(violation=(0.0,) * 6, satisfaction=(0.0,) * 6)
 
 
-def test_the_batched_pairs_fold_exactly_as_the_scalar_ones() -> None:
-    rates = (0.10, 0.12, 0.09)
+@pytest.mark.parametrize("rates", [(0.10, 0.12, 0.09), (0.49, 0.52, 0.96)], ids=["low", "high"])
+def test_the_batched_pairs_fold_exactly_as_the_scalar_ones(rates: tuple[float, ...]) -> None:
+    # "high" crosses one half: some pairs are judged on the complements, and those near 0.5
+    # switch frames from window to window.
     runs = [_conversions(seed, 120, rates) for seed in range(3)]
     sums = batch.PairSums.start((len(runs), len(rates)))
     for i in range(120):
@@ -186,3 +188,23 @@ def test_the_batched_pairs_fold_exactly_as_the_scalar_ones() -> None:
             assert matrix[r, a, b] == pytest.approx(test.log_evidence[0], rel=1e-9, abs=1e-9)
             assert matrix[r, b, a] == pytest.approx(test.log_evidence[1], rel=1e-9, abs=1e-9)
     assert np.all(np.isneginf(matrix[:, [0, 1, 2], [0, 1, 2]]))
+
+
+def test_past_one_half_a_pair_is_judged_on_the_failures() -> None:
+    # 97% against 95% accuracy: the successes barely differ in share, the failures (3% vs
+    # 5%) clearly do, and that is the evidence the higher version gets.
+    windows = _conversions(3, 200, (0.97, 0.95))
+    test = conditional.PairTest()
+    for i, (a, b) in enumerate(windows, start=1):
+        test = test.fold(i, *a, *b)
+    higher, lower = test.log_evidence
+    assert higher > 100 and lower < 0  # measured: 158
+
+    # Read as rare events (no complement), the same windows prove a fraction of that.
+    class Plain(conditional.PairTest):
+        FLIP = False
+
+    plain = Plain()
+    for i, (a, b) in enumerate(windows, start=1):
+        plain = plain.fold(i, *a, *b)
+    assert plain.log_evidence[0] < higher / 10  # measured: 5.6
