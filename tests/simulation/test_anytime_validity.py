@@ -426,24 +426,25 @@ def test_the_pairwise_reward_test_names_no_version_among_equals_beyond_alpha(
     # 10%..80% and back, volume swings +-50%, and a 2-minute slump to a fifth of the rate
     # hits every version alike (common-mode: it cancels in each pair's share).
     k = 3
+    looks = LOOKS // 2  # three rates: 1,000 looks each keep the module's time
     rng = np.random.default_rng(SEED + 4 + int(100 * conversion))
     bound = mc_bound(REPLICATES)
     sums = batch.PairSums.start((REPLICATES, k))
     named = np.zeros(REPLICATES, dtype=np.bool_)
     first_side = np.zeros(REPLICATES, dtype=np.bool_)
-    for look in range(LOOKS):
+    for look in range(looks):
         lead = 0.1 + 0.7 * (0.5 + 0.5 * math.sin(2 * math.pi * look / 240))
         shares = np.array([lead, (1 - lead) * 0.7, (1 - lead) * 0.3])
         volume = 600 * (1 + 0.5 * math.sin(2 * math.pi * look / 720))
         requests = rng.poisson(volume * shares, size=(REPLICATES, k))
-        rate = conversion / 5 if 1000 <= look < 1012 else conversion
+        rate = conversion / 5 if 500 <= look < 512 else conversion
         conversions = rng.binomial(requests, rate)
         sums.fold(conversions.astype(np.float64), requests.astype(np.float64))
         named |= _winner(sums, k) >= 0
         # One pair's one side, alone at 1/alpha: the e-process itself, not only the union.
         first = sequential.ratio_log_evidence(sums.sums.violation[:, 0])
         first_side |= first >= -math.log(ALPHA)
-    setting = f"rate {conversion}, R={REPLICATES}, {LOOKS} looks, bound {bound:.4f}"
+    setting = f"rate {conversion}, R={REPLICATES}, {looks} looks, bound {bound:.4f}"
     assert named.mean() <= bound, f"a version named in {named.mean():.4f} ({setting})"
     assert first_side.mean() <= bound, f"one side crossed in {first_side.mean():.4f} ({setting})"
     assert np.all(sums.sums.reference[:, :, 1] > 0), "no window was folded"
