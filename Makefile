@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 SAMPLE ?= samples/local/canary-good.yaml
 
-.PHONY: install os-deps node-deps test pytest faults e2e lint fmt typecheck run bench coldstart clean
+.PHONY: install os-deps node-deps test pytest pytest-logic faults e2e lint fmt typecheck run bench coldstart clean
 
 install: $(STAMP)
 
@@ -51,9 +51,16 @@ node-deps: $(NODE_STAMP)
 $(NODE_STAMP): $(KNATIVE_VALIDATE)/package.json $(KNATIVE_VALIDATE)/package-lock.json
 	npm ci --prefix $(KNATIVE_VALIDATE) --no-audit --no-fund
 
-# Lint (about 40 s of one core, cold) runs beside the tests rather than before them.
+# The suite in two parts. Everything but tests/integration (pure logic, in-process fakes,
+# simulations: about 3 min on one core) runs in two processes (pytest-xdist), with lint
+# beside it; tests/integration then runs in one, since its real servers and its two local
+# runs at a time already fill both cores, and their timing must not be starved.
 test: install os-deps node-deps
-	$(MAKE) --no-print-directory -j2 lint pytest
+	$(MAKE) --no-print-directory -j2 lint pytest-logic
+	$(PY) -m pytest -q tests/integration
+
+pytest-logic: install
+	$(PY) -m pytest -q -n 2 --ignore=tests/integration
 
 pytest: install
 	$(PY) -m pytest -q
