@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 SAMPLE ?= samples/local/canary-good.yaml
 
-.PHONY: install os-deps node-deps test pytest pytest-logic faults e2e lint fmt typecheck run bench coldstart clean
+.PHONY: install os-deps node-deps test pytest pytest-parallel faults e2e lint fmt typecheck run bench coldstart clean
 
 install: $(STAMP)
 
@@ -51,16 +51,17 @@ node-deps: $(NODE_STAMP)
 $(NODE_STAMP): $(KNATIVE_VALIDATE)/package.json $(KNATIVE_VALIDATE)/package-lock.json
 	npm ci --prefix $(KNATIVE_VALIDATE) --no-audit --no-fund
 
-# The suite in two parts. Everything but tests/integration (pure logic, in-process fakes,
-# simulations: about 3 min on one core) runs in two processes (pytest-xdist), with lint
-# beside it; tests/integration then runs in one, since its real servers and its two local
-# runs at a time already fill both cores, and their timing must not be starved.
+# The suite in two parts. Everything that does not need the machine to itself (pure
+# logic, in-process fakes, simulations, the real-server integration tests: about 4.5 min
+# on one core) runs in two processes (pytest-xdist, a module per process), with lint
+# beside it; then the `exclusive` tests (the local runs and the real model servers, whose
+# latencies must not be starved; they run two local runs at a time themselves) alone.
 test: install os-deps node-deps
-	$(MAKE) --no-print-directory -j2 lint pytest-logic
-	$(PY) -m pytest -q tests/integration
+	$(MAKE) --no-print-directory -j2 lint pytest-parallel
+	$(PY) -m pytest -q -m exclusive
 
-pytest-logic: install
-	$(PY) -m pytest -q -n 2 --ignore=tests/integration
+pytest-parallel: install
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "not exclusive"
 
 pytest: install
 	$(PY) -m pytest -q

@@ -25,6 +25,27 @@ ExperimentFactory = Callable[..., Experiment]
 DocumentFactory = Callable[..., dict[str, Any]]
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `faults` (the fault matrix, the load runs) run only when asked for:
+    `make faults` passes `-m faults`; a plain run, of any folder, deselects them. Here and
+    not in tests/faults/ so that `pytest tests/integration` leaves them out too.
+    FAULTS_SHARD="i/n" keeps every n-th case (tests/faults/run.py's parallel shards)."""
+    shard = os.environ.get("FAULTS_SHARD")
+    index, count = (int(x) for x in shard.split("/")) if shard else (0, 1)
+    # Only an expression that names the mark decides for it (`make test` passes others).
+    everything = "faults" in (config.option.markexpr or "") or os.environ.get("FAULTS_ALL") == "1"
+    keep, drop = [], []
+    for n, item in enumerate(items):
+        marked = item.get_closest_marker("faults") is not None
+        if (marked and not everything) or (shard and n % count != index):
+            drop.append(item)
+        else:
+            keep.append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """No test sees the ARBITER_* settings of the shell that runs it."""

@@ -1,8 +1,6 @@
 """Fixtures of the fault suite: one real Prometheus per process behind a fault proxy, one
-fresh API server and harness per test; the `faults` matrix is left out unless asked for.
-
-`make faults` selects it with `-m faults`; a plain `pytest` run deselects it (the smoke slice
-is unmarked and always runs).
+fresh API server and harness per test. Which runs are left out unless asked for (the
+`faults` mark) is decided in tests/conftest.py, for every folder.
 """
 
 from __future__ import annotations
@@ -19,22 +17,6 @@ from tests.faults import world
 from tests.faults.contract import KubeApiServer, TrafficControllers
 from tests.faults.harness import Harness, PrometheusProxy
 from tests.support.prometheus import PrometheusTSDB, missing_binaries
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    shard = os.environ.get("FAULTS_SHARD")  # "i/n": this process runs every n-th case
-    index, count = (int(x) for x in shard.split("/")) if shard else (0, 1)
-    everything = bool(config.option.markexpr) or os.environ.get("FAULTS_ALL") == "1"
-    keep, drop = [], []
-    for n, item in enumerate(items):
-        marked = item.get_closest_marker("faults") is not None
-        if (marked and not everything) or (shard and n % count != index):
-            drop.append(item)
-        else:
-            keep.append(item)
-    if drop:
-        config.hook.pytest_deselected(items=drop)
-        items[:] = keep
 
 
 @pytest.fixture(scope="session")

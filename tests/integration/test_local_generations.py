@@ -22,7 +22,7 @@ from local.queueproxy import GENERATIONS
 from local.sample import DEFAULT_KNATIVE, load
 from tests.support.local_runs import CASES, ROOT, Result, generation_key
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.exclusive]
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,8 @@ from local.queueproxy import (
 )
 from local.servers import ModelVersion, Profile, iris, train
 
-pytestmark = pytest.mark.slow  # each version is a KServe process (~5 s to import kserve)
+# Each version is a KServe process (~5 s to import kserve), measured for real latency.
+pytestmark = [pytest.mark.slow, pytest.mark.exclusive]
 
 # Two-sided tail below which a count is called inconsistent with its binomial model.
 ALPHA = 1e-4

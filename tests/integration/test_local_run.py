@@ -28,7 +28,7 @@ from local.sample import DEFAULT_KNATIVE, load
 from tests.support.local_runs import DIRECT, ROOT, SAMPLES, SPEED, Result
 from tests.support.prometheus import OpenMetrics, PrometheusTSDB
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.exclusive]
 
 ARBITER = Path(sys.executable).with_name("arbiter")
 # The Metric libraries that measure a sample besides its generation's queue-proxy library
