@@ -274,6 +274,12 @@ class PairTest(RatioTest):
     OFFSETS: ClassVar[tuple[float, ...]] = REWARD_OFFSETS
     FLIP: ClassVar[bool] = True
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # Any other margin would test "beats the rival by that factor", not "beats it".
+        if self.margin != 1.0:
+            raise ValueError(f"a pairwise test's margin is 1, got {self.margin}")
+
 
 PairTests = Mapping[tuple[str, str], PairTest]
 """(version, rival) -> their windowed test, as `status.rewardTests` keeps them per metric."""

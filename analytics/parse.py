@@ -758,6 +758,8 @@ def _running_tests(
             if len(values) != grid:
                 r.fail(f"{path}.{side}", f"must hold {grid} numbers")
             fields[side] = [_bounded(r, v, f"{path}.{side}[{j}]") for j, v in enumerate(values)]
+        if pairs and fields.get("margin") not in (None, 1.0):
+            r.fail(f"{path}.margin", f"must be 1 for a pairwise test, got {fields['margin']}")
         if len(r.problems) > before or metric is None or None in names:
             continue
         version, rival = str(names[0]), str(names[1]) if pairs else ""

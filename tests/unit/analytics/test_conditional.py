@@ -166,6 +166,8 @@ def test_a_pair_test_is_a_ratio_test_at_margin_one_on_its_own_grid() -> None:
     assert higher > 0 > lower
     with pytest.raises(ValueError, match="9 numbers"):
         conditional.PairTest(violation=(0.0,) * 6, satisfaction=(0.0,) * 6)
+    with pytest.raises(ValueError, match="margin is 1"):
+        conditional.PairTest(margin=0.5)
 
 
 @pytest.mark.parametrize("rates", [(0.10, 0.12, 0.09), (0.49, 0.52, 0.96)], ids=["low", "high"])

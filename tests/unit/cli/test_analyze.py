@@ -693,10 +693,13 @@ def test_a_reward_test_out_of_bounds_or_of_an_unknown_version_is_named(
     entry = document["status"]["rewardTests"][0]
     entry["rival"] = "v9"
     entry["satisfaction"] = [0.0] * 6
+    # A margin below 1 would let a version "win" against a better one: refused.
+    entry["margin"] = 0.5
     path = tmp_path / "experiment.yaml"
     path.write_text(yaml.safe_dump(document), encoding="utf-8")
     code, out, err = run_cli(capsys, "analyze", str(path))
     assert (code, out) == (2, "")
     assert "  status.rewardTests[0].rival:" in err and "v9" in err, err
     assert "  status.rewardTests[0].satisfaction: must hold 9 numbers" in err, err
+    assert "  status.rewardTests[0].margin: must be 1 for a pairwise test, got 0.5" in err, err
     assert "Traceback" not in err
