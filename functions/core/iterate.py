@@ -48,7 +48,7 @@ from functions.core import status as st
 from functions.core.context import Context
 from functions.core.errors import NotFoundError, PermanentError, TransientError
 from functions.core.events import ExperimentRef
-from functions.core.metrics import MetricError, MetricSpec, variables_for
+from functions.core.metrics import MetricError, MetricQueryError, MetricSpec, variables_for
 from functions.core.status import MeasurementRecord, Stage, Status
 from functions.core.tenancy import metric_allowed
 
@@ -224,9 +224,17 @@ def _measure_windows(
     out: dict[str, dict[str, tuple[int, int]]] = {}
     for name, limit in window_limits(experiment).items():
         spec = _metric(ctx, experiment, name)
+        try:
+            measured = _measure_versions(ctx, experiment, name, spec, seconds, now)
+        except MetricQueryError as e:
+            # Over a window of a few seconds Prometheus' increase() can extrapolate a ratio's
+            # numerator past its denominator. The window then counts nothing, as a missed
+            # scrape does; the reading since the start, which was checked, still stands.
+            log.info("iterate: no window counts for %s this iteration: %s", name, e)
+            continue
         counts = {
             version: c
-            for version, m in _measure_versions(ctx, experiment, name, spec, seconds, now).items()
+            for version, m in measured.items()
             if (c := window_counts(m, limit)) is not None
         }
         if counts:

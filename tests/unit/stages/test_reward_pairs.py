@@ -7,6 +7,7 @@ from typing import Any, Final
 
 from analytics.conditional import PairTest
 from functions.core.events import MEASURED
+from functions.core.metrics import MetricQueryError
 from functions.core.status import Status
 from tests.fakes import (
     BASELINE_REVISION,
@@ -80,3 +81,43 @@ def test_a_redelivered_measurement_folds_the_reward_window_once() -> None:
     # Delivered again after it is recorded: acknowledged, nothing folded twice.
     assert w.deliver("assess", measured) == 200
     assert Status.read(w.store.stored(NS, NAME)).reward_tests == once.reward_tests
+
+
+class _SkewedWindows(Windows):
+    """The cumulative reading is sound; a window of one interval or less is not: its
+    numerator extrapolates past its denominator, as increase() can at a window's edges."""
+
+    def over(self, at: Any, elapsed: int) -> Any:
+        since_start = int((at - self.origin).total_seconds())
+        if elapsed <= INTERVAL < since_start:
+            raise MetricQueryError("metrics/error-rate: the query results do not fit: 67 > 59")
+        return super().over(at, elapsed)
+
+
+def test_a_window_whose_ratio_does_not_fit_counts_nothing_and_the_experiment_goes_on() -> None:
+    w = kserve_world(NS)
+    equal = ((100, 10_000),) * 30  # nothing to decide within two iterations
+    w.metrics.set("error-rate", BASELINE_REVISION, _SkewedWindows(equal))
+    w.metrics.set("error-rate", CANDIDATE_REVISION, _SkewedWindows(equal))
+    obj = w.store.add(
+        experiment(
+            strategy={"testingPattern": "A/B", "deploymentPattern": "Progressive"},
+            criteria={"rewards": [{"metric": "error-rate", "preferredDirection": "Low"}]},
+            duration={"intervalSeconds": INTERVAL, "iterationsPerLoop": 20},
+        )
+    )
+    w.publish(added(obj))
+    w.clock.advance(INTERVAL)
+    w.publish(ping())  # iteration 1: its window is the whole run so far, and fits
+    first = Status.read(w.store.stored(NS, NAME)).reward_tests
+    w.clock.advance(INTERVAL)
+    mark = len(w.sink.events)
+    w.publish(ping())
+    [measured] = [e for e in w.sink.since(mark) if e["type"] == MEASURED]
+    assert "error-rate" not in (payload(measured).get("windows") or {}).get("data", {})
+    status = Status.read(w.store.stored(NS, NAME))
+    assert status.iterations_done == 2 and status.stage.value == "Running", status.message
+    # The tests kept what they had: the unfit window added nothing.
+    assert [t.violation for t in status.reward_tests["error-rate"].values()] == [
+        t.violation for t in first["error-rate"].values()
+    ]
