@@ -498,17 +498,32 @@ def _ratio_tests(value: object) -> dict[str, dict[str, RatioTest]]:
     """The running tests; a malformed entry is left out (the CRD admits none), so that
     test starts afresh rather than the stage failing."""
     out: dict[str, dict[str, RatioTest]] = {}
+    for metric, (version,), test in _running_tests(value, RatioTest, ("version",)):
+        out.setdefault(metric, {})[version] = test
+    return out
+
+
+_Test = TypeVar("_Test", bound=RatioTest)
+
+
+def _running_tests(
+    value: object, kind: type[_Test], roles: tuple[str, ...]
+) -> list[tuple[str, tuple[str, ...], _Test]]:
+    """Each well-formed entry of a list of running tests as (metric, its `roles`' names,
+    test); an entry missing a name or not read back by `kind` is left out."""
+    out: list[tuple[str, tuple[str, ...], _Test]] = []
     for item in _items(value):
         if not isinstance(item, Mapping):
             continue
-        metric, version = _text(item.get("metric")), _text(item.get("version"))
-        if not metric or not version:
+        metric = _text(item.get("metric"))
+        names = tuple(_text(item.get(role)) or "" for role in roles)
+        if not metric or not all(names):
             continue
         try:
-            test = RatioTest.from_dict(item)
+            test = kind.from_dict(item)
         except (KeyError, ValueError, TypeError):
             continue
-        out.setdefault(metric, {})[version] = test
+        out.append((metric, names, test))
     return out
 
 
@@ -526,16 +541,7 @@ def reward_tests_to_list(
 def _reward_tests(value: object) -> dict[str, dict[tuple[str, str], PairTest]]:
     """The pairwise tests; a malformed entry is left out, as `_ratio_tests` does."""
     out: dict[str, dict[tuple[str, str], PairTest]] = {}
-    for item in _items(value):
-        if not isinstance(item, Mapping):
-            continue
-        metric, version, rival = (_text(item.get(k)) for k in ("metric", "version", "rival"))
-        if not metric or not version or not rival:
-            continue
-        try:
-            test = PairTest.from_dict(item)
-        except (KeyError, ValueError, TypeError):
-            continue
+    for metric, (version, rival), test in _running_tests(value, PairTest, ("version", "rival")):
         out.setdefault(metric, {})[(version, rival)] = test
     return out
 
